@@ -1,0 +1,61 @@
+# salmon: `make demo` runs the main job on the embedded default, `make test` runs the tests.
+# Both install what they need first: into .venv, or into the active environment on Colab / in a venv.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ifneq ($(or $(COLAB_RELEASE_TAG),$(VIRTUAL_ENV)),)
+  PY := python
+  ENV_DIR := .cache/env
+else
+  PY := .venv/bin/python
+  ENV_DIR := .venv
+endif
+# CPU machines get the pinned CPU torch; a CUDA machine keeps (or gets) its own torch, unpinned.
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+PIN := $(if $(HAS_CUDA),,-c constraints.txt)
+PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
+DEPS := settings.ini setup.py constraints.txt pyproject.toml
+
+.PHONY: help demo test check install-demo install-dev export clean-nbs bench
+help:
+	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
+	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
+	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
+
+.venv/bin/python:
+	python3 -m venv .venv
+	.venv/bin/python -m pip install -q --progress-bar off --upgrade pip
+
+$(ENV_DIR)/.salmon-demo: $(DEPS) | $(if $(filter .venv,$(ENV_DIR)),.venv/bin/python)
+	@mkdir -p $(ENV_DIR)
+	$(if $(HAS_CUDA),,$(PIP) torch==2.13.0)
+	$(PIP) -e ".[demo]"
+	@touch $@
+
+$(ENV_DIR)/.salmon-dev: $(ENV_DIR)/.salmon-demo
+	$(PIP) -e ".[dev]"
+	@touch $@
+
+install-demo: $(ENV_DIR)/.salmon-demo
+install-dev: $(ENV_DIR)/.salmon-dev
+
+demo: install-demo
+	$(PY) -m salmon demo
+
+test: install-dev
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest
+
+# notebooks must be clean and the library in sync with nbs/ (CI runs this before the tests)
+check: install-dev
+	$(PY) -c "from nbdev.clean import nbdev_clean; nbdev_clean()"
+	$(PY) -c "from nbdev.doclinks import nbdev_export; nbdev_export()"
+	@if [ -n "$$(git status --porcelain --untracked-files=all -- nbs salmon settings.ini pyproject.toml)" ]; then \
+	  echo "nbdev_clean/nbdev_export changed these files: run them and commit the result"; \
+	  git status --porcelain --untracked-files=all -- nbs salmon settings.ini pyproject.toml; exit 1; fi
+
+export: install-dev
+	$(PY) -c "from nbdev.doclinks import nbdev_export; nbdev_export()"
+	$(PY) -c "from nbdev.clean import nbdev_clean; nbdev_clean()"
+
+bench: install-dev
+	$(PY) -m salmon.bench all
