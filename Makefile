@@ -54,8 +54,8 @@ check: install-dev
 	  git status --porcelain --untracked-files=all -- nbs salmon settings.ini pyproject.toml; exit 1; fi
 
 export: install-dev
-	$(PY) -c "from nbdev.doclinks import nbdev_export; nbdev_export()"
 	$(PY) -c "from nbdev.clean import nbdev_clean; nbdev_clean()"
+	$(PY) -c "from nbdev.doclinks import nbdev_export; nbdev_export()"
 
 bench: install-dev
 	$(PY) -m salmon.bench all
