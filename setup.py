@@ -26,7 +26,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['salmon', 'salmon.*']),
     include_package_data=True, zip_safe=False,
     install_requires=req('requirements'),
-    extras_require={'demo': req('demo_requirements'), 'dev': req('dev_requirements') + req('demo_requirements')},
+    extras_require={'demo': req('demo_requirements'), 'bench': req('bench_requirements'),
+                    'dev': req('dev_requirements') + req('demo_requirements')},
     python_requires='>=' + min_py,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{c['lib_path']}={c['lib_path']}._modidx:d"]},
 )

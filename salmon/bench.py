@@ -4,14 +4,15 @@
 
 # %% ../nbs/90_bench.ipynb #15e6166b
 from __future__ import annotations
-import argparse, sys, time
+import argparse, math, sys, time
 import torch
 from .data import medical_qa
 from .models import block_path, load_lm, n_layers, resid_output, tiny_lm, torch_model
 from .trace import ActivationStream, _tokenize
+from .train import SAETrainer, TrainConfig
 
 # %% auto #0
-__all__ = ['bench_trace', 'main']
+__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'main']
 
 # %% ../nbs/90_bench.ipynb #a78e744f
 class _Stop(Exception): pass
@@ -66,6 +67,68 @@ def bench_trace(lm, # nnsight model
                 salmon_over_hook=tps['salmon'] / tps['hook'], **({'salmon_over_full': tps['salmon'] / tps['full']} if full else {}))
 
 # %% ../nbs/90_bench.ipynb #419f4fe1
+def _saelens_step(d:int, F:int, dtype=torch.float32):
+    "A SAELens JumpReLU training step as its trainer runs it, or None if sae-lens is missing"
+    try: from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    except ImportError: return None
+    from sae_lens.saes.sae import TrainStepInput
+    sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, dtype=str(dtype).removeprefix('torch.'), device='cpu',
+                              apply_b_dec_to_input=False, jumprelu_init_threshold=0.001, jumprelu_bandwidth=0.001, l0_coefficient=1.0))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.0, 0.999))
+    since_fired = torch.zeros(F); act_freq = torch.zeros(F)
+    def step(x, t):
+        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={'l0': 1.0}, dead_neuron_mask=None, n_training_steps=t, is_logging_step=False))
+        with torch.no_grad():
+            firing = out.feature_acts.bool().float(); did_fire = firing.sum(-2).bool()
+            since_fired.add_(1); since_fired[did_fire] = 0; act_freq.add_(firing.sum(0))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step(); opt.zero_grad()
+    return step
+
+def bench_train(d:int, # activation width
+                F:int, # latents
+                B:int=4096, # batch
+                repeats:int=3, # timed steps per contender (best kept)
+                saelens:bool=True, # include SAELens if installed
+               )->dict:
+    "Tokens/s and fraction of matmul peak of salmon's and SAELens' JumpReLU training steps"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, d, generator=g) / math.sqrt(d)
+    W = torch.randn(d, F, generator=g)
+    tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 10_000, lr_warmup_steps=0, sparsity_warmup_steps=0), d)
+    var = float((x - x.mean(0)).pow(2).sum())
+    runs = dict(mm=lambda t: torch.mm(x, W), salmon=lambda t: tr.step(x, t, var))
+    sl = _saelens_step(d, F) if saelens else None
+    if sl is not None: runs['saelens'] = lambda t: sl(x, t)
+    for f in runs.values(): f(0)                                    # warm-up
+    best = {k: float('inf') for k in runs}
+    for r in range(repeats):
+        for k, f in runs.items():
+            t0 = time.perf_counter(); f(r + 1); best[k] = min(best[k], time.perf_counter() - t0)
+    peak = 2 * B * d * F / best['mm']
+    row = dict(d=d, F=F, B=B, mm_gflops=peak / 1e9)
+    for k in ('salmon', 'saelens'):
+        if k in best:
+            row[f'{k}_tok_s'] = B / best[k]; row[f'{k}_frac_peak'] = 10 * B * d * F / best[k] / peak
+    if 'saelens' in best: row['salmon_over_saelens'] = best['saelens'] / best['salmon']
+    return row
+
+# %% ../nbs/90_bench.ipynb #5b0c1b12
+def bench_train_profile(d:int=64, F:int=1024, B:int=512)->dict:
+    "Allocations of at least B·F bytes during one salmon training step, by op (float buffers are 4 B·F bytes)"
+    from torch.profiler import profile
+    x = torch.randn(B, d) / math.sqrt(d)
+    tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 100, lr_warmup_steps=0, sparsity_warmup_steps=0), d)
+    tr.step(x, 0, 1.0)
+    with profile(profile_memory=True, record_shapes=True) as p: tr.step(x, 1, 1.0)
+    big = {}
+    for e in p.events():
+        if e.cpu_memory_usage >= B * F:
+            big.setdefault(e.name, []).append(e.cpu_memory_usage)
+    return big
+
+# %% ../nbs/90_bench.ipynb #f1f497db
 def _print_rows(rows:list[dict]):
     import pandas as pd
     with pd.option_context('display.width', 200, 'display.max_columns', 50, 'display.float_format', '{:,.2f}'.format):
@@ -74,10 +137,12 @@ def _print_rows(rows:list[dict]):
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon.bench`"
     p = argparse.ArgumentParser('python -m salmon.bench', description='salmon benchmarks (ratios against baselines in the same run)')
-    p.add_argument('what', choices=['trace', 'all'], help='which benchmark')
+    p.add_argument('what', choices=['trace', 'train', 'all'], help='which benchmark')
     p.add_argument('--model', default='gemma-3-270m', help="real model to include ('none' for the tiny model only)")
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    p.add_argument('--repeats', type=int, default=3, help='timed training steps per contender (train)')
+    p.add_argument('--big-batch', type=int, default=1024, help='batch of the d=2304, F=16384 training shape (train)')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu')
@@ -86,7 +151,10 @@ def main(argv:list[str]|None=None):
         if a.model != 'none':
             rows.append(bench_trace(load_lm(a.model, device='cpu'), a.model, a.layer, n_texts=32, batch_size=8, repeats=3))
         _print_rows(rows)
+    if a.what in ('train', 'all'):
+        shapes = [(640, 4096, 4096), (640, 16384, 4096), (2304, 16384, a.big_batch)]
+        _print_rows([bench_train(d, F, B, repeats=a.repeats) for d, F, B in shapes])
 
-# %% ../nbs/90_bench.ipynb #5b0c1b12
+# %% ../nbs/90_bench.ipynb #ce1cc113
 #| eval: false
 if __name__ == '__main__': main()

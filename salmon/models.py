@@ -8,8 +8,9 @@ import hashlib, json, logging, os, re, time, warnings
 from functools import lru_cache
 from pathlib import Path
 import torch
+from safetensors.torch import save as st_save
 from torch import nn
-from .core import atomic_dir, cache_dir, check_range, data_dir, default_device, default_dtype
+from .core import atomic_dir, atomic_write, cache_dir, check_range, data_dir, default_device, default_dtype
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'BLOCK_PATHS', 'torch_model', 'convert_gguf', 'embedded_model_dir', 'load_lm', 'tiny_tokenizer', 'tiny_lm',
@@ -162,9 +163,18 @@ def tiny_lm(seed:int=0, # initialisation seed
                        eos_token_id=tok.eos_token_id, attn_implementation='eager')
     torch.manual_seed(seed)
     model = Gemma2ForCausalLM(cfg)
-    if train_steps: _train_tiny(model, tok, train_steps, seed)
+    if train_steps: _trained_tiny(model, tok, train_steps, seed)
     if save_to: model.save_pretrained(save_to); tok.save_pretrained(save_to)
     return _wrap(model, tok)
+
+def _trained_tiny(model, tok, steps:int, seed:int):
+    "Train the tiny model, or load the same training's result from salmon's cache (keyed by tokenizer, config, steps, seed)"
+    from safetensors.torch import load_file
+    key = hashlib.sha1(f'{_tiny_tokenizer_json(len(tok))}|{model.config.to_json_string()}|{steps}|{seed}|{torch.__version__}'.encode()).hexdigest()[:16]
+    f = cache_dir('tiny')/f'tiny-{key}.safetensors'
+    if f.exists(): model.load_state_dict(load_file(f), strict=False); return
+    _train_tiny(model, tok, steps, seed)
+    with atomic_write(f) as fh: fh.write(st_save({k: v.contiguous() for k, v in model.state_dict().items() if k != 'lm_head.weight'}))
 
 def _train_tiny(model, tok, steps:int, seed:int, batch:int=8, ctx:int=128):
     "A few AdamW steps of next-token prediction on packed project text"
@@ -180,7 +190,7 @@ def _train_tiny(model, tok, steps:int, seed:int, batch:int=8, ctx:int=128):
         opt.zero_grad(); loss.backward(); opt.step()
     model.eval()
 
-# %% ../nbs/01_models.ipynb #8ba8ca4a
+# %% ../nbs/01_models.ipynb #0aad81c7
 BLOCK_PATHS = ('model.layers', 'model.language_model.layers', 'language_model.model.layers', 'model.text_model.layers',
                'transformer.h', 'gpt_neox.layers', 'model.decoder.layers', 'transformer.blocks')
 
@@ -198,7 +208,7 @@ def block_path(lm, # an nnsight model or a torch module
         if isinstance(blocks, nn.ModuleList) and len(blocks): return p
     raise ValueError(f"no decoder blocks found in {type(m).__name__}: looked for {list(BLOCK_PATHS)}")
 
-# %% ../nbs/01_models.ipynb #2d1d47b5
+# %% ../nbs/01_models.ipynb #a84acdaa
 def n_layers(lm)->int:
     "Number of decoder blocks of `lm`"
     return len(_walk(torch_model(lm), block_path(lm)))
@@ -218,7 +228,7 @@ def resid_module(lm, # an nnsight model
     check_range('layer', layer, 0, n_layers(lm))
     return _walk(lm, block_path(lm))[layer]
 
-# %% ../nbs/01_models.ipynb #2934a344
+# %% ../nbs/01_models.ipynb #8c481b1a
 def resid_output(out, # a decoder block's output: tensor [B, T, d] or tuple whose first item is one
                  n_batch:int|None=None, # expected batch size, checked when given
                 ):

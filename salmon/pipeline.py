@@ -11,11 +11,17 @@ import pandas as pd
 import torch
 from .core import atomic_write, check_choice
 from .data import general_text, medical_qa
+import itertools, json
+from .metrics import evaluate
 from .models import load_lm, tiny_lm
+from .plots import paper_reference, pareto
+from .sae import load_sae
+from .train import TrainConfig, train_saes
 from .trace import ActivationCache, cache_activations
 
 # %% auto #0
-__all__ = ['PRESETS', 'CORPORA', 'Preset', 'get_preset', 'stage_caches', 'run']
+__all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'COMPARE', 'Preset', 'get_preset', 'stage_caches', 'train_configs', 'stage_saes',
+           'stage_eval', 'run', 'comparison', 'figures']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -30,10 +36,21 @@ class Preset:
     train_texts:int|None=None # texts per corpus to cache for training (None: all)
     cache_dtype:str='float16' # on-disk activation dtype
     bos:str='drop'            # BOS policy (see `salmon.trace`)
+    d_sae:int=16_384          # SAE width (domain and broad SAEs alike)
+    target_l0s:tuple=(20, 40, 80, 160, 320, 640) # the sweep: one SAE per target L0 and family
+    recipe:str='paper'        # `salmon.train` recipe
+    train_tokens:int=49_000_000 # tokens per SAE (several epochs over a small cache)
+    train_batch:int=2048      # activations per step
+    lr:float|None=None        # learning rate (None: the recipe's)
+    buffer_tokens:int=250_000 # shuffling-buffer capacity
+    eval_texts:int=200        # held-out texts per corpus for evaluation
+    eval_max_len:int=1024     # tokens per evaluation text
 
 PRESETS = {p.name: p for p in [
-    Preset('tiny', 'tiny', 2, max_len=128, train_texts=48),
-    Preset('demo', 'gemma-3-270m', 13, max_len=512),
+    Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, d_sae=256, target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
+           lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
+    Preset('demo', 'gemma-3-270m', 13, max_len=512, d_sae=2048, target_l0s=(16, 32, 64), train_tokens=409_600, train_batch=1024,
+           lr=1e-3, buffer_tokens=32_768, eval_texts=24, eval_max_len=256),
     Preset('gemma-2-2b', 'google/gemma-2-2b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16'),
     Preset('gemma-2-9b', 'google/gemma-2-9b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16'),
 ]}
@@ -46,7 +63,7 @@ def get_preset(name:str)->Preset:
 CORPORA = dict(medical=medical_qa, general=general_text)
 
 def _load(p:Preset):
-    return tiny_lm() if p.model == 'tiny' else load_lm(p.model)
+    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
 
 def _mean_norm(cache:ActivationCache)->float:
     "Mean L2 norm of the cached activations (float64 accumulation)"
@@ -75,6 +92,56 @@ def stage_caches(p:Preset, # the run's preset
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_pipeline.ipynb #d1132093
+FAMILIES = dict(domain='medical', broad='general')
+
+def _epochs(cache:ActivationCache, batch:int, capacity:int):
+    "Shuffled batches over the cache, epoch after epoch, each epoch in a new order"
+    for e in itertools.count():
+        yield from cache.batches(batch_tokens=batch, capacity=min(capacity, max(cache.n_tokens, 2 * batch)), seed=e)
+
+def train_configs(p:Preset, family:str)->list[TrainConfig]:
+    "The preset's sweep for one family"
+    steps = p.train_tokens // p.train_batch
+    kw = dict(d_sae=p.d_sae, n_tokens=p.train_tokens, batch_size=p.train_batch, lr_warmup_steps=round(0.04 * steps),
+              sparsity_warmup_steps=round(0.21 * steps), **({'lr': p.lr} if p.lr else {}))
+    return [TrainConfig.preset(p.recipe, target_l0=float(t), name=f'{family}-F{p.d_sae}-l0_{t}', **kw) for t in p.target_l0s]
+
+def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
+    "Train (or load) the domain and broad SAE sweeps; return name -> SAE"
+    out = Path(out); saes = {}
+    for family, corpus in FAMILIES.items():
+        cfgs = train_configs(p, family); fdir = out/'saes'/family
+        if all((fdir/c.label/'config.json').exists() for c in cfgs):
+            saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
+        cache = ActivationCache(out/'cache'/f'{corpus}-train')
+        meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
+        res = train_saes(cfgs, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
+                         ckpt_every=max(1, cfgs[0].n_steps // 5), log_every=max(1, cfgs[0].n_steps // 50), progress=progress)
+        saes.update({c.label: s for c, (s, _) in zip(cfgs, res)})
+    for name, s in saes.items(): s.cfg.setdefault('name', name)
+    return saes
+
+# %% ../nbs/95_pipeline.ipynb #7e1872ce
+def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
+    "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
+    out = Path(out); frames = []
+    for corpus, fn in CORPORA.items():
+        f = out/'eval'/f'{corpus}-test.csv'
+        if f.exists():
+            df = pd.read_csv(f)
+            if set(df.name) == set(saes): frames.append(df); continue
+        lm = lm or _load(p)
+        texts = list(fn('test', source=p.source, limit=p.eval_texts))
+        df = evaluate(saes, lm, texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress, eval_corpus=corpus)
+        meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae, target_l0=s.cfg.get('train', {}).get('target_l0'))
+                             for k, s in saes.items()])
+        df = meta.merge(df, on='name')
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+# %% ../nbs/95_pipeline.ipynb #73ff06df
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path='results', # results folder
         progress:bool=True, # progress bars
@@ -83,10 +150,33 @@ def run(preset:str|Preset='demo', # preset name or object
     p = preset if isinstance(preset, Preset) else get_preset(preset)
     out = Path(out)/p.name; out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    summary = stage_caches(p, out, progress=progress)
-    with atomic_write(out/'summary.csv', 'w') as f: summary.to_csv(f, index=False)
-    with pd.option_context('display.width', 200, 'display.max_columns', 30, 'display.float_format', '{:,.2f}'.format):
-        print(f'\nsalmon {p.name}: {p.model}, layer {p.layer} (resid_post), BOS {p.bos}; {time.time() - t0:.1f}s\n')
-        print(summary.to_string(index=False))
-    print(f'\nsummary written to {out/"summary.csv"}')
-    return summary
+    caches = stage_caches(p, out, progress=progress)
+    with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
+    saes = stage_saes(p, out, progress=progress)
+    ev = stage_eval(p, out, saes, progress=progress)
+    comp = comparison(ev, 'medical')
+    with atomic_write(out/'comparison.csv', 'w') as f: comp.to_csv(f, index=False)
+    figures(ev, out)
+    with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.float_format', '{:,.3f}'.format):
+        print(f'\nsalmon {p.name}: {p.model}, layer {p.layer} (resid_post), BOS {p.bos}; {time.time() - t0:.0f}s\n')
+        print(caches[['corpus', 'texts', 'tokens', 'tok_per_s', 'mean_norm', 'reused']].to_string(index=False))
+        print(f'\ndomain vs broad SAEs (width {p.d_sae}) on held-out medical text:\n')
+        print(comp.to_string(index=False))
+    print(f'\nresults in {out}')
+    return comp
+
+# %% ../nbs/95_pipeline.ipynb #44f90790
+COMPARE = ['family', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae', 'frac_alive']
+
+def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
+    "The domain-vs-broad table on one held-out corpus"
+    d = ev[ev.eval_corpus == corpus]
+    return d[[c for c in COMPARE if c in d]].sort_values(['target_l0', 'family'], ascending=[True, False]).reset_index(drop=True)
+
+def figures(ev:pd.DataFrame, out:Path):
+    "FVE and loss-recovered Pareto plots per held-out corpus, as PNG"
+    import matplotlib.pyplot as plt
+    for corpus, d in ev.groupby('eval_corpus'):
+        fig, axs = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, y in zip(axs, ['fve', 'loss_recovered_mean']): pareto(d, y, ax=ax, title=f'held-out {corpus} text')
+        fig.savefig(out/f'pareto_{corpus}.png', dpi=80, bbox_inches='tight'); plt.close(fig)
