@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse, math, sys, time
 import torch
 from .data import medical_qa
-from .models import block_path, load_lm, n_layers, resid_output, tiny_lm, torch_model
-from .trace import ActivationStream, _tokenize
+from .darkmatter import bench_darkmatter
+from .metrics import loss_recovered
+from .models import block_path, d_model, load_lm, n_layers, resid_output, tiny_lm, torch_model
+from .sae import JumpReLUSAE
+from .trace import ActivationStream, _model_device, _tokenize
 from .train import SAETrainer, TrainConfig
 
 # %% auto #0
-__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'main']
+__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_eval', 'main']
 
 # %% ../nbs/90_bench.ipynb #a78e744f
 class _Stop(Exception): pass
@@ -129,6 +132,43 @@ def bench_train_profile(d:int=64, F:int=1024, B:int=512)->dict:
     return big
 
 # %% ../nbs/90_bench.ipynb #f1f497db
+def _peak_mem(fn):
+    "Run `fn`; return (result, seconds, peak extra memory in MB)"
+    import threading, psutil
+    proc = psutil.Process(); base = proc.memory_info().rss; peak = [base]; stop = threading.Event()
+    def watch():
+        while not stop.is_set(): peak[0] = max(peak[0], proc.memory_info().rss); stop.wait(0.005)
+    if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+    th = threading.Thread(target=watch, daemon=True); th.start()
+    t0 = time.perf_counter()
+    try: out = fn()
+    finally: secs = time.perf_counter() - t0; stop.set(); th.join()
+    extra = (torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak[0] - base) / 2**20
+    return out, secs, extra
+
+def bench_eval(lm, # nnsight model
+               name:str, # label
+               layer:int, # block the SAE reads
+               d_sae:int=4096, # width of the (untrained) SAE spliced in
+               n_texts:int=16, batch_size:int=4, max_len:int=256,
+              )->dict:
+    "Tokens/s and peak memory of `loss_recovered` against three plain forwards on the same texts"
+    texts = list(medical_qa('test', limit=n_texts)); model = torch_model(lm)
+    sae = JumpReLUSAE(d_model(lm), d_sae, device=_model_device(lm)).requires_grad_(False)
+    toks = [_tokenize(lm.tokenizer, texts[i:i+batch_size], max_len)[:2] for i in range(0, len(texts), batch_size)]
+    n_tok = sum(int(m[:, 1:].sum()) for _, m in toks)
+    def plain3():
+        for _ in range(3):
+            for ids, m in toks:
+                with torch.no_grad(): model(input_ids=ids.to(_model_device(lm)), attention_mask=m.to(_model_device(lm))).logits.float().log_softmax(-1)
+    lr = lambda: loss_recovered(lm, sae, texts, layer, batch_size=batch_size, max_len=max_len, progress=False)
+    lr()                                                           # warm-up
+    _, t_lr, m_lr = _peak_mem(lr)
+    _, t_p, m_p = _peak_mem(plain3)
+    return dict(model=name, layer=layer, tokens=n_tok, loss_recovered_tok_s=n_tok / t_lr, three_forwards_tok_s=n_tok / t_p,
+                ratio=t_p / t_lr, loss_recovered_peak_mb=m_lr, three_forwards_peak_mb=m_p)
+
+# %% ../nbs/90_bench.ipynb #0785ed1a
 def _print_rows(rows:list[dict]):
     import pandas as pd
     with pd.option_context('display.width', 200, 'display.max_columns', 50, 'display.float_format', '{:,.2f}'.format):
@@ -137,7 +177,7 @@ def _print_rows(rows:list[dict]):
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon.bench`"
     p = argparse.ArgumentParser('python -m salmon.bench', description='salmon benchmarks (ratios against baselines in the same run)')
-    p.add_argument('what', choices=['trace', 'train', 'all'], help='which benchmark')
+    p.add_argument('what', choices=['trace', 'train', 'eval', 'darkmatter', 'all'], help='which benchmark')
     p.add_argument('--model', default='gemma-3-270m', help="real model to include ('none' for the tiny model only)")
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
@@ -154,7 +194,13 @@ def main(argv:list[str]|None=None):
     if a.what in ('train', 'all'):
         shapes = [(640, 4096, 4096), (640, 16384, 4096), (2304, 16384, a.big_batch)]
         _print_rows([bench_train(d, F, B, repeats=a.repeats) for d, F, B in shapes])
+    if a.what in ('eval', 'all'):
+        rows = [bench_eval(tiny_lm(train_steps=40), 'tiny-gemma2', 2, d_sae=256, n_texts=16)]
+        if a.model != 'none': rows.append(bench_eval(load_lm(a.model, device='cpu'), a.model, a.layer, n_texts=16, batch_size=4, max_len=256))
+        _print_rows(rows)
+    if a.what in ('darkmatter', 'all'):
+        _print_rows([bench_darkmatter()])   # d=2304 × 108k tokens (the paper's protocol) vs one numpy.linalg.lstsq
 
-# %% ../nbs/90_bench.ipynb #ce1cc113
+# %% ../nbs/90_bench.ipynb #f8ffe707
 #| eval: false
 if __name__ == '__main__': main()

@@ -190,7 +190,7 @@ def _check_split(split, train_frac, groups, n_rows, ridge):
             raise ValueError(f'groups has dtype {g.dtype} and shape {g.shape}; expected None, an int, "chunk", or non-negative integer ids, one per row')
         if n_rows is not None and len(g) != n_rows: raise ValueError(f'groups has {len(g)} ids for {n_rows} rows; expected one id per row')
     if split == 'sequential':
-        if groups == 'chunk': raise ValueError("groups='chunk' needs split='random' (a sequential split must know the number of chunks in advance)")
+        if isinstance(groups, str): raise ValueError("groups='chunk' needs split='random' (a sequential split must know the number of chunks in advance)")
         if n_rows is None: raise ValueError("split='sequential' needs the number of rows in advance: pass n_rows (or use split='random')")
 
 # %% ../nbs/10_darkmatter.ipynb #c33f157d

@@ -232,7 +232,7 @@ def loss_recovered(lm, # an nnsight model
                    max_len:int=1024, # tokens per text
                    splice_bos:bool=False, # also replace BOS (the authors' code) instead of keeping it clean
                    mean_act:torch.Tensor|None=None, # mean activation for mean-ablation (default: over these tokens)
-                   chunk_tokens:int=512, # tokens per logits chunk (memory: chunk × vocab floats)
+                   chunk_tokens:int=128, # tokens per logits chunk (memory: a few chunk × vocab fp32 tensors)
                    progress:bool=True,
                   )->dict|pd.DataFrame: # one SAE: a dict; several: a DataFrame, one row per SAE
     "CE clean / spliced / zero- / mean-ablated, loss recovered, ΔCE and KL, on the same tokens for every SAE"
@@ -252,7 +252,7 @@ def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              splice_bos:bool=False, # replace BOS too in the spliced passes
              loss:bool=True, # also run the spliced passes (loss recovered, KL)
              mean_act:torch.Tensor|None=None,
-             chunk_tokens:int=512,
+             chunk_tokens:int=128,
              progress:bool=True,
              **labels, # constant columns to add (corpus, split, ...)
             )->pd.DataFrame:

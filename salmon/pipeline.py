@@ -12,6 +12,9 @@ import torch
 from .core import atomic_write, check_choice
 from .data import general_text, medical_qa
 import itertools, json
+import numpy as np
+from .darkmatter import dark_matter_sae
+from .interp import domain_specificity_summary
 from .metrics import evaluate
 from .models import load_lm, tiny_lm
 from .plots import paper_reference, pareto
@@ -20,8 +23,9 @@ from .train import TrainConfig, train_saes
 from .trace import ActivationCache, cache_activations
 
 # %% auto #0
-__all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'COMPARE', 'Preset', 'get_preset', 'stage_caches', 'train_configs', 'stage_saes',
-           'stage_eval', 'run', 'comparison', 'figures']
+__all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'DM_COLS', 'COMPARE', 'Preset', 'get_preset', 'stage_caches',
+           'train_configs', 'stage_saes', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'run', 'comparison',
+           'figures']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class Preset:
 PRESETS = {p.name: p for p in [
     Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, d_sae=256, target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
-    Preset('demo', 'gemma-3-270m', 13, max_len=512, d_sae=2048, target_l0s=(16, 32, 64), train_tokens=409_600, train_batch=1024,
-           lr=1e-3, buffer_tokens=32_768, eval_texts=24, eval_max_len=256),
+    Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', d_sae=1024, target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
+           lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
     Preset('gemma-2-2b', 'google/gemma-2-2b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16'),
     Preset('gemma-2-9b', 'google/gemma-2-9b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16'),
 ]}
@@ -77,16 +81,16 @@ def stage_caches(p:Preset, # the run's preset
                 )->pd.DataFrame:   # one row per corpus
     "Trace each corpus's training split into a cache (reusing finished caches); summarise them"
     out = Path(out); rows = []; lm = None
-    for corpus, fn in CORPORA.items():
-        path = out/'cache'/f'{corpus}-train'
+    for (corpus, fn), split in itertools.product(CORPORA.items(), ('train', 'test')):
+        path = out/'cache'/f'{corpus}-{split}'
         try: reused = ActivationCache(path).complete
         except FileNotFoundError: reused = False
         if not reused and lm is None: lm = _load(p)
-        texts = fn('train', source=p.source, limit=p.train_texts)
-        c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split='train', max_len=p.max_len,
+        texts = fn(split, source=p.source, limit=p.train_texts if split == 'train' else p.eval_texts * 4)
+        c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
         m = c.manifest
-        rows.append(dict(model=p.model, layer=p.layer, corpus=corpus, texts=m['n_texts'], tokens=m['n_tokens'],
+        rows.append(dict(model=p.model, layer=p.layer, corpus=corpus, split=split, texts=m['n_texts'], tokens=m['n_tokens'],
                          truncated=m['n_truncated'], seconds=m['seconds'], tok_per_s=m['n_tokens'] / max(m['seconds'], 1e-9),
                          mean_norm=_mean_norm(c), reused=reused))
     return pd.DataFrame(rows)
@@ -142,6 +146,40 @@ def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->
     return pd.concat(frames, ignore_index=True)
 
 # %% ../nbs/95_pipeline.ipynb #73ff06df
+def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
+    "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
+    out = Path(out); f = out/'darkmatter.csv'
+    if f.exists():
+        df = pd.read_csv(f)
+        if set(df.name) == set(saes): return df
+    tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
+    groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
+    rows = []
+    for name, sae in saes.items():
+        src = itertools.chain(tr.chunks(), te.chunks())
+        res = dark_matter_sae(sae, src, n_rows=len(groups), groups=groups, split='sequential', train_frac=0.5)
+        rows.append(dict(name=name, **res.row()))
+    df = pd.DataFrame(rows)
+    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
+    return df
+
+# %% ../nbs/95_pipeline.ipynb #44f90790
+SPEC_COLS = ['frac_domain_specific', 'frac_generic']
+
+def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
+    "Domain-specificity summary of every SAE on the held-out corpora (cached)"
+    out = Path(out); f = out/'specificity.csv'
+    if f.exists():
+        df = pd.read_csv(f)
+        if set(df.name) == set(saes): return df
+    lm = lm or _load(p)
+    n = p.eval_texts * 4
+    df = domain_specificity_summary(saes, lm, medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
+                                    p.layer, max_len=p.eval_max_len, bos=p.bos)
+    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
+    return df
+
+# %% ../nbs/95_pipeline.ipynb #5e7bbe9a
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path='results', # results folder
         progress:bool=True, # progress bars
@@ -154,19 +192,23 @@ def run(preset:str|Preset='demo', # preset name or object
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
     saes = stage_saes(p, out, progress=progress)
     ev = stage_eval(p, out, saes, progress=progress)
-    comp = comparison(ev, 'medical')
+    dm = stage_darkmatter(p, out, saes)
+    sp = stage_specificity(p, out, saes)
+    comp = comparison(ev.merge(dm[['name', *DM_COLS]], on='name', how='left').merge(sp[['name', *SPEC_COLS]], on='name', how='left'), 'medical')
     with atomic_write(out/'comparison.csv', 'w') as f: comp.to_csv(f, index=False)
     figures(ev, out)
     with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.float_format', '{:,.3f}'.format):
         print(f'\nsalmon {p.name}: {p.model}, layer {p.layer} (resid_post), BOS {p.bos}; {time.time() - t0:.0f}s\n')
-        print(caches[['corpus', 'texts', 'tokens', 'tok_per_s', 'mean_norm', 'reused']].to_string(index=False))
+        print(caches[['corpus', 'split', 'texts', 'tokens', 'tok_per_s', 'mean_norm', 'reused']].to_string(index=False))
         print(f'\ndomain vs broad SAEs (width {p.d_sae}) on held-out medical text:\n')
         print(comp.to_string(index=False))
     print(f'\nresults in {out}')
     return comp
 
-# %% ../nbs/95_pipeline.ipynb #44f90790
-COMPARE = ['family', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae', 'frac_alive']
+# %% ../nbs/95_pipeline.ipynb #52d72972
+DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
+COMPARE = ['family', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
+           'frac_alive', *DM_COLS, *SPEC_COLS]
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
     "The domain-vs-broad table on one held-out corpus"

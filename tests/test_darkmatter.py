@@ -288,3 +288,13 @@ def test_plots():
 def test_bench_small_agrees():
     b = bench_darkmatter(n_tokens=2000, d=16)
     assert b['max_coef_diff'] < 1e-6 and b['r2_vector_diff'] < 1e-6 and b['n_train'] == 1200
+
+
+def test_sequential_split_with_group_ids():
+    "Explicit group ids with a sequential split: group 0 trains, group 1 tests (how the pipeline separates corpora)"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5)); xh = x * 0.9 + rng.normal(scale=0.1, size=x.shape)
+    groups = np.r_[np.zeros(300, np.int64), np.ones(100, np.int64)]
+    r = dark_matter(x, xh, split='sequential', train_frac=0.5, groups=groups)
+    m = r.metrics
+    assert int(m.loc[('raw', 'train'), 'n_tokens']) == 300 and int(m.loc[('raw', 'test'), 'n_tokens']) == 100
