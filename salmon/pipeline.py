@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 from .core import atomic_write, check_choice
 from .data import general_text, medical_qa
-import itertools, json
+import functools, itertools, json
 import numpy as np
 from .darkmatter import dark_matter_sae
+from .absorption import absorption_summary
 from .interp import domain_specificity_summary
 from .metrics import evaluate
 from .models import load_lm, tiny_lm
@@ -23,9 +24,9 @@ from .train import TrainConfig, train_saes
 from .trace import ActivationCache, cache_activations
 
 # %% auto #0
-__all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'DM_COLS', 'COMPARE', 'Preset', 'get_preset', 'stage_caches',
-           'train_configs', 'stage_saes', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'run', 'comparison',
-           'figures']
+__all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'DM_COLS', 'COMPARE', 'Preset', 'get_preset',
+           'stage_caches', 'train_configs', 'stage_saes', 'stage_eval', 'stage_darkmatter', 'stage_specificity',
+           'stage_absorption', 'run', 'comparison', 'figures']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def get_preset(name:str)->Preset:
 # %% ../nbs/95_pipeline.ipynb #b6406452
 CORPORA = dict(medical=medical_qa, general=general_text)
 
+@functools.lru_cache(maxsize=1)
 def _load(p:Preset):
+    "The preset's model, loaded once per process however many stages need it"
     return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
 
 def _mean_norm(cache:ActivationCache)->float:
@@ -180,6 +183,19 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     return df
 
 # %% ../nbs/95_pipeline.ipynb #5e7bbe9a
+ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
+
+def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
+    "Absorption and fragmentation of every SAE (cached)"
+    out = Path(out); f = out/'absorption.csv'
+    if f.exists():
+        df = pd.read_csv(f)
+        if set(df.name) == set(saes): return df
+    df = absorption_summary(saes, lm or _load(p), p.layer)
+    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
+    return df
+
+# %% ../nbs/95_pipeline.ipynb #52d72972
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path='results', # results folder
         progress:bool=True, # progress bars
@@ -194,7 +210,9 @@ def run(preset:str|Preset='demo', # preset name or object
     ev = stage_eval(p, out, saes, progress=progress)
     dm = stage_darkmatter(p, out, saes)
     sp = stage_specificity(p, out, saes)
-    comp = comparison(ev.merge(dm[['name', *DM_COLS]], on='name', how='left').merge(sp[['name', *SPEC_COLS]], on='name', how='left'), 'medical')
+    ab = stage_absorption(p, out, saes)
+    extra = dm[['name', *DM_COLS]].merge(sp[['name', *SPEC_COLS]], on='name').merge(ab[['name', *ABS_COLS]], on='name')
+    comp = comparison(ev.merge(extra, on='name', how='left'), 'medical')
     with atomic_write(out/'comparison.csv', 'w') as f: comp.to_csv(f, index=False)
     figures(ev, out)
     with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.float_format', '{:,.3f}'.format):
@@ -205,10 +223,10 @@ def run(preset:str|Preset='demo', # preset name or object
     print(f'\nresults in {out}')
     return comp
 
-# %% ../nbs/95_pipeline.ipynb #52d72972
+# %% ../nbs/95_pipeline.ipynb #1ed03a0c
 DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
 COMPARE = ['family', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
-           'frac_alive', *DM_COLS, *SPEC_COLS]
+           'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
     "The domain-vs-broad table on one held-out corpus"
