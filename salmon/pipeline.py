@@ -129,71 +129,55 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
     return saes
 
 # %% ../nbs/95_pipeline.ipynb #7e1872ce
+def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
+    "Reuse the table at `f` if it has a row for exactly these SAEs; else `compute()` it and write it atomically"
+    if f.exists():
+        df = pd.read_csv(f)
+        if set(df.name) == set(saes): return df
+    df = compute()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
+    return df
+
 def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
     "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
-    out = Path(out); frames = []
-    for corpus, fn in CORPORA.items():
-        f = out/'eval'/f'{corpus}-test.csv'
-        if f.exists():
-            df = pd.read_csv(f)
-            if set(df.name) == set(saes): frames.append(df); continue
-        lm = lm or _load(p)
-        texts = list(fn('test', source=p.source, limit=p.eval_texts))
-        df = evaluate(saes, lm, texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress, eval_corpus=corpus)
-        meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae, target_l0=s.cfg.get('train', {}).get('target_l0'))
-                             for k, s in saes.items()])
-        df = meta.merge(df, on='name')
-        f.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae, target_l0=s.cfg.get('train', {}).get('target_l0'))
+                         for k, s in saes.items()])
+    def compute(corpus, fn):
+        df = evaluate(saes, lm or _load(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
+                      bos=p.bos, progress=progress, eval_corpus=corpus)
+        return meta.merge(df, on='name')
+    return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
+                      for corpus, fn in CORPORA.items()], ignore_index=True)
 
 # %% ../nbs/95_pipeline.ipynb #73ff06df
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
-    out = Path(out); f = out/'darkmatter.csv'
-    if f.exists():
-        df = pd.read_csv(f)
-        if set(df.name) == set(saes): return df
-    tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
-    groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
-    rows = []
-    for name, sae in saes.items():
-        src = itertools.chain(tr.chunks(), te.chunks())
-        res = dark_matter_sae(sae, src, n_rows=len(groups), groups=groups, split='sequential', train_frac=0.5)
-        rows.append(dict(name=name, **res.row()))
-    df = pd.DataFrame(rows)
-    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
-    return df
+    out = Path(out)
+    def compute():
+        tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
+        groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
+        rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
+                                                  split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
+        return pd.DataFrame(rows)
+    return _per_sae_csv(out/'darkmatter.csv', saes, compute)
 
 # %% ../nbs/95_pipeline.ipynb #44f90790
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
-    out = Path(out); f = out/'specificity.csv'
-    if f.exists():
-        df = pd.read_csv(f)
-        if set(df.name) == set(saes): return df
-    lm = lm or _load(p)
     n = p.eval_texts * 4
-    df = domain_specificity_summary(saes, lm, medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
-                                    p.layer, max_len=p.eval_max_len, bos=p.bos)
-    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
-    return df
+    return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
+        saes, lm or _load(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
+        p.layer, max_len=p.eval_max_len, bos=p.bos))
 
 # %% ../nbs/95_pipeline.ipynb #5e7bbe9a
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
 def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
-    out = Path(out); f = out/'absorption.csv'
-    if f.exists():
-        df = pd.read_csv(f)
-        if set(df.name) == set(saes): return df
-    df = absorption_summary(saes, lm or _load(p), p.layer)
-    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
-    return df
+    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or _load(p), p.layer))
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
 def run(preset:str|Preset='demo', # preset name or object
