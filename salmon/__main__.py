@@ -19,7 +19,7 @@ def parse_args(argv:list[str]|None=None)->argparse.Namespace:
     r = sub.add_parser('reproduce', help='run the pipeline for a preset')
     r.add_argument('--preset', choices=list(PRESETS), default='demo', help='scale: tiny (tests), demo (this machine), gemma-2-2b / gemma-2-9b (GPU + hub)')
     for s in (d, r):
-        s.add_argument('--out', default='results', help='results folder')
+        s.add_argument('--out', default=None, help='results folder (default: $SALMON_RESULTS, else results/ of this checkout)')
         s.add_argument('--no-progress', action='store_true', help='hide progress bars')
     return p.parse_args(argv)
 

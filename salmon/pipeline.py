@@ -9,11 +9,12 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import atomic_write, check_choice
+from .core import atomic_write, check_choice, default_device
 from .data import general_text, medical_qa
-import functools, itertools, json
+import functools, itertools, json, os
 import numpy as np
 from .darkmatter import dark_matter_sae
+from .gemmascope import LADDER, REPOS, load_gemmascope
 from .absorption import absorption_summary
 from .interp import domain_specificity_summary
 from .metrics import evaluate
@@ -24,9 +25,11 @@ from .train import TrainConfig, train_saes
 from .trace import ActivationCache, cache_activations
 
 # %% auto #0
-__all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'DM_COLS', 'COMPARE', 'Preset', 'get_preset',
-           'stage_caches', 'train_configs', 'stage_saes', 'stage_eval', 'stage_darkmatter', 'stage_specificity',
-           'stage_absorption', 'run', 'comparison', 'figures']
+__all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
+           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'load_model', 'stage_caches',
+           'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval', 'stage_darkmatter',
+           'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
+           'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -39,9 +42,12 @@ class Preset:
     max_len:int=1024          # tokens per example (longer ones truncated)
     batch_size:int=8          # texts per LM forward
     train_texts:int|None=None # texts per corpus to cache for training (None: all)
+    general_texts:int|None=None # general texts to cache for training (None: `train_texts`); long hub texts need fewer for as many tokens
     cache_dtype:str='float16' # on-disk activation dtype
     bos:str='drop'            # BOS policy (see `salmon.trace`)
-    d_sae:int=16_384          # SAE width (domain and broad SAEs alike)
+    widths:tuple=(16_384,)    # SAE widths; every family is trained (or loaded) at each
+    families:tuple=('domain', 'broad') # 'domain' (trained on medical), 'broad' (trained on general, same recipe), 'gemmascope' (the hub ladder)
+    gemmascope_dir:str|None=None # a local copy of the GemmaScope repo layout (None: the hub)
     target_l0s:tuple=(20, 40, 80, 160, 320, 640) # the sweep: one SAE per target L0 and family
     recipe:str='paper'        # `salmon.train` recipe
     train_tokens:int=49_000_000 # tokens per SAE (several epochs over a small cache)
@@ -51,13 +57,20 @@ class Preset:
     eval_texts:int=200        # held-out texts per corpus for evaluation
     eval_max_len:int=1024     # tokens per evaluation text
 
+    def __post_init__(self):
+        for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
+        if 'domain' not in self.families: raise ValueError(f'families={self.families!r} has no domain family; every comparison is against it')
+        if not self.widths or not self.target_l0s: raise ValueError(f'widths={self.widths!r} and target_l0s={self.target_l0s!r} must not be empty')
+
 PRESETS = {p.name: p for p in [
-    Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, d_sae=256, target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
+    Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, widths=(256,), target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
-    Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', d_sae=1024, target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
+    Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', widths=(1024,), target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
-    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16'),
-    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16'),
+    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
+           general_texts=4_000, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
+           general_texts=4_000, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
 ]}
 
 def get_preset(name:str)->Preset:
@@ -65,11 +78,20 @@ def get_preset(name:str)->Preset:
     return PRESETS[check_choice('preset', name, PRESETS)]
 
 # %% ../nbs/95_pipeline.ipynb #b6406452
+def results_dir()->Path:
+    "Root of all results: $SALMON_RESULTS, else `results/` of the salmon checkout holding the working directory, else ./results"
+    if os.environ.get('SALMON_RESULTS'): return Path(os.environ['SALMON_RESULTS'])
+    for d in [Path.cwd(), *Path.cwd().parents]:
+        ini = d/'settings.ini'
+        if ini.exists() and 'lib_name = salmon' in ini.read_text(): return d/'results'
+    return Path('results')
+
+# %% ../nbs/95_pipeline.ipynb #0cbe3057
 CORPORA = dict(medical=medical_qa, general=general_text)
 
 @functools.lru_cache(maxsize=1)
-def _load(p:Preset):
-    "The preset's model, loaded once per process however many stages need it"
+def load_model(p:Preset):
+    "The preset's model, loaded once per process however many stages (and notebooks) need it"
     return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
 
 def _mean_norm(cache:ActivationCache)->float:
@@ -88,8 +110,9 @@ def stage_caches(p:Preset, # the run's preset
         path = out/'cache'/f'{corpus}-{split}'
         try: reused = ActivationCache(path).complete
         except FileNotFoundError: reused = False
-        if not reused and lm is None: lm = _load(p)
-        texts = fn(split, source=p.source, limit=p.train_texts if split == 'train' else p.eval_texts * 4)
+        if not reused and lm is None: lm = load_model(p)
+        n_train = p.general_texts if corpus == 'general' and p.general_texts else p.train_texts
+        texts = fn(split, source=p.source, limit=n_train if split == 'train' else p.eval_texts * 4)
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
         m = c.manifest
@@ -98,7 +121,7 @@ def stage_caches(p:Preset, # the run's preset
                          mean_norm=_mean_norm(c), reused=reused))
     return pd.DataFrame(rows)
 
-# %% ../nbs/95_pipeline.ipynb #d1132093
+# %% ../nbs/95_pipeline.ipynb #7d2078e2
 FAMILIES = dict(domain='medical', broad='general')
 
 def _epochs(cache:ActivationCache, batch:int, capacity:int):
@@ -106,20 +129,35 @@ def _epochs(cache:ActivationCache, batch:int, capacity:int):
     for e in itertools.count():
         yield from cache.batches(batch_tokens=batch, capacity=min(capacity, max(cache.n_tokens, 2 * batch)), seed=e)
 
-def train_configs(p:Preset, family:str)->list[TrainConfig]:
-    "The preset's sweep for one family"
+def train_configs(p:Preset, family:str, width:int)->list[TrainConfig]:
+    "The preset's sweep for one family and width"
     steps = p.train_tokens // p.train_batch
-    kw = dict(d_sae=p.d_sae, n_tokens=p.train_tokens, batch_size=p.train_batch, lr_warmup_steps=round(0.04 * steps),
+    kw = dict(d_sae=width, n_tokens=p.train_tokens, batch_size=p.train_batch, lr_warmup_steps=round(0.04 * steps),
               sparsity_warmup_steps=round(0.21 * steps), **({'lr': p.lr} if p.lr else {}))
-    return [TrainConfig.preset(p.recipe, target_l0=float(t), name=f'{family}-F{p.d_sae}-l0_{t}', **kw) for t in p.target_l0s]
+    return [TrainConfig.preset(p.recipe, target_l0=float(t), name=f'{family}-F{width}-l0_{t}', **kw) for t in p.target_l0s]
+
+def gemmascope_family(p:Preset, width:int)->dict:
+    "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
+    model = p.model.split('/')[-1]
+    check_choice('model (for the gemmascope family)', model, REPOS)
+    rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
+    if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
+                                    f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
+    saes = {f'gemmascope-F{width}-l0_{l0}': load_gemmascope(model, p.layer, width, int(l0), local_dir=p.gemmascope_dir,
+                                                                  device=default_device())
+            for l0 in rows.average_l0}
+    for name, s in saes.items(): s.cfg['name'] = name
+    return saes
 
 def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
-    "Train (or load) the domain and broad SAE sweeps; return name -> SAE"
+    "Train (or load) every family's SAE sweep at every width; return name -> SAE"
     out = Path(out); saes = {}
-    for family, corpus in FAMILIES.items():
-        cfgs = train_configs(p, family); fdir = out/'saes'/family
+    for family, width in itertools.product(p.families, p.widths):
+        if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
+        corpus = FAMILIES[check_choice('family', family, [*FAMILIES, 'gemmascope'])]
+        cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
         if all((fdir/c.label/'config.json').exists() for c in cfgs):
-            saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
+            saes.update({c.label: load_sae(fdir/c.label, device=default_device()) for c in cfgs}); continue
         cache = ActivationCache(out/'cache'/f'{corpus}-train')
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
         res = train_saes(cfgs, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
@@ -128,7 +166,13 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
     for name, s in saes.items(): s.cfg.setdefault('name', name)
     return saes
 
-# %% ../nbs/95_pipeline.ipynb #7e1872ce
+def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
+    "Caches and SAEs of a preset (each reused when finished): what every later stage starts from"
+    out = Path(out if out is not None else results_dir())/p.name
+    stage_caches(p, out, progress=progress)
+    return stage_saes(p, out, progress=progress)
+
+# %% ../nbs/95_pipeline.ipynb #350468e3
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     "Reuse the table at `f` if it has a row for exactly these SAEs; else `compute()` it and write it atomically"
     if f.exists():
@@ -141,16 +185,17 @@ def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
 
 def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
     "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
-    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae, target_l0=s.cfg.get('train', {}).get('target_l0'))
+    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
                          for k, s in saes.items()])
     def compute(corpus, fn):
-        df = evaluate(saes, lm or _load(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
+        df = evaluate(saes, lm or load_model(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
                       bos=p.bos, progress=progress, eval_corpus=corpus)
         return meta.merge(df, on='name')
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
                       for corpus, fn in CORPORA.items()], ignore_index=True)
 
-# %% ../nbs/95_pipeline.ipynb #73ff06df
+# %% ../nbs/95_pipeline.ipynb #79756864
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
     out = Path(out)
@@ -162,65 +207,192 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
         return pd.DataFrame(rows)
     return _per_sae_csv(out/'darkmatter.csv', saes, compute)
 
-# %% ../nbs/95_pipeline.ipynb #44f90790
+# %% ../nbs/95_pipeline.ipynb #2eff4846
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
     return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
-        saes, lm or _load(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
+        saes, lm or load_model(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
         p.layer, max_len=p.eval_max_len, bos=p.bos))
 
-# %% ../nbs/95_pipeline.ipynb #5e7bbe9a
+# %% ../nbs/95_pipeline.ipynb #2e14c37a
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
 def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
-    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or _load(p), p.layer))
+    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer))
 
-# %% ../nbs/95_pipeline.ipynb #52d72972
+# %% ../nbs/95_pipeline.ipynb #e527bf71
+def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
+    "Linear interpolation of (xs, ys) at x; the end segments extended by at most `tol`×x; NaN beyond"
+    if not len(xs) or x < xs[0] * (1 - tol) or x > xs[-1] * (1 + tol): return float('nan')
+    if len(xs) == 1: return float(ys[0])
+    i = int(np.clip(np.searchsorted(xs, x), 1, len(xs) - 1))
+    return float(ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1]))
+
+def matched(tab:pd.DataFrame, # one row per SAE (and corpus): name, family, width, l0, eval_corpus, `y`
+            y:str, # metric compared
+            base:str='broad', # baseline family ('broad' or 'gemmascope')
+            corpus:str='medical', # held-out corpus
+            tol:float=0.1, # relative reach beyond the ends of the domain curve
+           )->pd.DataFrame: # one row per baseline SAE: its L0, the domain value there, its value, domain − baseline
+    "The domain family's `y` interpolated at each baseline SAE's measured L0, per width"
+    miss = [c for c in ('name', 'family', 'width', 'l0', 'eval_corpus', y) if c not in tab.columns]
+    if miss: raise ValueError(f'table lacks column(s) {miss}; it has {list(tab.columns)}')
+    t = tab[tab.eval_corpus == corpus].dropna(subset=[y]); rows = []
+    for w, g in t.groupby('width'):
+        d = g[g.family == 'domain'].sort_values('l0')
+        for _, r in g[g.family == base].sort_values('l0').iterrows():
+            v = _interp(r.l0, d.l0.to_numpy(float), d[y].to_numpy(float), tol)
+            rows.append(dict(width=w, baseline=r['name'], l0=r.l0, domain=v, base=r[y], gap=v - r[y]))
+    return pd.DataFrame(rows, columns=['width', 'baseline', 'l0', 'domain', 'base', 'gap'])
+
+# %% ../nbs/95_pipeline.ipynb #0b70b33b
+CLAIMS = {  # key: (statement, metric, +1 if higher favours the domain SAE else -1)
+    'fve': ('domain SAEs explain more variance of held-out medical activations', 'fve', 1),
+    'loss': ('domain SAEs recover more of the LM loss on held-out medical text (zero-ablation, the paper\'s)', 'loss_recovered_zero', 1),
+    'dark_matter': ('domain SAEs leave less linearly predictable error (lower R² of the error-vector probe)', 'r2_vector', -1),
+    'absorption': ('domain SAEs absorb less on the medical concept hierarchy', 'domain_absorption', -1),
+    'fragmentation': ('domain SAEs spread medical concepts over fewer latents (fragmentation index)', 'fragmentation_neff', -1),
+    'specificity': ('domain SAEs have a larger share of domain-specific latents', 'frac_domain_specific', 1),
+}
+_PAPER = dict(fve='supported', loss='supported', dark_matter='supported')
+EXPECTED = {  # (preset, baseline family) -> claim -> verdict expected
+    ('demo', 'broad'): dict(fve='supported', loss='supported', dark_matter='supported', absorption='not supported',
+                            fragmentation='partly', specificity='partly'),
+    ('gemma-2-2b', 'gemmascope'): _PAPER, ('gemma-2-9b', 'gemmascope'): _PAPER,
+}
+
+def _verdict(gaps:np.ndarray)->str:
+    g = gaps[np.isfinite(gaps)]
+    return 'supported' if (g > 0).all() else 'partly' if (g > 0).any() else 'not supported'
+
+def claim_row(tab:pd.DataFrame, key:str, base:str='broad', corpus:str='medical', preset:str|None=None)->dict:
+    "One claim judged on `tab` at matched L0 against `base`"
+    statement, y, sign = CLAIMS[check_choice('claim', key, CLAIMS)]
+    m = matched(tab, y, base, corpus)
+    g = sign * m.gap.to_numpy(float); n = int(np.isfinite(g).sum())
+    if n == 0: raise ValueError(f'no {base} SAE has a domain SAE at matched L0 for {y!r} on {corpus} text; cannot judge {key!r}')
+    return dict(claim=key, statement=statement, metric=y, baseline=base, corpus=corpus, matched=n, favour_domain=int((g > 0).sum()),
+                mean_gap=float(np.nanmean(m.gap)), verdict=_verdict(g), expected=EXPECTED.get((preset, base), {}).get(key))
+
+def check_claim(tab:pd.DataFrame, # results table (see `matched`)
+                key:str, # a key of `CLAIMS`
+                base:str='broad', # baseline family
+                preset:str|None=None, # preset that produced `tab` (for its recorded expectation)
+                corpus:str='medical', # held-out corpus
+               )->dict:
+    "Print whether `tab` supports a paper claim; fail if the preset's recorded expectation is not met"
+    r = claim_row(tab, key, base, corpus, preset)
+    msg = (f"{preset or 'this run'}: {r['verdict'].upper()} — {r['statement']} (vs {base}, {r['favour_domain']}/{r['matched']} matched L0s "
+           f"favour the domain SAE; mean {r['metric']} gap {r['mean_gap']:+.3f})")
+    if r['expected'] is None: msg += '\n  (no recorded expectation for this preset: reported, not asserted)'
+    elif r['verdict'] != r['expected']: raise AssertionError(f"{msg}\n  expected {r['expected']!r} on this preset")
+    elif r['verdict'] != 'supported': msg += '\n  this preset does not support the claim; recorded as such'
+    print(msg)
+    return r
+
+def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.DataFrame:
+    "Every claim the table has columns for, against every baseline family present"
+    rows = [claim_row(tab, k, b, corpus, preset) for b in ('gemmascope', 'broad') if (tab.family == b).any()
+            for k, (_, y, _) in CLAIMS.items() if y in tab.columns and tab[y].notna().any()]
+    return pd.DataFrame(rows)
+
+# %% ../nbs/95_pipeline.ipynb #a187a5e7
+DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
+COMPARE = ['family', 'width', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
+           'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
+
+def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
+    "The domain-vs-baseline table on one held-out corpus"
+    d = ev[ev.eval_corpus == corpus]
+    return d[[c for c in COMPARE if c in d]].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
+
+def results_table(ev:pd.DataFrame, *extra:pd.DataFrame)->pd.DataFrame:
+    "Evaluation rows (one per SAE and corpus) with per-SAE stage tables (dark matter, specificity, absorption) joined on `name`"
+    out = ev
+    for x in extra: out = out.merge(x[['name', *[c for c in x.columns if c not in out.columns]]], on='name', how='left')
+    return out
+
+def figures(tab:pd.DataFrame, out:Path):
+    "The run's figures as PNG: Pareto plots per held-out corpus, dark matter and absorption against L0"
+    import matplotlib.pyplot as plt
+    def save(fig, name): fig.savefig(out/name, dpi=80, bbox_inches='tight'); plt.close(fig)
+    for corpus, d in tab.groupby('eval_corpus'):
+        fig, axs = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, y in zip(axs, ['fve', 'loss_recovered_zero']): pareto(d, y, ax=ax, title=f'held-out {corpus} text')
+        save(fig, f'pareto_{corpus}.png')
+    med = tab[tab.eval_corpus == 'medical']
+    for name, cols in [('darkmatter.png', ['r2_norm', 'r2_vector', 'fvu_nonlinear']), ('absorption.png', ABS_COLS)]:
+        cols = [c for c in cols if c in med and med[c].notna().any()]
+        if not cols: continue
+        fig, axs = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), squeeze=False)
+        for ax, y in zip(axs[0], cols): pareto(med, y, ax=ax, title='held-out medical text')
+        save(fig, name)
+
+# %% ../nbs/95_pipeline.ipynb #ce282987
 def run(preset:str|Preset='demo', # preset name or object
-        out:str|Path='results', # results folder
+        out:str|Path|None=None, # results folder (default: `results_dir()`)
         progress:bool=True, # progress bars
        )->pd.DataFrame:  # the summary table
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     p = preset if isinstance(preset, Preset) else get_preset(preset)
-    out = Path(out)/p.name; out.mkdir(parents=True, exist_ok=True)
+    out = Path(out if out is not None else results_dir())/p.name; out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     caches = stage_caches(p, out, progress=progress)
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
     saes = stage_saes(p, out, progress=progress)
     ev = stage_eval(p, out, saes, progress=progress)
-    dm = stage_darkmatter(p, out, saes)
-    sp = stage_specificity(p, out, saes)
-    ab = stage_absorption(p, out, saes)
-    extra = dm[['name', *DM_COLS]].merge(sp[['name', *SPEC_COLS]], on='name').merge(ab[['name', *ABS_COLS]], on='name')
-    comp = comparison(ev.merge(extra, on='name', how='left'), 'medical')
-    with atomic_write(out/'comparison.csv', 'w') as f: comp.to_csv(f, index=False)
-    figures(ev, out)
+    tab = results_table(ev, stage_darkmatter(p, out, saes), stage_specificity(p, out, saes), stage_absorption(p, out, saes))
+    comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
+    for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
+        with atomic_write(out/name, 'w') as f: df.to_csv(f, index=False)
+    figures(tab, out)
     with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.float_format', '{:,.3f}'.format):
         print(f'\nsalmon {p.name}: {p.model}, layer {p.layer} (resid_post), BOS {p.bos}; {time.time() - t0:.0f}s\n')
         print(caches[['corpus', 'split', 'texts', 'tokens', 'tok_per_s', 'mean_norm', 'reused']].to_string(index=False))
-        print(f'\ndomain vs broad SAEs (width {p.d_sae}) on held-out medical text:\n')
+        print(f'\n{" vs ".join(p.families)} SAEs (widths {", ".join(map(str, p.widths))}) on held-out medical text:\n')
         print(comp.to_string(index=False))
+        print('\nthe paper\'s claims at matched L0 on held-out medical text:\n')
+        print(cl[['claim', 'baseline', 'metric', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
     print(f'\nresults in {out}')
     return comp
 
-# %% ../nbs/95_pipeline.ipynb #1ed03a0c
-DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
-COMPARE = ['family', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
-           'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
+# %% ../nbs/95_pipeline.ipynb #1c528331
+GPUS = {  # dense peak TFLOP/s (fp32 via TF32 for SAE training, bf16 for the LM) and memory (GiB)
+    'T4': dict(train=8.1, lm=8.1, mem=15),  # no TF32 and no bf16 tensor cores: Gemma-2 (bf16) runs at fp32 rate
+    'L4': dict(train=60, lm=121, mem=22), 'A100-40GB': dict(train=156, lm=312, mem=40),
+    'A100-80GB': dict(train=156, lm=312, mem=80), 'H100-80GB': dict(train=495, lm=989, mem=80)}
+MODELS = {'google/gemma-2-2b': dict(params=2.61e9, d=2304, layers=26), 'google/gemma-2-9b': dict(params=9.24e9, d=3584, layers=42),
+          'gemma-3-270m': dict(params=0.268e9, d=640, layers=18)}
+MEDICAL_TOKENS_PER_TEXT = 185   # measured: the shipped medical corpus, Gemma tokenizer
 
-def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
-    "The domain-vs-broad table on one held-out corpus"
-    d = ev[ev.eval_corpus == corpus]
-    return d[[c for c in COMPARE if c in d]].sort_values(['target_l0', 'family'], ascending=[True, False]).reset_index(drop=True)
-
-def figures(ev:pd.DataFrame, out:Path):
-    "FVE and loss-recovered Pareto plots per held-out corpus, as PNG"
-    import matplotlib.pyplot as plt
-    for corpus, d in ev.groupby('eval_corpus'):
-        fig, axs = plt.subplots(1, 2, figsize=(11, 4))
-        for ax, y in zip(axs, ['fve', 'loss_recovered_mean']): pareto(d, y, ax=ax, title=f'held-out {corpus} text')
-        fig.savefig(out/f'pareto_{corpus}.png', dpi=80, bbox_inches='tight'); plt.close(fig)
+def gpu_estimate(p:Preset|str, # preset (or its name)
+                 gpu:str='A100-40GB', # a key of `GPUS`
+                 train_util:float=0.6, # sustained fraction of matmul peak in SAE training
+                 lm_util:float=0.35, # sustained fraction of bf16 peak in LM forwards
+                )->dict:
+    "Estimated hours, GPU memory and disk of a preset's pipeline on `gpu` (FLOP-based; see the text)"
+    p = p if isinstance(p, Preset) else get_preset(p)
+    g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', p.model, MODELS)]
+    trained = [f for f in p.families if f != 'gemmascope']
+    n_gs = sum(len(LADDER[(LADDER.model == p.model.split('/')[-1]) & (LADDER.d_sae == w)]) for w in p.widths) if 'gemmascope' in p.families else 0
+    cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
+    eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len))
+    n_sae = len(trained) * len(p.widths) * len(p.target_l0s) + n_gs
+    after = (m['layers'] - p.layer - 1) / m['layers']
+    lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
+    hours = dict(cache=2 * m['params'] * (p.layer + 1) / m['layers'] * cache_tok / lm_rate / 3600,
+                 train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
+                 evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
+    hours['total'] = 1.1 * sum(hours.values())
+    sae_gb = lambda w: 2 * m['d'] * w * 4 / 2**30                       # fp32 encoder + decoder
+    train_gb = max(len(p.target_l0s) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
+    lm_gb = 2 * m['params'] / 2**30
+    eval_gb = lm_gb + sum(sae_gb(w) for w in p.widths) * (len(trained) * len(p.target_l0s)) + sum(
+        sae_gb(w) * len(LADDER[(LADDER.model == p.model.split('/')[-1]) & (LADDER.d_sae == w)]) for w in p.widths if n_gs)
+    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, **{f'{k}_h': v for k, v in hours.items()},
+                train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= g['mem'],
+                disk_gib=cache_tok * m['d'] * 2 / 2**30)

@@ -19,7 +19,8 @@ def paper_reference(model:str|None=None, # keep one model ('gemma-2-2b' or 'gemm
                    )->pd.DataFrame:
     "The paper's published numbers, with salmon's column names (`l0` is the measured L0)"
     df = pd.read_csv(data_dir()/'paper_reference.csv').rename(columns={'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero',
-                                                                       'rel_recon_bias': 'rel_bias', 'ce_orig': 'ce_clean'})
+                                                                       'rel_recon_bias': 'rel_bias', 'ce_orig': 'ce_clean',
+                                                                       'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'})
     return df if model is None else df[df.model == model].reset_index(drop=True)
 
 # %% ../nbs/09_plots.ipynb #08e6d727
