@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import atomic_write, check_choice, default_device
+from .core import atomic_write, check_choice, default_device, in_test
 from .data import general_text, medical_qa
 import functools, itertools, json, os
 import numpy as np
@@ -26,10 +26,10 @@ from .trace import ActivationCache, cache_activations
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
-           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'load_model', 'stage_caches',
-           'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval', 'stage_darkmatter',
-           'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
-           'results_table', 'figures', 'run', 'gpu_estimate']
+           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
+           'stage_caches', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval',
+           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
+           'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -87,6 +87,13 @@ def results_dir()->Path:
     return Path('results')
 
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
+def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
+               )->tuple:    # (Preset, baseline families, the paper's numbers)
+    "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
+    p = get_preset('tiny' if in_test() else preset)
+    return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
+
+# %% ../nbs/95_pipeline.ipynb #7e1872ce
 CORPORA = dict(medical=medical_qa, general=general_text)
 
 @functools.lru_cache(maxsize=1)
@@ -121,7 +128,7 @@ def stage_caches(p:Preset, # the run's preset
                          mean_norm=_mean_norm(c), reused=reused))
     return pd.DataFrame(rows)
 
-# %% ../nbs/95_pipeline.ipynb #7d2078e2
+# %% ../nbs/95_pipeline.ipynb #44f90790
 FAMILIES = dict(domain='medical', broad='general')
 
 def _epochs(cache:ActivationCache, batch:int, capacity:int):
@@ -172,7 +179,7 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
     stage_caches(p, out, progress=progress)
     return stage_saes(p, out, progress=progress)
 
-# %% ../nbs/95_pipeline.ipynb #350468e3
+# %% ../nbs/95_pipeline.ipynb #52d72972
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     "Reuse the table at `f` if it has a row for exactly these SAEs; else `compute()` it and write it atomically"
     if f.exists():
@@ -195,7 +202,7 @@ def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
                       for corpus, fn in CORPORA.items()], ignore_index=True)
 
-# %% ../nbs/95_pipeline.ipynb #79756864
+# %% ../nbs/95_pipeline.ipynb #1ed03a0c
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
     out = Path(out)
@@ -207,7 +214,7 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
         return pd.DataFrame(rows)
     return _per_sae_csv(out/'darkmatter.csv', saes, compute)
 
-# %% ../nbs/95_pipeline.ipynb #2eff4846
+# %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
@@ -217,14 +224,14 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
         saes, lm or load_model(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
         p.layer, max_len=p.eval_max_len, bos=p.bos))
 
-# %% ../nbs/95_pipeline.ipynb #2e14c37a
+# %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
 def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
     return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer))
 
-# %% ../nbs/95_pipeline.ipynb #e527bf71
+# %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
     "Linear interpolation of (xs, ys) at x; the end segments extended by at most `tol`×x; NaN beyond"
     if not len(xs) or x < xs[0] * (1 - tol) or x > xs[-1] * (1 + tol): return float('nan')
@@ -249,7 +256,7 @@ def matched(tab:pd.DataFrame, # one row per SAE (and corpus): name, family, widt
             rows.append(dict(width=w, baseline=r['name'], l0=r.l0, domain=v, base=r[y], gap=v - r[y]))
     return pd.DataFrame(rows, columns=['width', 'baseline', 'l0', 'domain', 'base', 'gap'])
 
-# %% ../nbs/95_pipeline.ipynb #0b70b33b
+# %% ../nbs/95_pipeline.ipynb #a187a5e7
 CLAIMS = {  # key: (statement, metric, +1 if higher favours the domain SAE else -1)
     'fve': ('domain SAEs explain more variance of held-out medical activations', 'fve', 1),
     'loss': ('domain SAEs recover more of the LM loss on held-out medical text (zero-ablation, the paper\'s)', 'loss_recovered_zero', 1),
@@ -296,11 +303,12 @@ def check_claim(tab:pd.DataFrame, # results table (see `matched`)
 
 def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.DataFrame:
     "Every claim the table has columns for, against every baseline family present"
-    rows = [claim_row(tab, k, b, corpus, preset) for b in ('gemmascope', 'broad') if (tab.family == b).any()
-            for k, (_, y, _) in CLAIMS.items() if y in tab.columns and tab[y].notna().any()]
+    t = tab[tab.eval_corpus == corpus]
+    rows = [claim_row(tab, k, b, corpus, preset) for b in ('gemmascope', 'broad') if (t.family == b).any()
+            for k, (_, y, _) in CLAIMS.items() if y in t.columns and t[y].notna().any()]
     return pd.DataFrame(rows)
 
-# %% ../nbs/95_pipeline.ipynb #a187a5e7
+# %% ../nbs/95_pipeline.ipynb #dafcec49
 DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
 COMPARE = ['family', 'width', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
            'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
@@ -310,10 +318,16 @@ def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
     d = ev[ev.eval_corpus == corpus]
     return d[[c for c in COMPARE if c in d]].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
 
-def results_table(ev:pd.DataFrame, *extra:pd.DataFrame)->pd.DataFrame:
-    "Evaluation rows (one per SAE and corpus) with per-SAE stage tables (dark matter, specificity, absorption) joined on `name`"
+def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-out corpus
+                  *extra:pd.DataFrame, # per-SAE tables (dark matter, specificity, absorption)
+                  corpus:str='medical', # the corpus those tables were measured on (other rows get NaN)
+                 )->pd.DataFrame:
+    "Evaluation rows with the per-SAE stage tables joined on `name`, on the rows of the corpus they describe"
     out = ev
-    for x in extra: out = out.merge(x[['name', *[c for c in x.columns if c not in out.columns]]], on='name', how='left')
+    for x in extra:
+        cols = [c for c in x.columns if c not in out.columns]
+        out = out.merge(x[['name', *cols]], on='name', how='left')
+        out[cols] = out[cols].where(out.eval_corpus == corpus)
     return out
 
 def figures(tab:pd.DataFrame, out:Path):
@@ -332,7 +346,7 @@ def figures(tab:pd.DataFrame, out:Path):
         for ax, y in zip(axs[0], cols): pareto(med, y, ax=ax, title='held-out medical text')
         save(fig, name)
 
-# %% ../nbs/95_pipeline.ipynb #ce282987
+# %% ../nbs/95_pipeline.ipynb #598b238a
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path|None=None, # results folder (default: `results_dir()`)
         progress:bool=True, # progress bars
@@ -360,7 +374,7 @@ def run(preset:str|Preset='demo', # preset name or object
     print(f'\nresults in {out}')
     return comp
 
-# %% ../nbs/95_pipeline.ipynb #1c528331
+# %% ../nbs/95_pipeline.ipynb #2fe19516
 GPUS = {  # dense peak TFLOP/s (fp32 via TF32 for SAE training, bf16 for the LM) and memory (GiB)
     'T4': dict(train=8.1, lm=8.1, mem=15),  # no TF32 and no bf16 tensor cores: Gemma-2 (bf16) runs at fp32 rate
     'L4': dict(train=60, lm=121, mem=22), 'A100-40GB': dict(train=156, lm=312, mem=40),
@@ -394,5 +408,5 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     eval_gb = lm_gb + sum(sae_gb(w) for w in p.widths) * (len(trained) * len(p.target_l0s)) + sum(
         sae_gb(w) * len(LADDER[(LADDER.model == p.model.split('/')[-1]) & (LADDER.d_sae == w)]) for w in p.widths if n_gs)
     return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, **{f'{k}_h': v for k, v in hours.items()},
-                train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= g['mem'],
+                train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
                 disk_gib=cache_tok * m['d'] * 2 / 2**30)

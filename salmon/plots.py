@@ -37,7 +37,7 @@ def pareto(df:pd.DataFrame, # one row per SAE: columns `x`, `y`, `family`, `widt
            *,
            x:str='l0', # measured L0
            family:str='family', width:str='width', # grouping columns
-           ref:pd.DataFrame|None=None, # a reference table drawn faded (e.g. `paper_reference(model)`)
+           ref:pd.DataFrame|None=None, # a reference table drawn faded (e.g. `paper_reference(model)`); skipped if it lacks `y`
            ax:plt.Axes|None=None, # draw here (else a new 6×4 figure)
            title:str|None=None,
           )->plt.Figure:
@@ -46,7 +46,7 @@ def pareto(df:pd.DataFrame, # one row per SAE: columns `x`, `y`, `family`, `widt
     if missing: raise ValueError(f'columns {missing} are not in the table; it has {list(df.columns)}')
     fig = None
     if ax is None: fig, ax = plt.subplots(figsize=(6, 4))
-    if ref is not None and len(ref): _lines(ax, ref.dropna(subset=[y]), x, y, family, width, 0.35, 'paper: ', 1)
+    if ref is not None and y in ref and ref[y].notna().any(): _lines(ax, ref.dropna(subset=[y]), x, y, family, width, 0.35, 'paper: ', 1)
     _lines(ax, df, x, y, family, width, 1.0, '', 1.8)
     ax.set(xlabel='L0 (measured)', ylabel={'fve': 'fraction of variance explained', 'loss_recovered_zero': 'loss recovered (zero-ablation)',
                                              'loss_recovered_mean': 'loss recovered (mean-ablation)'}.get(y, y), title=title)
