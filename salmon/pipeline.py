@@ -150,8 +150,7 @@ def gemmascope_family(p:Preset, width:int)->dict:
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
-    saes = {f'gemmascope-F{width}-l0_{l0}': load_gemmascope(model, p.layer, width, int(l0), local_dir=p.gemmascope_dir,
-                                                                  device=default_device())
+    saes = {f'gemmascope-F{width}-l0_{l0}': load_gemmascope(model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
             for l0 in rows.average_l0}
     for name, s in saes.items(): s.cfg['name'] = name
     return saes
@@ -164,13 +163,14 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
         corpus = FAMILIES[check_choice('family', family, [*FAMILIES, 'gemmascope'])]
         cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
         if all((fdir/c.label/'config.json').exists() for c in cfgs):
-            saes.update({c.label: load_sae(fdir/c.label, device=default_device()) for c in cfgs}); continue
+            saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
         cache = ActivationCache(out/'cache'/f'{corpus}-train')
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
         res = train_saes(cfgs, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
                          ckpt_every=max(1, cfgs[0].n_steps // 5), log_every=max(1, cfgs[0].n_steps // 50), progress=progress)
-        saes.update({c.label: s for c, (s, _) in zip(cfgs, res)})
-    for name, s in saes.items(): s.cfg.setdefault('name', name)
+        saes.update({c.label: s.cpu() for c, (s, _) in zip(cfgs, res)})   # off the GPU while the next group trains
+    dev = default_device()
+    for name, s in saes.items(): s.cfg.setdefault('name', name); s.to(dev)
     return saes
 
 def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
