@@ -392,10 +392,12 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     p = p if isinstance(p, Preset) else get_preset(p)
     g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', p.model, MODELS)]
     trained = [f for f in p.families if f != 'gemmascope']
-    n_gs = sum(len(LADDER[(LADDER.model == p.model.split('/')[-1]) & (LADDER.d_sae == w)]) for w in p.widths) if 'gemmascope' in p.families else 0
+    n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == p.model.split('/')[-1]) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
+            for w in p.widths}   # GemmaScope SAEs per width
     cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
     eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len))
-    n_sae = len(trained) * len(p.widths) * len(p.target_l0s) + n_gs
+    per_width = {w: len(trained) * len(p.target_l0s) + n_gs[w] for w in p.widths}   # SAEs evaluated per width
+    n_sae = sum(per_width.values())
     after = (m['layers'] - p.layer - 1) / m['layers']
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
     hours = dict(cache=2 * m['params'] * (p.layer + 1) / m['layers'] * cache_tok / lm_rate / 3600,
@@ -405,8 +407,7 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     sae_gb = lambda w: 2 * m['d'] * w * 4 / 2**30                       # fp32 encoder + decoder
     train_gb = max(len(p.target_l0s) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
     lm_gb = 2 * m['params'] / 2**30
-    eval_gb = lm_gb + sum(sae_gb(w) for w in p.widths) * (len(trained) * len(p.target_l0s)) + sum(
-        sae_gb(w) * len(LADDER[(LADDER.model == p.model.split('/')[-1]) & (LADDER.d_sae == w)]) for w in p.widths if n_gs)
+    eval_gb = lm_gb + sum(sae_gb(w) * n for w, n in per_width.items())
     return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
                 disk_gib=cache_tok * m['d'] * 2 / 2**30)
