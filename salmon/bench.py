@@ -149,24 +149,28 @@ def _peak_mem(fn):
 def bench_eval(lm, # nnsight model
                name:str, # label
                layer:int, # block the SAE reads
-               d_sae:int=4096, # width of the (untrained) SAE spliced in
+               d_sae:int=4096, # width of the (untrained) SAEs spliced in
+               n_saes:tuple=(1,), # sweep sizes to time (one row each)
                n_texts:int=16, batch_size:int=4, max_len:int=256,
-              )->dict:
-    "Tokens/s and peak memory of `loss_recovered` against three plain forwards on the same texts"
+              )->list[dict]:
+    "Throughput and peak memory of `loss_recovered` on sweeps of SAEs against three plain forwards per SAE on the same texts"
     texts = list(medical_qa('test', limit=n_texts)); model = torch_model(lm)
-    sae = JumpReLUSAE(d_model(lm), d_sae, device=_model_device(lm)).requires_grad_(False)
     toks = [_tokenize(lm.tokenizer, texts[i:i+batch_size], max_len)[:2] for i in range(0, len(texts), batch_size)]
     n_tok = sum(int(m[:, 1:].sum()) for _, m in toks)
     def plain3():
         for _ in range(3):
             for ids, m in toks:
                 with torch.no_grad(): model(input_ids=ids.to(_model_device(lm)), attention_mask=m.to(_model_device(lm))).logits.float().log_softmax(-1)
-    lr = lambda: loss_recovered(lm, sae, texts, layer, batch_size=batch_size, max_len=max_len, progress=False)
-    lr()                                                           # warm-up
-    _, t_lr, m_lr = _peak_mem(lr)
+    saes = lambda n: {f'sae{i}': JumpReLUSAE(d_model(lm), d_sae, device=_model_device(lm)).requires_grad_(False) for i in range(n)}
+    loss_recovered(lm, saes(1), texts[:batch_size], layer, batch_size=batch_size, max_len=max_len, progress=False)   # warm-up
     _, t_p, m_p = _peak_mem(plain3)
-    return dict(model=name, layer=layer, tokens=n_tok, loss_recovered_tok_s=n_tok / t_lr, three_forwards_tok_s=n_tok / t_p,
-                ratio=t_p / t_lr, loss_recovered_peak_mb=m_lr, three_forwards_peak_mb=m_p)
+    rows = []
+    for n in n_saes:
+        s = saes(n)
+        _, t_lr, m_lr = _peak_mem(lambda: loss_recovered(lm, s, texts, layer, batch_size=batch_size, max_len=max_len, progress=False))
+        rows.append(dict(model=name, layer=layer, saes=n, tokens=n_tok, salmon_tok_sae_s=n * n_tok / t_lr, three_forwards_tok_sae_s=n_tok / t_p,
+                         ratio=n * t_p / t_lr, salmon_peak_mb=m_lr, three_forwards_peak_mb=m_p))
+    return rows
 
 # %% ../nbs/90_bench.ipynb #0785ed1a
 def _print_rows(rows:list[dict]):
@@ -195,8 +199,8 @@ def main(argv:list[str]|None=None):
         shapes = [(640, 4096, 4096), (640, 16384, 4096), (2304, 16384, a.big_batch)]
         _print_rows([bench_train(d, F, B, repeats=a.repeats) for d, F, B in shapes])
     if a.what in ('eval', 'all'):
-        rows = [bench_eval(tiny_lm(train_steps=40), 'tiny-gemma2', 2, d_sae=256, n_texts=16)]
-        if a.model != 'none': rows.append(bench_eval(load_lm(a.model, device='cpu'), a.model, a.layer, n_texts=16, batch_size=4, max_len=256))
+        rows = bench_eval(tiny_lm(train_steps=40), 'tiny-gemma2', 2, d_sae=256, n_saes=(1, 4), n_texts=16)
+        if a.model != 'none': rows += bench_eval(load_lm(a.model, device='cpu'), a.model, a.layer, n_saes=(1, 4), n_texts=16, batch_size=4, max_len=256)
         _print_rows(rows)
     if a.what in ('darkmatter', 'all'):
         _print_rows([bench_darkmatter()])   # d=2304 × 108k tokens (the paper's protocol) vs one numpy.linalg.lstsq

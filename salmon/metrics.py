@@ -148,7 +148,7 @@ def _patched_pass(lm, b:_Batch, layer:int, patched:torch.Tensor)->torch.Tensor:
             tr.stop()
     return fin
 
-# %% ../nbs/07_metrics.ipynb #b7bf99ad
+# %% ../nbs/07_metrics.ipynb #d7f496c6
 class _LossSums:
     "float64 sums of CE per variant and KL(clean ‖ variant)"
     def __init__(self, names): self.ce = {k: 0.0 for k in ['clean', *names]}; self.kl = {k: 0.0 for k in names}; self.n = 0
@@ -160,19 +160,21 @@ def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int):
     pick = lambda h: h[:, :-1][sel.to(h.device)]
     clean = pick(b.fin)
     others = {k: pick(v) for k, v in fins.items()}
+    dot = lambda p, q: torch.einsum('ij,ij->i', p, q)   # one read pass, no vocabulary-sized temporary
     for i in range(0, len(tgt), chunk):
-        t = tgt[i:i+chunk].to(clean.device)
-        lp_c = _unembed(model, clean[i:i+chunk]).log_softmax(-1)
-        sums.ce['clean'] += -lp_c.gather(-1, t[:, None]).double().sum().item()
-        p_c = lp_c.exp()
+        t = tgt[i:i+chunk].to(clean.device)[:, None]
+        lp = _unembed(model, clean[i:i+chunk]).log_softmax(-1)   # fused; faster than logsumexp's separate passes
+        sums.ce['clean'] += -lp.gather(-1, t).double().sum().item()
+        p_c = lp.exp()
+        neg_h = dot(p_c, lp)                        # Σ p_c log p_c, once per chunk
         for k, h in others.items():
             lp = _unembed(model, h[i:i+chunk]).log_softmax(-1)
-            sums.ce[k] += -lp.gather(-1, t[:, None]).double().sum().item()
-            sums.kl[k] += (p_c * (lp_c - lp)).sum(-1).double().sum().item()
-            del lp
+            sums.ce[k] += -lp.gather(-1, t).double().sum().item()
+            sums.kl[k] += (neg_h - dot(p_c, lp)).double().sum().item()
+        del lp, p_c
     sums.n += len(tgt)
 
-# %% ../nbs/07_metrics.ipynb #6beb3921
+# %% ../nbs/07_metrics.ipynb #2618d7f9
 def _splice_mask(b:_Batch, tok, splice_bos:bool)->torch.Tensor:
     m = b.mask.bool().clone()
     if not splice_bos and tok.bos_token_id is not None: m[:, 0] &= b.ids[:, 0] != tok.bos_token_id
@@ -241,7 +243,7 @@ def loss_recovered(lm, # an nnsight model
     rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens, progress=progress)
     return next(iter(rows.values())) if single else pd.DataFrame([dict(name=k, **v) for k, v in rows.items()])
 
-# %% ../nbs/07_metrics.ipynb #9716b18d
+# %% ../nbs/07_metrics.ipynb #ba1be5f0
 def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              lm, # an nnsight model
              texts:list[str], # held-out evaluation texts
