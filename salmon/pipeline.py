@@ -160,7 +160,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
     out = Path(out); saes = {}
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
-        corpus = FAMILIES[check_choice('family', family, [*FAMILIES, 'gemmascope'])]
+        corpus = FAMILIES[family]            # `Preset` has validated the family names
         cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
         if all((fdir/c.label/'config.json').exists() for c in cfgs):
             saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
@@ -173,9 +173,13 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
     for name, s in saes.items(): s.cfg.setdefault('name', name); s.to(dev)
     return saes
 
+def _run_dir(p:Preset, out:str|Path|None)->Path:
+    "The preset's results folder under `out` (default: `results_dir()`)"
+    return Path(out if out is not None else results_dir())/p.name
+
 def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
     "Caches and SAEs of a preset (each reused when finished): what every later stage starts from"
-    out = Path(out if out is not None else results_dir())/p.name
+    out = _run_dir(p, out)
     stage_caches(p, out, progress=progress)
     return stage_saes(p, out, progress=progress)
 
@@ -353,7 +357,7 @@ def run(preset:str|Preset='demo', # preset name or object
        )->pd.DataFrame:  # the summary table
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     p = preset if isinstance(preset, Preset) else get_preset(preset)
-    out = Path(out if out is not None else results_dir())/p.name; out.mkdir(parents=True, exist_ok=True)
+    out = _run_dir(p, out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     caches = stage_caches(p, out, progress=progress)
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)

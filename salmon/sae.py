@@ -212,14 +212,18 @@ def save_sae(sae:JumpReLUSAE, # the SAE (normally folded: takes raw activations)
         (tmp/'config.json').write_text(text)
     return path
 
+def _read_folder(path:str|Path, config:str, weights:str, kind:str)->tuple[Path, dict]:
+    "Check an SAE folder holds `config` and `weights`; return the folder and the parsed JSON config"
+    path = Path(path)
+    for n in (config, weights):
+        if not (path/n).exists(): raise FileNotFoundError(f'{str(path)!r} is not a {kind} SAE folder: {n} is missing')
+    return path, json.loads((path/config).read_text())
+
 def load_sae(path:str|Path, # folder written by `save_sae`
              device:str|torch.device|None=None, # where to put the parameters
             )->JumpReLUSAE:
     "Load an SAE saved by `save_sae`"
-    path = Path(path)
-    for n in ('config.json', 'sae.safetensors'):
-        if not (path/n).exists(): raise FileNotFoundError(f'{str(path)!r} is not a salmon SAE folder: {n} is missing')
-    meta = json.loads((path/'config.json').read_text())
+    path, meta = _read_folder(path, 'config.json', 'sae.safetensors', 'salmon')
     if meta.get('format') != 'salmon.sae': raise ValueError(f"{str(path/'config.json')!r} has format {meta.get('format')!r}; expected 'salmon.sae'")
     t = _check_tensors(st_load_file(path/'sae.safetensors'), str(path/'sae.safetensors'))
     if t['W_enc'].shape != (meta['d_model'], meta['d_sae']):
@@ -260,10 +264,7 @@ def load_saelens(path:str|Path, # SAELens SAE folder (cfg.json + sae_weights.saf
                  device:str|torch.device|None=None, # where to put the parameters
                 )->JumpReLUSAE:
     "Read a JumpReLU SAE from SAELens' disk format (without needing SAELens)"
-    path = Path(path)
-    for n in ('cfg.json', 'sae_weights.safetensors'):
-        if not (path/n).exists(): raise FileNotFoundError(f'{str(path)!r} is not a SAELens SAE folder: {n} is missing')
-    cfg = json.loads((path/'cfg.json').read_text())
+    path, cfg = _read_folder(path, 'cfg.json', 'sae_weights.safetensors', 'SAELens')
     arch = cfg.get('architecture', cfg.get('activation_fn_str'))
     if arch not in ('jumprelu',): raise ValueError(f"{str(path)!r} holds a {arch!r} SAE; expected architecture 'jumprelu'")
     if cfg.get('normalize_activations', 'none') not in ('none', None, False):
