@@ -18,8 +18,8 @@ from .core import atomic_dir, atomic_write, check_choice, check_range
 from .sae import JumpReLUSAE, fold_norm, save_sae, _window
 
 # %% auto #0
-__all__ = ['PRESETS', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads', 'SAETrainer', 'train_saes',
-           'plot_history']
+__all__ = ['PRESETS', 'SPARSE_AUTO', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads', 'sparse_grads',
+           'train_grads', 'SAETrainer', 'train_saes', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #83741bb5
 @dataclass
@@ -45,6 +45,8 @@ class TrainConfig:
     step_on:str='pre' # L0 STE on pre-activations ('pre', correct) or post-activations ('post', the paper's code)
     unit_norm_decoder:bool=True # remove the gradient parallel to decoder rows and renormalise them every step
     dtype:str='float32' # SAE weight dtype ('float32' or 'bfloat16'); θ is always fp32
+    sparse:str='auto' # training step: 'auto' (sparse when few (token, latent) pairs are active; `SPARSE_AUTO`), 'on' or 'off' (dense)
+    sparse_max_density:float|None=None # 'auto' crossover: largest fraction of pairs active or in the STE window (None: the device's)
     seed:int=0 # initialisation seed
     name:str|None=None # output sub-folder (default: derived from the fields)
 
@@ -58,6 +60,8 @@ class TrainConfig:
         if self.penalty == 'target_l0' and (self.target_l0 is None or self.target_l0 <= 0):
             raise ValueError(f"target_l0={self.target_l0!r}: the 'target_l0' penalty needs a positive target")
         if self.lr_decay_start is not None: check_range('lr_decay_start', self.lr_decay_start, 0.0, 1.0)
+        check_choice('sparse', self.sparse, {'auto', 'on', 'off'})
+        if self.sparse_max_density is not None: check_range('sparse_max_density', self.sparse_max_density, 0.0, 1.0)
         self.betas = tuple(self.betas)
 
     @property
@@ -130,13 +134,14 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
                 cfg:TrainConfig, # penalty settings
                 coeff:float, # effective λ (after warm-up)
+                h:Tensor|None=None, # pre-activations if already computed (used as the buffer: overwritten)
                )->dict: # grads per parameter name, plus batch statistics
     "Loss and gradients of `reference_loss`, computed by hand with one B×F buffer"
     B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
     theta = sae.theta
     W_enc, W_dec = sae.W_enc, sae.W_dec
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    buf = torch.addmm(sae.b_enc, xin, W_enc)                     # h
+    buf = torch.addmm(sae.b_enc, xin, W_enc) if h is None else h  # h
     win = _window(buf, theta, eps).nonzero()                     # (token, latent) pairs in the STE window
     rows, cols = win[:, 0], win[:, 1]
     mask = buf > theta
@@ -173,9 +178,104 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
                 loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=fired, n_window=len(rows))
 
+# %% ../nbs/06_train.ipynb #f0e39366
+def _row_ptr(rows:Tensor, n:int)->Tensor:
+    "CSR row pointer (n + 1 entries) of sorted row indices"
+    cnt = torch.bincount(rows, minlength=n)
+    return torch.cat([cnt.new_zeros(1), cnt.cumsum(0)])
+
+def _sddmm(ptr:Tensor, cols:Tensor, A:Tensor, W:Tensor)->Tensor:
+    "A[b]·W[i] for every pair (b, i) of the CSR pattern (ptr, cols), without gathering rows (fp32 for half dtypes)"
+    dt = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        pat = torch.sparse_csr_tensor(ptr, cols, torch.zeros(len(cols), dtype=dt, device=A.device), size=(A.shape[0], W.shape[0]),
+                                      check_invariants=False)
+    return torch.sparse.sampled_addmm(pat, A.to(dt), W.to(dt).t(), beta=0.0).values().to(A.dtype)
+
+@torch.no_grad()
+def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
+                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
+                 cfg:TrainConfig, # penalty settings
+                 coeff:float, # effective λ (after warm-up)
+                 h:Tensor|None=None, # pre-activations, if already computed
+                 cand:Tensor|None=None, # `h > θ - ε/2`, if already computed
+                )->dict: # the same as `fused_grads`
+    "`fused_grads` over the (token, latent) pairs that are active or in the STE window only"
+    B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
+    theta, W_enc = sae.theta, sae.W_enc
+    xin = x - sae.b_dec if sae.pre_enc_bias else x
+    if h is None: h = torch.addmm(sae.b_enc, xin, W_enc)                    # the one dense product
+    if cand is None: cand = h > theta - eps / 2
+    flat = cand.view(-1).nonzero().squeeze(1)                                 # row-major: sorted by token
+    rows, cols = flat.div(F, rounding_mode='floor'), flat.remainder(F)
+    v = h.view(-1).index_select(0, flat)
+    act = v > theta.index_select(0, cols)
+    win = v < (theta + eps / 2).index_select(0, cols)
+    if bool((theta < 0).any()):                                               # then h ≤ 0 is inactive, and may be neither
+        act &= v > 0
+        keep = (act | win).nonzero().squeeze(1)
+        rows, cols, v, act, win = (t.index_select(0, keep) for t in (rows, cols, v, act, win))
+    f = v * act
+    l0 = act.sum().double() / B
+    ptr = _row_ptr(rows, B)
+    err = sae.decode_sparse(ptr, cols, f).sub_(x)                             # x̂ - x
+    sq = err.float().pow(2).sum(1)
+    mse = sq.mean()
+    g_out = err.mul_(2.0 / B)                                                 # ∂L/∂x̂
+    g_b_dec = g_out.sum(0)
+    g_f = _sddmm(ptr, cols, g_out, sae.W_dec)                                 # ∂L/∂f on the pairs
+    winf = win.float()
+    g_theta = torch.zeros(F, dtype=torch.float32, device=x.device).index_add_(0, cols, g_f.float() * winf)
+    g_theta.mul_(-theta / eps)
+    g_h = g_f * act                                                           # ∂L/∂h
+    g_b_enc = torch.zeros(F, dtype=g_h.dtype, device=x.device).index_add_(0, cols, g_h)
+    key, perm = torch.sort(cols * B + rows)                                   # the pairs by latent, then token
+    n_pair = torch.bincount(cols, minlength=F)
+    by_tok, off = key.remainder(B), n_pair.cumsum(0) - n_pair
+    bag = lambda src, w: torch.nn.functional.embedding_bag(by_tok, src, off, mode='sum', per_sample_weights=w.index_select(0, perm))
+    g_W_dec = bag(g_out, f)
+    g_W_enc = bag(xin, g_h).t().contiguous()
+    if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
+    n_act = torch.zeros(F, dtype=torch.long, device=x.device).index_add_(0, cols, act.long())
+    cnt = torch.zeros(F, dtype=torch.float32, device=x.device)
+    if sae.step_on == 'pre': cnt.index_add_(0, cols, winf)
+    else:
+        cnt.index_add_(0, cols, (win & act).float())
+        zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
+        if len(zero_in): cnt[zero_in] += (B - n_act[zero_in]).float()
+    if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
+    else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
+    g_theta -= (float(dl0) / (B * eps)) * cnt
+    return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
+                loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=n_act > 0, n_window=int(win.sum()))
+
+# %% ../nbs/06_train.ipynb #889fe8cd
+SPARSE_AUTO = dict(cpu=(0.05, 2**31), cuda=(0.01, 2**28))   # device type -> (largest density of pairs, smallest B·d·F) for 'auto'
+
+@torch.no_grad()
+def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
+                x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
+                cfg:TrainConfig, # penalty settings and `sparse` mode
+                coeff:float, # effective λ (after warm-up)
+               )->dict: # `fused_grads`'s output plus `sparse`: which path ran
+    "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch by `cfg.sparse`"
+    B, F = x.shape[0], sae.d_sae
+    max_density, min_work = SPARSE_AUTO.get(x.device.type, SPARSE_AUTO['cuda'])
+    if cfg.sparse_max_density is not None: max_density = cfg.sparse_max_density
+    if cfg.sparse == 'off' or (cfg.sparse == 'auto' and B * sae.d_model * F < min_work):
+        return dict(fused_grads(sae, x, cfg, coeff), sparse=False)
+    xin = x - sae.b_dec if sae.pre_enc_bias else x
+    h = torch.addmm(sae.b_enc, xin, sae.W_enc)
+    cand = h > sae.theta - sae.bandwidth / 2                   # active or in the STE window (θ ≥ 0)
+    if cfg.sparse == 'on' or int(torch.count_nonzero(cand)) <= max_density * B * F:
+        return dict(sparse_grads(sae, x, cfg, coeff, h=h, cand=cand), sparse=True)
+    del cand
+    return dict(fused_grads(sae, x, cfg, coeff, h=h), sparse=False)
+
 # %% ../nbs/06_train.ipynb #1daf2308
 _DT = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
-_SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'n')
+_SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'sparse', 'n')
 
 class SAETrainer:
     "One SAE with its optimiser, schedule and statistics"
@@ -199,7 +299,7 @@ class SAETrainer:
         "One optimiser step on the normalised batch `x` at step `t`; returns the loss (a 0-d tensor)"
         cfg, sae = self.cfg, self.sae
         coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
-        out = fused_grads(sae, x, cfg, coeff)
+        out = train_grads(sae, x, cfg, coeff)
         if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
         g = out['grads']
         if cfg.unit_norm_decoder:
@@ -214,7 +314,8 @@ class SAETrainer:
         self.last_fired[out['fired']] = t
         s = self.sums
         s['loss'] += float(out['loss']); s['mse'] += float(out['mse']); s['l0'] += float(out['l0'])
-        s['sq_err'] += float(out['sq_err']); s['var'] += var; s['window'] += out['n_window'] / (x.shape[0] * cfg.d_sae); s['n'] += 1
+        s['sq_err'] += float(out['sq_err']); s['var'] += var; s['window'] += out['n_window'] / (x.shape[0] * cfg.d_sae)
+        s['sparse'] = s.get('sparse', 0.0) + out['sparse']; s['n'] += 1
         return out['loss']
 
     def log_row(self, t:int, tokens:int, dead_window:int)->dict:
@@ -226,7 +327,7 @@ class SAETrainer:
                    fve=1 - s['sq_err'] / s['var'] if s['var'] else float('nan'),
                    dead_frac=((t - self.last_fired) >= win_steps).double().mean().item(),
                    theta_mean=th.mean().item(), theta_q10=q[0].item(), theta_q50=q[1].item(), theta_q90=q[2].item(),
-                   ste_window_frac=s['window'] / n, lr=lr_at(cfg, t), sparsity_coeff=sparsity_at(cfg, t))
+                   ste_window_frac=s['window'] / n, sparse_frac=s.get('sparse', 0.0) / n, lr=lr_at(cfg, t), sparsity_coeff=sparsity_at(cfg, t))
         self.sums = dict.fromkeys(_SUMS, 0.0)
         return row
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from salmon.sae import JumpReLUSAE, load_sae
 from salmon.synthetic import SparseDictionary, recovery
-from salmon.train import TrainConfig, SAETrainer, fused_grads, reference_loss, train_saes, lr_at
+from salmon.train import TrainConfig, SAETrainer, fused_grads, sparse_grads, reference_loss, train_saes, lr_at
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +114,103 @@ def test_config_and_stream_checks():
     with pytest.raises(ValueError, match='resume=True needs out_dir'): train_saes([TrainConfig(batch_size=128, n_tokens=1280)], _stream(), resume=True)
     c = TrainConfig.preset('paper', n_tokens=2048 * 100, lr_warmup_steps=0)
     assert lr_at(c, 99) == pytest.approx(3e-4 * 1 / 20)
+
+
+def _sae_at_l0(d, F, l0, B=256, seed=0, **kw):
+    "An SAE whose thresholds give measured L0 ≈ `l0` on the returned batch, a few latents with θ < ε/2"
+    torch.manual_seed(seed)
+    sae = JumpReLUSAE(d, F, bandwidth=0.02, **kw)
+    x = torch.randn(B, d) / d ** 0.5
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.02); sae.b_enc.normal_(0, 0.01)
+        sae.theta.copy_(torch.quantile(sae.pre_acts(x), 1 - l0 / F, dim=0).clamp(min=0)); sae.theta[:4] = 0.005
+    return sae, x
+
+
+def _assert_same(a, b, rtol):
+    for k, v in a['grads'].items():
+        w = b['grads'][k]
+        assert (w - v).norm().item() <= rtol * v.norm().item(), k
+        torch.testing.assert_close(w, v, rtol=rtol, atol=rtol * v.abs().max().item(), msg=k)
+
+
+@pytest.mark.parametrize('F,l0', [(128, 2), (128, 20), (1024, 5), (1024, 60)])
+@pytest.mark.parametrize('pre', [False, True])
+@pytest.mark.parametrize('step_on', ['pre', 'post'])
+@pytest.mark.parametrize('penalty', ['target_l0', 'l0'])
+def test_sparse_matches_dense(F, l0, pre, step_on, penalty):
+    sae, x = _sae_at_l0(32, F, l0, pre_enc_bias=pre, step_on=step_on)
+    cfg = TrainConfig(d_sae=F, penalty=penalty, target_l0=12.0, batch_size=256, n_tokens=256)
+    a, b = fused_grads(sae, x, cfg, 0.3), sparse_grads(sae, x, cfg, 0.3)
+    assert 0.5 * l0 < a['l0'].item() < 2 * l0 + 3 and a['n_window'] > 0
+    assert (a['l0'].item(), a['n_window']) == (b['l0'].item(), b['n_window']) and torch.equal(a['fired'], b['fired'])
+    assert abs(b['loss'].item() / a['loss'].item() - 1) < 1e-6
+    _assert_same(a, b, 1e-5)
+
+
+def test_sparse_edge_cases():
+    "Nothing active, negative thresholds (then h ≤ 0 never fires), and bf16 weights"
+    sae, x = _sae_at_l0(16, 64, 4)
+    cfg = TrainConfig(d_sae=64, batch_size=256, n_tokens=256)
+    with torch.no_grad(): sae.theta.fill_(50.0)
+    a, b = fused_grads(sae, x, cfg, 0.3), sparse_grads(sae, x, cfg, 0.3)
+    assert a['l0'].item() == b['l0'].item() == 0 and b['n_window'] == 0
+    _assert_same(a, b, 1e-5)
+    with torch.no_grad(): sae.theta.uniform_(-0.05, 0.05)
+    a, b = fused_grads(sae, x, cfg, 0.3), sparse_grads(sae, x, cfg, 0.3)
+    assert a['l0'].item() == b['l0'].item() and a['n_window'] == b['n_window'] > 0
+    _assert_same(a, b, 1e-5)
+    sae16 = sae.to(torch.bfloat16)
+    a, b = fused_grads(sae16, x.bfloat16(), cfg, 0.3), sparse_grads(sae16, x.bfloat16(), cfg, 0.3)
+    assert b['grads']['W_enc'].dtype == torch.bfloat16 and b['grads']['theta'].dtype == torch.float32
+    assert abs(b['loss'].item() / a['loss'].item() - 1) < 1e-2
+
+
+@pytest.mark.parametrize('preset', ['paper', 'paper_faithful', 'gemmascope'])
+def test_sparse_training_matches_dense(preset):
+    "Ten optimiser steps through the sparse and the dense step end at the same parameters"
+    data = SparseDictionary(d=32, n_features=64, l0=3, batch_tokens=256, n_batches=10, seed=2)
+    kw = dict(target_l0=4.0) if preset != 'gemmascope' else dict(sparsity_coeff=1e-2)
+    cfg = TrainConfig.preset(preset, d_sae=256, batch_size=256, n_tokens=2560, lr=1e-3, lr_warmup_steps=0,
+                             sparsity_warmup_steps=0, bandwidth=0.01, theta0=0.05, **kw)
+    (d, hd), = train_saes([TrainConfig(**{**cfg.__dict__, 'sparse': 'off'})], data, progress=False, norm_factor=1.0, log_every=5)
+    (s, hs), = train_saes([TrainConfig(**{**cfg.__dict__, 'sparse': 'on'})], data, progress=False, norm_factor=1.0, log_every=5)
+    assert list(hs.sparse_frac) == [1.0, 1.0] and list(hd.sparse_frac) == [0.0, 0.0]
+    for k in ('W_enc', 'W_dec', 'b_enc', 'b_dec', 'theta'):
+        a, b = getattr(d, k), getattr(s, k)
+        assert ((a - b).abs().max() / a.abs().max()).item() < 1e-5, k
+
+
+def test_resume_bit_exact_sparse(tmp_path):
+    data = _stream()
+    cfg = TrainConfig.preset('paper', d_sae=64, batch_size=128, n_tokens=128 * 40, target_l0=4, lr=1e-3, lr_warmup_steps=8,
+                             sparsity_warmup_steps=12, bandwidth=0.02, theta0=0.02, sparse='on')
+    kw = dict(log_every=4, ckpt_every=7, norm_tokens=300, progress=False)
+    (whole, hw), = train_saes([cfg], data, out_dir=tmp_path / 'a', **kw)
+    def dying(src, after):
+        for i, b in enumerate(src):
+            if i == after: raise KeyboardInterrupt
+            yield b
+    with pytest.raises(KeyboardInterrupt): train_saes([cfg], dying(data, 30), out_dir=tmp_path / 'b', **kw)
+    (resumed, hr), = train_saes([cfg], data, out_dir=tmp_path / 'b', resume=True, **kw)
+    for k in ('W_enc', 'W_dec', 'b_enc', 'b_dec', 'theta'): assert torch.equal(getattr(whole, k), getattr(resumed, k)), k
+    pd.testing.assert_frame_equal(hw, hr)
+    assert hw.sparse_frac.iloc[-1] == 1.0
+
+
+def test_sparse_step_allocates_no_dense_float_beyond_h():
+    "Profiler: the only B×F float buffer of a sparse training step is the encoder's output (addmm); the rest are ≤ 1 byte/entry"
+    from torch.profiler import profile
+    B, d, F = 512, 32, 2048
+    data = SparseDictionary(d=d, n_features=64, l0=3, batch_tokens=B, n_batches=1, seed=0)
+    x = next(iter(data))
+    tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 10, sparse='on'), d)
+    with torch.no_grad(): tr.sae.theta.copy_(torch.quantile(tr.sae.pre_acts(x), 1 - 20 / F, dim=0).clamp(min=0))   # L0 ≈ 20
+    tr.step(x, 0, 1.0)
+    with profile(profile_memory=True) as p: tr.step(x, 1, 1.0)
+    big = {}
+    for e in p.events():
+        if e.cpu_memory_usage >= B * F: big.setdefault(e.name, []).append(e.cpu_memory_usage)
+    floats = {k: v for k, v in big.items() if any(m >= 4 * B * F for m in v) and not k.startswith('aten::empty')}
+    assert set(floats) == {'aten::addmm'} and len(floats['aten::addmm']) == 1, big
+    assert max(m for k, v in big.items() if k != 'aten::addmm' for m in v) < 2 * B * F, big
