@@ -26,8 +26,9 @@ __all__ = ['PRESETS', 'SPARSE_AUTO', 'TrainConfig', 'lr_at', 'sparsity_at', 'ref
 class TrainConfig:
     "Everything that defines one SAE's training run"
     d_sae:int=16384 # number of latents F
-    penalty:str='target_l0' # 'target_l0': λ(L0/target − 1)² (paper's code); 'l0': λ·L0 (GemmaScope)
-    target_l0:float|None=80.0 # target L0 of the 'target_l0' penalty
+    penalty:str='target_l0' # 'target_l0': λ(L0/target − 1)² (paper's code); 'l0': λ·L0 (GemmaScope); 'tanh' (Anthropic); 'quadratic' (GemmaScope 2)
+    target_l0:float|None=80.0 # target L0 of the 'target_l0' and 'quadratic' penalties
+    tanh_scale:float=4.0 # c of the 'tanh' penalty λ·Σᵢ tanh(c·fᵢ·‖dᵢ‖)
     sparsity_coeff:float=1.0 # λ
     sparsity_warmup_steps:int=5000 # λ ramps linearly from 0 over this many steps
     lr:float=3e-4 # peak Adam learning rate
@@ -41,6 +42,7 @@ class TrainConfig:
     n_tokens:int=49_000_000 # training tokens; steps = n_tokens // batch_size
     bandwidth:float=0.001 # STE kernel width ε (normalised units)
     theta0:float=0.001 # initial threshold θ₀ (normalised units)
+    theta_param:str='linear' # Adam updates θ ('linear') or log θ ('log': JumpReLU paper App. J, SAELens ≤ 6.47)
     pre_enc_bias:bool=False # subtract b_dec before encoding while training (folded at save)
     step_on:str='pre' # L0 STE on pre-activations ('pre', correct) or post-activations ('post', the paper's code)
     unit_norm_decoder:bool=True # remove the gradient parallel to decoder rows and renormalise them every step
@@ -51,16 +53,18 @@ class TrainConfig:
     name:str|None=None # output sub-folder (default: derived from the fields)
 
     def __post_init__(self):
-        check_choice('penalty', self.penalty, {'target_l0', 'l0'}); check_choice('lr_warmup', self.lr_warmup, {'linear', 'cosine'})
+        check_choice('penalty', self.penalty, {'target_l0', 'l0', 'tanh', 'quadratic'}); check_choice('lr_warmup', self.lr_warmup, {'linear', 'cosine'})
         check_choice('step_on', self.step_on, {'pre', 'post'}); check_choice('dtype', self.dtype, {'float32', 'bfloat16', 'float16'})
         check_range('d_sae', self.d_sae, 1); check_range('batch_size', self.batch_size, 1); check_range('n_tokens', self.n_tokens, self.batch_size)
         check_range('lr', self.lr, 0.0); check_range('bandwidth', self.bandwidth, 1e-12); check_range('theta0', self.theta0, 0.0)
         check_range('sparsity_coeff', self.sparsity_coeff, 0.0)
         for k in ('sparsity_warmup_steps', 'lr_warmup_steps'): check_range(k, getattr(self, k), 0)
-        if self.penalty == 'target_l0' and (self.target_l0 is None or self.target_l0 <= 0):
-            raise ValueError(f"target_l0={self.target_l0!r}: the 'target_l0' penalty needs a positive target")
+        if self.penalty in ('target_l0', 'quadratic') and (self.target_l0 is None or self.target_l0 <= 0):
+            raise ValueError(f"target_l0={self.target_l0!r}: the {self.penalty!r} penalty needs a positive target")
         if self.lr_decay_start is not None: check_range('lr_decay_start', self.lr_decay_start, 0.0, 1.0)
-        check_choice('sparse', self.sparse, {'auto', 'on', 'off'})
+        check_choice('sparse', self.sparse, {'auto', 'on', 'off'}); check_choice('theta_param', self.theta_param, {'linear', 'log'})
+        check_range('tanh_scale', self.tanh_scale, 0.0)
+        if self.theta_param == 'log' and self.theta0 <= 0: raise ValueError(f"theta0={self.theta0!r}: theta_param='log' needs a positive θ₀")
         if self.sparse_max_density is not None: check_range('sparse_max_density', self.sparse_max_density, 0.0, 1.0)
         self.betas = tuple(self.betas)
 
@@ -71,6 +75,7 @@ class TrainConfig:
         "Output folder name"
         if self.name: return self.name
         sp = f'l0target{self.target_l0:g}' if self.penalty == 'target_l0' else f'lambda{self.sparsity_coeff:g}'
+        if self.penalty in ('tanh', 'quadratic'): sp = f'{self.penalty}_' + (f'l0target{self.target_l0:g}_' if self.penalty == 'quadratic' else '') + sp
         return f'F{self.d_sae}_{sp}'
 
     @classmethod
@@ -124,8 +129,12 @@ def reference_loss(sae:JumpReLUSAE, # SAE on normalised inputs
     f, h = sae.encode_with_pre(x)
     x_hat = sae.decode(f)
     mse = (x_hat - x.to(x_hat.dtype)).pow(2).sum(-1).mean()
-    l0 = sae.l0(h, f).float().mean()
-    sp = coeff * l0 if cfg.penalty == 'l0' else coeff * (l0 / cfg.target_l0 - 1) ** 2
+    l0_tok = sae.l0(h, f).float()
+    l0 = l0_tok.mean()
+    if cfg.penalty == 'l0': sp = coeff * l0
+    elif cfg.penalty == 'target_l0': sp = coeff * (l0 / cfg.target_l0 - 1) ** 2
+    elif cfg.penalty == 'quadratic': sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+    else: sp = coeff * torch.tanh(cfg.tanh_scale * f * sae.W_dec.norm(dim=1)).sum(-1).mean()
     return mse + sp, dict(mse=mse, l0=l0, sparsity=sp)
 
 # %% ../nbs/06_train.ipynb #5750c0f2
@@ -158,7 +167,14 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     g_out = err.mul_(2.0 / B)                                    # ∂L/∂x̂
     g_W_dec = buf.t() @ g_out
     g_b_dec = g_out.sum(0)
+    if cfg.penalty == 'tanh':                                    # λ/B Σ tanh(c‖dᵢ‖f): a second B×F buffer
+        c, n = cfg.tanh_scale, W_dec.norm(dim=1)
+        s = torch.tanh(buf * (c * n))
+        sp_tanh = coeff * s.sum(dtype=torch.float64) / B
+        s.mul_(s).neg_().add_(1)                                 # sech²
+        g_W_dec += (coeff * c / B) * ((s * buf).sum(0) / n).unsqueeze(1) * W_dec
     torch.mm(g_out, W_dec.t(), out=buf)                          # ∂L/∂f
+    if cfg.penalty == 'tanh': buf.add_(s.mul_((coeff * c / B) * n))
     g_theta = torch.zeros(F, dtype=torch.float32, device=x.device)
     g_theta.index_add_(0, cols, buf[rows, cols].float())
     g_theta.mul_(-theta / eps)
@@ -166,15 +182,29 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     g_b_enc = buf.sum(0)
     g_W_enc = xin.t() @ buf
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
-    if sae.step_on == 'pre': cnt = torch.bincount(cols, minlength=F)
+    if cfg.penalty == 'tanh': sp = sp_tanh
+    elif cfg.penalty == 'quadratic':                             # per-token weights ∂L/∂L0_b
+        l0_tok = mask.sum(1, dtype=torch.float64)
+        sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+        w = (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)
+        acc = torch.zeros(F, dtype=torch.float64, device=x.device)
+        if sae.step_on == 'pre': acc.index_add_(0, cols, w[rows])
+        else:
+            up = h_win > theta[cols]
+            acc.index_add_(0, cols[up], w[rows[up]])
+            zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)
+            if len(zero_in): acc[zero_in] += w @ (~mask[:, zero_in]).double()
+        g_theta -= (acc / eps).float()
     else:
-        up = h_win > theta[cols]
-        cnt = torch.bincount(cols[up], minlength=F)
-        zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
-        if len(zero_in): cnt[zero_in] += B - mask[:, zero_in].sum(0)
-    if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
-    else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
-    g_theta -= (float(dl0) / (B * eps)) * cnt.float()
+        if sae.step_on == 'pre': cnt = torch.bincount(cols, minlength=F)
+        else:
+            up = h_win > theta[cols]
+            cnt = torch.bincount(cols[up], minlength=F)
+            zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
+            if len(zero_in): cnt[zero_in] += B - mask[:, zero_in].sum(0)
+        if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
+        else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
+        g_theta -= (float(dl0) / (B * eps)) * cnt.float()
     return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
                 loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=fired, n_window=len(rows))
 
@@ -225,6 +255,14 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     g_out = err.mul_(2.0 / B)                                                 # ∂L/∂x̂
     g_b_dec = g_out.sum(0)
     g_f = _sddmm(ptr, cols, g_out, sae.W_dec)                                 # ∂L/∂f on the pairs
+    if cfg.penalty == 'tanh':
+        c, n = cfg.tanh_scale, sae.W_dec.norm(dim=1)
+        n_p = n.index_select(0, cols)
+        s = torch.tanh(f * (c * n_p))
+        sp_tanh = coeff * s.sum(dtype=torch.float64) / B
+        s.mul_(s).neg_().add_(1)                                              # sech²
+        q = torch.zeros(F, dtype=f.dtype, device=x.device).index_add_(0, cols, s * f)
+        g_f.add_(s.mul_((coeff * c / B) * n_p))
     winf = win.float()
     g_theta = torch.zeros(F, dtype=torch.float32, device=x.device).index_add_(0, cols, g_f.float() * winf)
     g_theta.mul_(-theta / eps)
@@ -235,18 +273,28 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     by_tok, off = key.remainder(B), n_pair.cumsum(0) - n_pair
     bag = lambda src, w: torch.nn.functional.embedding_bag(by_tok, src, off, mode='sum', per_sample_weights=w.index_select(0, perm))
     g_W_dec = bag(g_out, f)
+    if cfg.penalty == 'tanh': g_W_dec += (coeff * c / B) * (q / n).unsqueeze(1) * sae.W_dec
     g_W_enc = bag(xin, g_h).t().contiguous()
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
     n_act = torch.zeros(F, dtype=torch.long, device=x.device).index_add_(0, cols, act.long())
-    cnt = torch.zeros(F, dtype=torch.float32, device=x.device)
-    if sae.step_on == 'pre': cnt.index_add_(0, cols, winf)
+    zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
+    in_win = winf if sae.step_on == 'pre' else (win & act).float()          # pairs inside the L0 STE's window
+    if cfg.penalty == 'tanh': sp = sp_tanh
+    elif cfg.penalty == 'quadratic':                                          # per-token weights ∂L/∂L0_b
+        l0_tok = torch.zeros(B, dtype=torch.float64, device=x.device).index_add_(0, rows, act.double())
+        sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+        w = ((coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)).index_select(0, rows)
+        acc = torch.zeros(F, dtype=torch.float64, device=x.device).index_add_(0, cols, w * in_win)
+        if sae.step_on == 'post' and len(zero_in):
+            on = torch.zeros(F, dtype=torch.float64, device=x.device).index_add_(0, cols, w * act)
+            acc[zero_in] += (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0).sum() - on[zero_in]
+        g_theta -= (acc / eps).float()
     else:
-        cnt.index_add_(0, cols, (win & act).float())
-        zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
-        if len(zero_in): cnt[zero_in] += (B - n_act[zero_in]).float()
-    if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
-    else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
-    g_theta -= (float(dl0) / (B * eps)) * cnt
+        cnt = torch.zeros(F, dtype=torch.float32, device=x.device).index_add_(0, cols, in_win)
+        if sae.step_on == 'post' and len(zero_in): cnt[zero_in] += (B - n_act[zero_in]).float()
+        if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
+        else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
+        g_theta -= (float(dl0) / (B * eps)) * cnt
     return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
                 loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=n_act > 0, n_window=int(win.sum()))
 
@@ -258,8 +306,13 @@ def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
                 cfg:TrainConfig, # penalty settings and `sparse` mode
                 coeff:float, # effective λ (after warm-up)
-               )->dict: # `fused_grads`'s output plus `sparse`: which path ran
+               )->dict: # `fused_grads`'s output plus `sparse`: which path ran; with log-θ the gradient is `log_theta`'s
     "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch by `cfg.sparse`"
+    out = _path_grads(sae, x, cfg, coeff)
+    if cfg.theta_param == 'log': out['grads']['log_theta'] = out['grads'].pop('theta') * sae.theta     # ∂L/∂log θ = θ ∂L/∂θ
+    return out
+
+def _path_grads(sae, x, cfg, coeff):
     B, F = x.shape[0], sae.d_sae
     max_density, min_work = SPARSE_AUTO.get(x.device.type, SPARSE_AUTO['cuda'])
     if cfg.sparse_max_density is not None: max_density = cfg.sparse_max_density
@@ -290,6 +343,8 @@ class SAETrainer:
             self.sae = JumpReLUSAE(d_model, cfg.d_sae, theta0=cfg.theta0, bandwidth=cfg.bandwidth, pre_enc_bias=cfg.pre_enc_bias,
                                    step_on=cfg.step_on, dtype=_DT[cfg.dtype], device=self.device)
         self.params = dict(self.sae.named_parameters())
+        if cfg.theta_param == 'log':                           # Adam moves log θ; θ = exp(log θ) is derived from it
+            self.params['log_theta'] = torch.nn.Parameter(self.params.pop('theta').detach().log())
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
@@ -299,6 +354,7 @@ class SAETrainer:
         "One optimiser step on the normalised batch `x` at step `t`; returns the loss (a 0-d tensor)"
         cfg, sae = self.cfg, self.sae
         coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
+        if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())   # also right after a resume
         out = train_grads(sae, x, cfg, coeff)
         if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
         g = out['grads']
@@ -310,6 +366,7 @@ class SAETrainer:
         self.opt.step()
         for p in self.params.values(): p.grad = None
         if cfg.unit_norm_decoder: sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+        if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())
         sae.theta.clamp_(min=0)
         self.last_fired[out['fired']] = t
         s = self.sums

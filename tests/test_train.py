@@ -5,7 +5,7 @@ import pytest
 import torch
 from salmon.sae import JumpReLUSAE, load_sae
 from salmon.synthetic import SparseDictionary, recovery
-from salmon.train import TrainConfig, SAETrainer, fused_grads, sparse_grads, reference_loss, train_saes, lr_at
+from salmon.train import TrainConfig, SAETrainer, fused_grads, sparse_grads, train_grads, reference_loss, train_saes, lr_at
 
 
 @pytest.fixture(autouse=True)
@@ -214,3 +214,81 @@ def test_sparse_step_allocates_no_dense_float_beyond_h():
     floats = {k: v for k, v in big.items() if any(m >= 4 * B * F for m in v) and not k.startswith('aten::empty')}
     assert set(floats) == {'aten::addmm'} and len(floats['aten::addmm']) == 1, big
     assert max(m for k, v in big.items() if k != 'aten::addmm' for m in v) < 2 * B * F, big
+
+
+def _saelens_grads(sae, x, mode, coeff, target_l0=None, tanh_scale=4.0, log_theta=False):
+    "Loss and gradients of SAELens's JumpReLU training SAE (installed 6.x) from `sae`'s parameters"
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, JumpReLU, Step
+    from sae_lens.saes.sae import TrainStepInput
+    if log_theta:
+        # SAELens ≤ 6.47 (jbloomAus/SAELens, sae_lens/saes/jumprelu_sae.py at 03a2eaf5): threshold = exp(log_threshold),
+        # feature_acts = JumpReLU(hidden_pre, threshold), l0_loss = (coeff * Step(hidden_pre, threshold).sum(-1)).mean()
+        p = {k: getattr(sae, k).detach().clone().requires_grad_() for k in ('W_enc', 'W_dec', 'b_enc', 'b_dec')}
+        p['log_threshold'] = sae.theta.detach().log().requires_grad_()
+        th = torch.exp(p['log_threshold'])
+        hidden_pre = (x - p['b_dec'] * sae.pre_enc_bias) @ p['W_enc'] + p['b_enc']
+        acts = JumpReLU.apply(hidden_pre, th, sae.bandwidth, False)
+        mse = torch.nn.functional.mse_loss(acts @ p['W_dec'] + p['b_dec'], x, reduction='none').sum(-1).mean()
+        loss = mse + (coeff * Step.apply(hidden_pre, th, sae.bandwidth, False).sum(-1)).mean()
+        return loss, dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
+    sl = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+        d_in=sae.d_model, d_sae=sae.d_sae, dtype='float32', device='cpu', apply_b_dec_to_input=sae.pre_enc_bias,
+        jumprelu_bandwidth=sae.bandwidth, jumprelu_sparsity_loss_mode=mode, target_l0=target_l0, jumprelu_tanh_scale=tanh_scale))
+    with torch.no_grad():
+        for k in ('W_enc', 'W_dec', 'b_enc', 'b_dec'): getattr(sl, k).copy_(getattr(sae, k))
+        sl.threshold.copy_(sae.theta)
+    out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={'l0': coeff}, dead_neuron_mask=None,
+                                                  n_training_steps=0, is_logging_step=False))
+    names = ('W_enc', 'W_dec', 'b_enc', 'b_dec', 'threshold')
+    return out.loss, dict(zip(names, torch.autograd.grad(out.loss, [getattr(sl, k) for k in names])))
+
+
+@pytest.mark.parametrize('sparse', ['off', 'on'])
+@pytest.mark.parametrize('pre', [False, True])
+@pytest.mark.parametrize('penalty,mode,log_theta', [('tanh', 'tanh', False), ('quadratic', 'quadratic', False),
+                                                    ('l0', 'step', False), ('l0', 'step', True)])
+@pytest.mark.parametrize('l0', [5, 40])
+def test_penalties_match_saelens(sparse, pre, penalty, mode, log_theta, l0):
+    pytest.importorskip('sae_lens')
+    sae, x = _sae_at_l0(32, 512, l0, pre_enc_bias=pre)
+    with torch.no_grad(): sae.W_dec.mul_(torch.linspace(0.5, 2.0, 512).unsqueeze(1))   # non-unit rows: the tanh norm term counts
+    cfg = TrainConfig(d_sae=512, penalty=penalty, target_l0=12.0, tanh_scale=3.0, batch_size=256, n_tokens=256, sparse=sparse,
+                      theta_param='log' if log_theta else 'linear')
+    ref_loss, ref = _saelens_grads(sae, x, mode, 0.3, target_l0=12.0, tanh_scale=3.0, log_theta=log_theta)
+    out = train_grads(sae, x, cfg, 0.3)
+    assert out['sparse'] == (sparse == 'on')
+    assert abs(out['loss'].item() / ref_loss.item() - 1) < 1e-6
+    names = dict(threshold='theta', log_threshold='log_theta')
+    for k, r in ref.items():
+        g = out['grads'][names.get(k, k)]
+        assert (g - r).norm().item() <= 1e-6 * r.norm().item(), (k, ((g - r).norm() / r.norm()).item())
+
+
+@pytest.mark.parametrize('penalty', ['tanh', 'quadratic'])
+@pytest.mark.parametrize('step_on', ['pre', 'post'])
+def test_new_penalties_match_reference(penalty, step_on):
+    "`reference_loss` (autograd through the STEs) is the spec for both STE placements; sparse and dense agree with it"
+    sae, x = _sae_at_l0(24, 256, 10, step_on=step_on, pre_enc_bias=True)
+    cfg = TrainConfig(d_sae=256, penalty=penalty, target_l0=8.0, batch_size=256, n_tokens=256)
+    loss, _ = reference_loss(sae, x, cfg, 0.3)
+    ref = dict(zip([n for n, _ in sae.named_parameters()], torch.autograd.grad(loss, list(sae.parameters()))))
+    for fn in (fused_grads, sparse_grads):
+        out = fn(sae, x, cfg, 0.3)
+        assert abs(out['loss'].item() / loss.item() - 1) < 1e-6
+        for k, r in ref.items(): assert (out['grads'][k] - r).norm().item() <= 1e-5 * r.norm().item(), (fn.__name__, k)
+
+
+def test_log_theta_training_and_resume(tmp_path):
+    "log-θ: θ stays positive, moves multiplicatively, and a resumed run is bit-exact"
+    cfg = TrainConfig.preset('gemmascope', d_sae=64, batch_size=128, n_tokens=128 * 40, sparsity_coeff=1e-2, lr=1e-2,
+                             lr_warmup_steps=4, sparsity_warmup_steps=8, bandwidth=0.02, theta0=0.02, theta_param='log', sparse='on')
+    kw = dict(log_every=4, ckpt_every=7, norm_tokens=300, progress=False)
+    (whole, _), = train_saes([cfg], _stream(), out_dir=tmp_path / 'a', **kw)
+    def dying(src, after):
+        for i, b in enumerate(src):
+            if i == after: raise KeyboardInterrupt
+            yield b
+    with pytest.raises(KeyboardInterrupt): train_saes([cfg], dying(_stream(), 30), out_dir=tmp_path / 'b', **kw)
+    (resumed, _), = train_saes([cfg], _stream(), out_dir=tmp_path / 'b', resume=True, **kw)
+    assert torch.equal(whole.theta, resumed.theta) and torch.equal(whole.W_enc, resumed.W_enc)
+    assert (whole.theta > 0).all() and not torch.allclose(whole.theta, torch.full_like(whole.theta, whole.theta[0].item()))
