@@ -120,7 +120,7 @@ def bench_train(d:int, # activation width
     x = (torch.randn(B, d, generator=g) / math.sqrt(d)).to(device)
     cfg = TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 10_000, lr=1e-7, lr_warmup_steps=0, sparsity_warmup_steps=0)
     tr = SAETrainer(cfg, d, device)
-    W = tr.sae.W_enc.detach().clone()
+    W = tr.sae.W_enc.detach()                                 # the mm baseline's operand (no copy: F=65536 is large)
     var = float((x - x.mean(0)).pow(2).sum())
     modes = dict(dense=dataclasses.replace(cfg, sparse='off'), auto=cfg)
     seen = {}
