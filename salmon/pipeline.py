@@ -9,7 +9,7 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import atomic_write, check_choice, default_device, in_test
+from .core import atomic_write, check_choice, check_range, default_device, in_test
 from .data import general_text, medical_qa
 import functools, itertools, json, os
 import numpy as np
@@ -27,7 +27,7 @@ from .trace import ActivationCache, cache_activations
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval',
+           'stage_caches', 'preset_texts', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval',
            'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
            'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
@@ -56,21 +56,34 @@ class Preset:
     buffer_tokens:int=250_000 # shuffling-buffer capacity
     eval_texts:int=200        # held-out texts per corpus for evaluation
     eval_max_len:int=1024     # tokens per evaluation text
+    hub_root:str|None=None    # a local mirror of the hub datasets (`salmon.data.write_hub_fixtures`; None: $SALMON_HUB_ROOT, else the hub)
+    mix_seed:int|None=None    # mix the medical sources in a seeded random order (None: file / source order)
+    stream:bool=False         # train straight from the LM through the shuffling buffer (no training cache on disk)
+    lm_dtype:str|None=None    # LM weights and compute dtype (None: bf16 on CUDA, fp32 on CPU)
+    group_size:int|None=None  # SAEs trained at once on one stream (None: all target L0s of a width together)
+    buffer_dtype:str='float32' # dtype of the streamed shuffling buffer (and of its state in checkpoints)
+    probe_tokens:int=64_800   # streamed runs: medical training tokens cached for the dark-matter probes (the paper's 60 % of 108k rows)
+    eval_per_source:int=0     # held-out medical texts per source for the per-source table (0: none)
 
     def __post_init__(self):
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
         if 'domain' not in self.families: raise ValueError(f'families={self.families!r} has no domain family; every comparison is against it')
         if not self.widths or not self.target_l0s: raise ValueError(f'widths={self.widths!r} and target_l0s={self.target_l0s!r} must not be empty')
+        if self.lm_dtype is not None: check_choice('lm_dtype', self.lm_dtype, ('float32', 'bfloat16', 'float16'))
+        check_choice('buffer_dtype', self.buffer_dtype, ('float32', 'bfloat16', 'float16'))
+        if self.group_size is not None: check_range('group_size', self.group_size, 1)
+
+_PAPER_DATA = dict(source='hub', mix_seed=0, stream=True, batch_size=4, cache_dtype='bfloat16', buffer_dtype='bfloat16', eval_per_source=50)
 
 PRESETS = {p.name: p for p in [
     Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, widths=(256,), target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
     Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', widths=(1024,), target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
-    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
-           general_texts=4_000, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
-           general_texts=4_000, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'buffer_dtype': 'float32'}, lm_dtype='float32', group_size=1,
+           widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
 
 def get_preset(name:str)->Preset:
@@ -99,7 +112,7 @@ CORPORA = dict(medical=medical_qa, general=general_text)
 @functools.lru_cache(maxsize=1)
 def load_model(p:Preset):
     "The preset's model, loaded once per process however many stages (and notebooks) need it"
-    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
+    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model, dtype=getattr(torch, p.lm_dtype) if p.lm_dtype else None)
 
 def _mean_norm(cache:ActivationCache)->float:
     "Mean L2 norm of the cached activations (float64 accumulation)"
@@ -119,7 +132,7 @@ def stage_caches(p:Preset, # the run's preset
         except FileNotFoundError: reused = False
         if not reused and lm is None: lm = load_model(p)
         n_train = p.general_texts if corpus == 'general' and p.general_texts else p.train_texts
-        texts = fn(split, source=p.source, limit=n_train if split == 'train' else p.eval_texts * 4)
+        texts = preset_texts(p, corpus, split, limit=n_train if split == 'train' else p.eval_texts * 4)
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
         m = c.manifest
@@ -127,6 +140,18 @@ def stage_caches(p:Preset, # the run's preset
                          truncated=m['n_truncated'], seconds=m['seconds'], tok_per_s=m['n_tokens'] / max(m['seconds'], 1e-9),
                          mean_norm=_mean_norm(c), reused=reused))
     return pd.DataFrame(rows)
+
+# %% ../nbs/95_pipeline.ipynb #f1a7c3e5
+def preset_texts(p:Preset, # the run's preset
+                 corpus:str, # 'medical' or 'general'
+                 split:str, # 'train', 'test' or 'all'
+                 limit:int|None=None, # stop after this many texts
+                 with_meta:bool=False, # yield dicts with 'text' (and 'source_dataset' for the medical corpus)
+                ):
+    "The texts of one corpus split as the preset reads them"
+    fn = CORPORA[check_choice('corpus', corpus, CORPORA)]
+    kw = dict(mix_seed=p.mix_seed) if corpus == 'medical' else {}
+    return fn(split, source=p.source, limit=limit, with_meta=with_meta, root=p.hub_root, **kw)
 
 # %% ../nbs/95_pipeline.ipynb #44f90790
 FAMILIES = dict(domain='medical', broad='general')
@@ -200,7 +225,7 @@ def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->
                               target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
                          for k, s in saes.items()])
     def compute(corpus, fn):
-        df = evaluate(saes, lm or load_model(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
+        df = evaluate(saes, lm or load_model(p), list(preset_texts(p, corpus, 'test', p.eval_texts)), p.layer, max_len=p.eval_max_len,
                       bos=p.bos, progress=progress, eval_corpus=corpus)
         return meta.merge(df, on='name')
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
@@ -225,7 +250,7 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
     return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
-        saes, lm or load_model(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
+        saes, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n),
         p.layer, max_len=p.eval_max_len, bos=p.bos))
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
