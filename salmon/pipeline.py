@@ -12,6 +12,7 @@ import torch
 from .core import atomic_write, check_choice, check_range, default_device, in_test
 from .data import general_text, medical_qa
 import functools, itertools, json, os
+from typing import Iterator
 import numpy as np
 from .darkmatter import dark_matter_sae
 from .gemmascope import LADDER, REPOS, load_gemmascope
@@ -22,14 +23,14 @@ from .models import load_lm, tiny_lm
 from .plots import paper_reference, pareto
 from .sae import load_sae
 from .train import TrainConfig, train_saes
-from .trace import ActivationCache, cache_activations
+from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_activations
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'preset_texts', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval',
-           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
-           'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare',
+           'stream_batches', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched',
+           'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -127,12 +128,16 @@ def stage_caches(p:Preset, # the run's preset
     "Trace each corpus's training split into a cache (reusing finished caches); summarise them"
     out = Path(out); rows = []; lm = None
     for (corpus, fn), split in itertools.product(CORPORA.items(), ('train', 'test')):
+        if p.stream and split == 'train':    # streamed runs train from the LM; only the dark-matter probes need training rows
+            if corpus != 'medical': continue
+            split = 'probe'
         path = out/'cache'/f'{corpus}-{split}'
         try: reused = ActivationCache(path).complete
         except FileNotFoundError: reused = False
         if not reused and lm is None: lm = load_model(p)
         n_train = p.general_texts if corpus == 'general' and p.general_texts else p.train_texts
-        texts = preset_texts(p, corpus, split, limit=n_train if split == 'train' else p.eval_texts * 4)
+        texts = (probe_texts(p, lambda: lm) if split == 'probe' else
+                 preset_texts(p, corpus, split, limit=n_train if split == 'train' else p.eval_texts * 4))
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
         m = c.manifest
@@ -152,6 +157,17 @@ def preset_texts(p:Preset, # the run's preset
     fn = CORPORA[check_choice('corpus', corpus, CORPORA)]
     kw = dict(mix_seed=p.mix_seed) if corpus == 'medical' else {}
     return fn(split, source=p.source, limit=limit, with_meta=with_meta, root=p.hub_root, **kw)
+
+def probe_texts(p:Preset, # a streamed preset
+                lm, # a function returning the LM (its tokenizer counts the tokens; called only when iterated)
+               )->Iterator[str]:
+    "The first medical training texts holding `p.probe_tokens` tokens as traced (truncated to `max_len`, BOS per `p.bos`)"
+    got = 0
+    for t in preset_texts(p, 'medical', 'train'):
+        if got >= p.probe_tokens: return
+        tok = lm().tokenizer; ids = tok(t, add_special_tokens=True)['input_ids'][:p.max_len]
+        got += len(ids) - int(p.bos == 'drop' and tok.bos_token_id is not None and ids[0] == tok.bos_token_id)
+        yield t
 
 # %% ../nbs/95_pipeline.ipynb #44f90790
 FAMILIES = dict(domain='medical', broad='general')
@@ -187,13 +203,18 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
         if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
-        if all((fdir/c.label/'config.json').exists() for c in cfgs):
-            saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
-        cache = ActivationCache(out/'cache'/f'{corpus}-train')
+        groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
-        res = train_saes(cfgs, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
-                         ckpt_every=max(1, cfgs[0].n_steps // 5), log_every=max(1, cfgs[0].n_steps // 50), progress=progress)
-        saes.update({c.label: s.cpu() for c, (s, _) in zip(cfgs, res)})   # off the GPU while the next group trains
+        for g, grp in enumerate(groups):
+            if all((fdir/c.label/'config.json').exists() for c in grp):
+                saes.update({c.label: load_sae(fdir/c.label) for c in grp}); continue
+            src = (stream_batches(p, corpus, load_model(p)) if p.stream else
+                   _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
+            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, streamed=p.stream), progress=progress,
+                             ckpt_every=max(1, cfgs[0].n_steps // (20 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                             ckpt_dir=fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}'),
+                             **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
+            saes.update({c.label: s.cpu() for c, (s, _) in zip(grp, res)})   # off the GPU while the next group trains
     dev = default_device()
     for name, s in saes.items(): s.cfg.setdefault('name', name); s.to(dev)
     return saes
@@ -207,6 +228,17 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
     out = _run_dir(p, out)
     stage_caches(p, out, progress=progress)
     return stage_saes(p, out, progress=progress)
+
+# %% ../nbs/95_pipeline.ipynb #d2e3f4a5
+def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
+                   corpus:str, # 'medical' or 'general'
+                   lm, # the preset's LM
+                   seed:int=0, # buffer seed
+                  )->ActivationBuffer:
+    "Training batches traced on the fly: the corpus's training split, one example per context, through the shuffling buffer"
+    stream = ActivationStream(lm, preset_texts(p, corpus, 'train'), p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
+                              progress=False, desc=f'streaming {corpus}')
+    return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
@@ -236,7 +268,7 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
     out = Path(out)
     def compute():
-        tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
+        tr, te = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train')), ActivationCache(out/'cache'/'medical-test')
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
         rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
                                                   split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
