@@ -27,10 +27,11 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
-           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare',
-           'stream_batches', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched',
-           'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'salmon_source',
+           'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'gemmascope_family',
+           'stage_saes', 'prepare', 'stream_batches', 'stage_eval', 'held_out_by_source', 'stage_sources',
+           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
+           'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ PRESETS = {p.name: p for p in [
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
     Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
     Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'buffer_dtype': 'float32'}, lm_dtype='float32', group_size=1,
+    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'buffer_dtype': 'float32', 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
            widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
 
@@ -106,6 +107,24 @@ def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
+
+# %% ../nbs/95_pipeline.ipynb #b6c7d8e9
+def salmon_source()->str:
+    "Which salmon runs: version, import location, and its install (git URL and commit, or a checkout's commit)"
+    import subprocess, salmon
+    from importlib import metadata
+    here = Path(salmon.__file__).resolve().parent
+    try: info = json.loads(metadata.distribution('salmon').read_text('direct_url.json') or 'null')
+    except metadata.PackageNotFoundError: info = None
+    vcs = (info or {}).get('vcs_info')
+    if vcs: how = f"installed from {info['url']}@{vcs.get('requested_revision') or 'HEAD'}, commit {vcs['commit_id'][:12]}"
+    else:
+        git = lambda *a: subprocess.run(['git', '-C', str(here), *a], capture_output=True, text=True)
+        try: head, dirty = git('rev-parse', '--short=12', 'HEAD'), git('status', '--porcelain', '--', '.')
+        except OSError: head = dirty = None
+        how = (f"checkout at commit {head.stdout.strip()}{'+modified' if dirty.stdout.strip() else ''}" if head is not None and head.returncode == 0
+               else 'installed from a package index' if info is None else f"installed from {info.get('url')}")
+    return f'salmon {salmon.__version__} from {here} ({how})'
 
 # %% ../nbs/95_pipeline.ipynb #7e1872ce
 CORPORA = dict(medical=medical_qa, general=general_text)
@@ -262,6 +281,29 @@ def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->
         return meta.merge(df, on='name')
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
                       for corpus, fn in CORPORA.items()], ignore_index=True)
+
+# %% ../nbs/95_pipeline.ipynb #e3f4a5b6
+def held_out_by_source(p:Preset, # the run's preset
+                       n:int, # texts per source
+                      )->dict:
+    "source_dataset -> the first `n` held-out medical texts of that source, in the preset's order"
+    by = {}
+    for r in preset_texts(p, 'medical', 'test', with_meta=True):
+        got = by.setdefault(r['source_dataset'], [])
+        if len(got) < n: got.append(r['text'])
+    return by
+
+def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
+    "Every SAE on each medical source's held-out texts; one row per SAE and source (`source_dataset`)"
+    check_range('eval_per_source', p.eval_per_source, 1)
+    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
+    def compute():
+        rows = [evaluate(saes, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                         eval_corpus='medical', source_dataset=src, n_texts=len(texts))
+                for src, texts in held_out_by_source(p, p.eval_per_source).items()]
+        return meta.merge(pd.concat(rows, ignore_index=True), on='name')
+    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
@@ -420,6 +462,7 @@ def run(preset:str|Preset='demo', # preset name or object
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
     saes = stage_saes(p, out, progress=progress)
     ev = stage_eval(p, out, saes, progress=progress)
+    by_src = stage_sources(p, out, saes, progress=progress) if p.eval_per_source else None
     tab = results_table(ev, stage_darkmatter(p, out, saes), stage_specificity(p, out, saes), stage_absorption(p, out, saes))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
@@ -432,6 +475,9 @@ def run(preset:str|Preset='demo', # preset name or object
         print(comp.to_string(index=False))
         print('\nthe paper\'s claims at matched L0 on held-out medical text:\n')
         print(cl[['claim', 'baseline', 'metric', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
+        if by_src is not None:
+            print('\nFVE on each source\'s held-out texts (eval/medical-test-by-source.csv):\n')
+            print(by_src.pivot_table(index=['width', 'family', 'target_l0'], columns='source_dataset', values='fve').to_string())
     print(f'\nresults in {out}')
     return comp
 
@@ -455,20 +501,27 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     trained = [f for f in p.families if f != 'gemmascope']
     n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == p.model.split('/')[-1]) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
             for w in p.widths}   # GemmaScope SAEs per width
-    cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
-    eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len))
+    n_groups = sum(-(-len(p.target_l0s) // (p.group_size or len(p.target_l0s))) for _ in p.widths) * len(trained)   # LM passes if streamed
+    if p.stream: cache_tok = p.probe_tokens                # the dark-matter probe cache; training reads the LM
+    else: cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
+    eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len)) + p.eval_per_source * 6 * MEDICAL_TOKENS_PER_TEXT
     per_width = {w: len(trained) * len(p.target_l0s) + n_gs[w] for w in p.widths}   # SAEs evaluated per width
     n_sae = sum(per_width.values())
     after = (m['layers'] - p.layer - 1) / m['layers']
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
-    hours = dict(cache=2 * m['params'] * (p.layer + 1) / m['layers'] * cache_tok / lm_rate / 3600,
+    to_layer = 2 * m['params'] * (p.layer + 1) / m['layers']   # FLOPs per token traced to the layer
+    hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=p.stream * to_layer * p.train_tokens * n_groups / lm_rate / 3600,
                  train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
                  evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
     hours['total'] = 1.1 * sum(hours.values())
     sae_gb = lambda w: 2 * m['d'] * w * 4 / 2**30                       # fp32 encoder + decoder
-    train_gb = max(len(p.target_l0s) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
-    lm_gb = 2 * m['params'] / 2**30
+    lm_bytes = 4 if p.lm_dtype == 'float32' else 2           # None: bf16 on CUDA
+    train_gb = max((p.group_size or len(p.target_l0s)) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
+    lm_gb = lm_bytes * m['params'] / 2**30
+    act_gb = p.batch_size * p.max_len * (12 * m['d'] + 16 * p.max_len) * lm_bytes / 2**30   # one LM batch: MLP, q/k/v, 8 heads' scores
+    if p.stream: train_gb += lm_gb + act_gb                   # the LM runs beside the training group (the buffer stays in CPU memory)
     eval_gb = lm_gb + sum(sae_gb(w) * n for w, n in per_width.items())
-    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, **{f'{k}_h': v for k, v in hours.items()},
+    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, lm_passes=n_groups if p.stream else len({FAMILIES[f] for f in trained}),
+                **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
                 disk_gib=cache_tok * m['d'] * 2 / 2**30)
