@@ -29,9 +29,9 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'salmon_source',
            'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'gemmascope_family',
-           'stage_saes', 'prepare', 'stream_batches', 'stage_eval', 'held_out_by_source', 'stage_sources',
-           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
-           'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'stage_saes', 'prepare', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
+           'stage_sources', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
+           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -221,7 +221,9 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
-        cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
+        n_pass = pass_tokens(p, corpus, out) if p.stream else None
+        q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
+        cfgs = train_configs(q, family, width); fdir = out/'saes'/family/f'F{width}'
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
         for g, grp in enumerate(groups):
@@ -229,7 +231,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
                 saes.update({c.label: load_sae(fdir/c.label) for c in grp}); continue
             src = (stream_batches(p, corpus, load_model(p)) if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
-            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, streamed=p.stream), progress=progress,
+            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, **({'streamed': True} if p.stream else {})), progress=progress,
                              ckpt_every=max(1, cfgs[0].n_steps // (20 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
                              ckpt_dir=fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}'),
                              **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
@@ -258,6 +260,22 @@ def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
     stream = ActivationStream(lm, preset_texts(p, corpus, 'train'), p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
                               progress=False, desc=f'streaming {corpus}')
     return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
+
+def pass_tokens(p:Preset, # a streamed preset
+                corpus:str, # 'medical' (counted) or 'general' (open-ended: None)
+                out:str|Path, # results folder (the count is kept in `cache/<corpus>-train-tokens.json`)
+               )->int|None:
+    "Tokens of one pass over the corpus's training split as traced (truncated, BOS per policy); a run never trains past it"
+    if corpus != 'medical': return None
+    key = dict(model=p.model, source=p.source, hub_root=p.hub_root, mix_seed=p.mix_seed, max_len=p.max_len, bos=p.bos)
+    f = Path(out)/'cache'/f'{corpus}-train-tokens.json'
+    if f.exists() and (d := json.loads(f.read_text()))['made_from'] == key: return d['tokens']
+    tok, n = load_model(p).tokenizer, 0
+    for texts in iter(lambda it=iter(preset_texts(p, corpus, 'train')): list(itertools.islice(it, 1024)), []):
+        for ids in tok(texts, add_special_tokens=True)['input_ids']:
+            ids = ids[:p.max_len]; n += len(ids) - int(p.bos == 'drop' and tok.bos_token_id is not None and ids[0] == tok.bos_token_id)
+    with atomic_write(f, 'w') as fh: json.dump(dict(made_from=key, tokens=n), fh)
+    return n
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
