@@ -122,8 +122,10 @@ def salmon_source()->str:
         git = lambda *a: subprocess.run(['git', '-C', str(here), *a], capture_output=True, text=True)
         try: head, dirty = git('rev-parse', '--short=12', 'HEAD'), git('status', '--porcelain', '--', '.')
         except OSError: head = dirty = None
-        how = (f"checkout at commit {head.stdout.strip()}{'+modified' if dirty.stdout.strip() else ''}" if head is not None and head.returncode == 0
-               else 'installed from a package index' if info is None else f"installed from {info.get('url')}")
+        url = (info or {}).get('url', '')
+        if head is not None and head.returncode == 0: how = f"checkout at commit {head.stdout.strip()}{'+modified' if dirty.stdout.strip() else ''}"
+        elif url.startswith('file://') and not here.is_relative_to(Path(url[7:]).resolve()): how = f'on the path, not the installed {url}'
+        else: how = f'installed from {url}' if url else 'installed from a package index'
     return f'salmon {salmon.__version__} from {here} ({how})'
 
 # %% ../nbs/95_pipeline.ipynb #7e1872ce
