@@ -84,7 +84,7 @@ PRESETS = {p.name: p for p in [
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
     Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
     Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'buffer_dtype': 'float32', 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
+    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
            widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
 
@@ -234,7 +234,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
             src = (stream_batches(p, corpus, load_model(p)) if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
             res = train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, **({'streamed': True} if p.stream else {})), progress=progress,
-                             ckpt_every=max(1, cfgs[0].n_steps // (20 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                             ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
                              ckpt_dir=fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}'),
                              **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
             saes.update({c.label: s.cpu() for c, (s, _) in zip(grp, res)})   # off the GPU while the next group trains
