@@ -9,8 +9,8 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import atomic_write, check_choice, default_device, in_test
-from .data import general_text, medical_qa
+from .core import atomic_write, check_choice, check_int, check_path, check_range, data_dir, default_device, in_test
+from .data import GENERAL_HUB, MEDICAL_HUB, general_text, medical_qa
 import functools, itertools, json, os
 import numpy as np
 from .darkmatter import dark_matter_sae
@@ -21,15 +21,19 @@ from .metrics import evaluate
 from .models import load_lm, tiny_lm
 from .plots import paper_reference, pareto
 from .sae import load_sae
-from .train import TrainConfig, train_saes
+from .train import PRESETS as RECIPES, TrainConfig, train_saes
+from .store import (FORMAT_VERSION, ON_STALE, CorruptArtefactError, Status, check_stamped, file_digest, fingerprint,
+                          read_json, resolve, settings_diff, write_stamped)
+import logging, shutil, warnings
 from .trace import ActivationCache, cache_activations
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
-           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval',
-           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
-           'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'cache_provenance',
+           'paper_setup', 'load_model', 'stage_caches', 'train_configs', 'gemmascope_family', 'sae_provenance',
+           'stage_saes', 'prepare', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption',
+           'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run',
+           'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -61,6 +65,16 @@ class Preset:
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
         if 'domain' not in self.families: raise ValueError(f'families={self.families!r} has no domain family; every comparison is against it')
         if not self.widths or not self.target_l0s: raise ValueError(f'widths={self.widths!r} and target_l0s={self.target_l0s!r} must not be empty')
+        check_choice('recipe', self.recipe, RECIPES); check_choice('source', self.source, ('local', 'hub')); check_choice('bos', self.bos, ('drop', 'keep'))
+        check_choice('cache_dtype', self.cache_dtype, ('float16', 'bfloat16', 'float32')); check_int('layer', self.layer, 0)
+        for k in ('max_len', 'eval_max_len'): check_int(k, getattr(self, k), 2)
+        for k in ('batch_size', 'train_batch', 'buffer_tokens', 'eval_texts'): check_int(k, getattr(self, k), 1)
+        for k in ('train_texts', 'general_texts'):
+            if getattr(self, k) is not None: check_int(k, getattr(self, k), 1)
+        check_int('train_tokens', self.train_tokens, self.train_batch)
+        for w in self.widths: check_int('widths[]', w, 1)
+        for t in self.target_l0s: check_range('target_l0s[]', t, 1e-9)
+        if self.lr is not None: check_range('lr', self.lr, 1e-12)
 
 PRESETS = {p.name: p for p in [
     Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, widths=(256,), target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
@@ -86,6 +100,34 @@ def results_dir()->Path:
         if ini.exists() and 'lib_name = salmon' in ini.read_text(): return d/'results'
     return Path('results')
 
+# %% ../nbs/95_pipeline.ipynb #454a7ae3
+_ACTIONS:list = []   # what the current run did with each artefact
+
+def _note(path, action:str, reason:str=''):
+    "Record (and log) what happened to an artefact: 'reused', 'computed' or 'recomputed'"
+    _ACTIONS.append(dict(artefact=str(path), action=action, reason=reason))
+    if action != 'reused': logging.getLogger('salmon').info(f'{action} {path}' + (f' ({reason})' if reason else ''))
+
+@functools.lru_cache(maxsize=16)
+def _file_fp(path:str, mtime_ns:int, size:int)->str: return file_digest(path)
+
+def _data_fp(p:Preset, name:str)->str|list:
+    "Fingerprint of a corpus (or other shipped file) a stage reads: the content hash of the local file, or the hub ids"
+    if name == 'general' and p.source == 'hub': return list(GENERAL_HUB)
+    if name == 'medical' and p.source == 'hub': return [list(x) for x in MEDICAL_HUB]
+    f = data_dir()/{'medical': 'medical_qa.jsonl', 'general': 'general.jsonl', 'concepts': 'medical_concepts.json'}[name]
+    st = f.stat()
+    return _file_fp(str(f), st.st_mtime_ns, st.st_size)
+
+def cache_provenance(p:Preset, # the preset
+                     corpus:str, # 'medical' or 'general'
+                     split:str, # 'train' or 'test'
+                    )->dict: # the settings the cache depends on
+    "What the activation cache of one corpus and split is made from"
+    n = (p.general_texts if corpus == 'general' and p.general_texts else p.train_texts) if split == 'train' else p.eval_texts * 4
+    return dict(format=FORMAT_VERSION, model=p.model, layer=p.layer, source=p.source, corpus=corpus, split=split, texts=n,
+                max_len=p.max_len, batch_size=p.batch_size, bos=p.bos, dtype=p.cache_dtype, data=_data_fp(p, corpus))
+
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
 def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
                )->tuple:    # (Preset, baseline families, the paper's numbers)
@@ -107,21 +149,37 @@ def _mean_norm(cache:ActivationCache)->float:
     for c in cache.chunks(): tot += c.to(torch.float64).norm(dim=-1).sum(); n += len(c)
     return (tot / n).item()
 
+def _open_cache(path:Path)->ActivationCache|None:
+    "The cache at `path`, or None if there is none (or its manifest is damaged: it is traced again)"
+    try: return ActivationCache(path)
+    except FileNotFoundError: return None
+    except ValueError as e: warnings.warn(f'{e}; tracing it again'); return None
+
 def stage_caches(p:Preset, # the run's preset
                  out:str|Path, # results folder
                  progress:bool=True, # progress bars
+                 on_stale:str='error', # a cache made from other settings: 'error' or 'recompute'
+                 verify:bool=True, # check content hashes of reused shards (else sizes only)
                 )->pd.DataFrame:   # one row per corpus
     "Trace each corpus's training split into a cache (reusing finished caches); summarise them"
+    check_choice('on_stale', on_stale, ON_STALE)
     out = Path(out); rows = []; lm = None
     for (corpus, fn), split in itertools.product(CORPORA.items(), ('train', 'test')):
         path = out/'cache'/f'{corpus}-{split}'
-        try: reused = ActivationCache(path).complete
-        except FileNotFoundError: reused = False
+        prov = cache_provenance(p, corpus, split); fp = fingerprint(prov)
+        c0 = _open_cache(path); stale = c0 is not None and c0.fingerprint != fp
+        if stale: resolve(Status('stale', path, settings_diff(c0.manifest.get('provenance'), prov)), on_stale)
+        bad = c0.damaged(full=verify) if c0 is not None and not stale and c0.complete else None
+        reused = c0 is not None and not stale and c0.complete and bad is None
         if not reused and lm is None: lm = load_model(p)
         n_train = p.general_texts if corpus == 'general' and p.general_texts else p.train_texts
         texts = fn(split, source=p.source, limit=n_train if split == 'train' else p.eval_texts * 4)
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
-                              batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
+                              batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress,
+                              provenance=prov, overwrite=stale, verify=verify and not reused)
+        c.verify = verify
+        _note(path, 'reused' if reused else 'recomputed' if c0 is not None else 'computed',
+              'stale' if stale else bad[1] if bad else '' if reused or c0 is None else 'resumed')
         m = c.manifest
         rows.append(dict(model=p.model, layer=p.layer, corpus=corpus, split=split, texts=m['n_texts'], tokens=m['n_tokens'],
                          truncated=m['n_truncated'], seconds=m['seconds'], tok_per_s=m['n_tokens'] / max(m['seconds'], 1e-9),
@@ -155,17 +213,47 @@ def gemmascope_family(p:Preset, width:int)->dict:
     for name, s in saes.items(): s.cfg['name'] = name
     return saes
 
-def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
+def sae_provenance(p:Preset, family:str, width:int)->dict:
+    "What one family's SAE group at `width` is made from: its training configs, the buffer, and the cache it reads"
+    return dict(format=FORMAT_VERSION, configs=[asdict(c) for c in train_configs(p, family, width)], buffer_tokens=p.buffer_tokens,
+                cache=fingerprint(cache_provenance(p, FAMILIES[family], 'train')))
+
+def _saes_status(fdir:Path, cfgs:list, prov:dict, verify:bool)->tuple[Status, dict]:
+    "Whether a family's SAE group folder holds finished, intact SAEs made from `prov`; the loaded SAEs if so"
+    rec, fp = fdir/'provenance.json', fingerprint(prov)
+    if not rec.exists():
+        made = fdir.is_dir() and any((fdir/c.label/'config.json').exists() for c in cfgs) or (fdir/'checkpoint').is_dir()
+        return Status('stale' if made else 'missing', fdir, settings_diff(None, prov) if made else ''), {}
+    try: old = read_json(rec, 'provenance record')
+    except ValueError as e: return Status('damaged', fdir, str(e)), {}
+    if old.get('fingerprint') != fp: return Status('stale', fdir, settings_diff(old.get('settings'), prov)), {}
+    if not all((fdir/c.label/n).exists() for c in cfgs for n in ('config.json', 'history.csv')): return Status('missing', fdir, 'resumed'), {}
+    try: saes = {c.label: load_sae(fdir/c.label) for c in cfgs}
+    except (CorruptArtefactError, ValueError, KeyError) as e: return Status('damaged', fdir, str(e)), {}
+    if any(s.cfg.get('fingerprint') != fp for s in saes.values()): return Status('damaged', fdir, f'{fdir}: an SAE records another fingerprint'), {}
+    return Status('ok', fdir), saes
+
+def stage_saes(p:Preset, out:str|Path, progress:bool=True,
+               on_stale:str='error', # an SAE group made from other settings: 'error' or 'recompute'
+               verify:bool=True, # check the content hashes of reused SAE weights
+              )->dict:
     "Train (or load) every family's SAE sweep at every width; return name -> SAE"
+    check_choice('on_stale', on_stale, ON_STALE)
     out = Path(out); saes = {}
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
-        if all((fdir/c.label/'config.json').exists() for c in cfgs):
-            saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
-        cache = ActivationCache(out/'cache'/f'{corpus}-train')
-        meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
+        prov = sae_provenance(p, family, width); fp = fingerprint(prov)
+        st, loaded = _saes_status(fdir, cfgs, prov, verify)
+        if resolve(st, on_stale):
+            _note(fdir, 'reused'); saes.update(loaded); continue
+        if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
+        if st.kind != 'missing' or not (fdir/'provenance.json').exists():
+            with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        _note(fdir, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
+        cache = ActivationCache(out/'cache'/f'{corpus}-train', verify=verify)
+        meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos, fingerprint=fp)
         res = train_saes(cfgs, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
                          ckpt_every=max(1, cfgs[0].n_steps // 5), log_every=max(1, cfgs[0].n_steps // 50), progress=progress)
         saes.update({c.label: s.cpu() for c, (s, _) in zip(cfgs, res)})   # off the GPU while the next group trains
@@ -175,26 +263,38 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
-    return Path(out if out is not None else results_dir())/p.name
+    if not isinstance(p, Preset): raise TypeError(f'p={p!r} is {type(p).__name__}; expected a Preset (see get_preset)')
+    return check_path('out', out if out is not None else results_dir(), kind='dir')/p.name
 
-def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
+def prepare(p:Preset, out:str|Path|None=None, progress:bool=True,
+            on_stale:str='error', # an artefact made from other settings: 'error' or 'recompute'
+            verify:bool=True, # check content hashes of reused artefacts
+           )->dict:
     "Caches and SAEs of a preset (each reused when finished): what every later stage starts from"
     out = _run_dir(p, out)
-    stage_caches(p, out, progress=progress)
-    return stage_saes(p, out, progress=progress)
+    stage_caches(p, out, progress=progress, on_stale=on_stale, verify=verify)
+    return stage_saes(p, out, progress=progress, on_stale=on_stale, verify=verify)
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
-def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
-    "Reuse the table at `f` if it has a row for exactly these SAEs; else `compute()` it and write it atomically"
-    if f.exists():
-        df = pd.read_csv(f)
-        if set(df.name) == set(saes): return df
+def _sae_fps(saes:dict)->dict:
+    "Each SAE's fingerprint (a trained one's) or source (a loaded GemmaScope one's)"
+    return {k: s.cfg.get('fingerprint') or s.cfg.get('source') or fingerprint(s.cfg) for k, s in saes.items()}
+
+def _per_sae_csv(f:Path, saes:dict, compute, settings:dict|None=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "Reuse the table at `f` if its stamp matches `settings` and these SAEs and its content is intact; else `compute()` it and write it stamped"
+    prov = dict(settings or {}, format=FORMAT_VERSION, saes=_sae_fps(saes))
+    st = check_stamped(f, prov, verify)
+    if resolve(st, on_stale): _note(f, 'reused'); return pd.read_csv(f)
     df = compute()
-    f.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
+    write_stamped(f, df.to_csv(index=False), prov)
+    _note(f, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
     return df
 
-def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
+def _lm_settings(p:Preset)->dict:
+    "Settings every stage that runs the model on held-out text depends on"
+    return dict(model=p.model, layer=p.layer, source=p.source, bos=p.bos, eval_texts=p.eval_texts, eval_max_len=p.eval_max_len)
+
+def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
     meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
                               target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
@@ -203,37 +303,41 @@ def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->
         df = evaluate(saes, lm or load_model(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
                       bos=p.bos, progress=progress, eval_corpus=corpus)
         return meta.merge(df, on='name')
-    return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
+    return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn),
+                                   dict(stage='eval', corpus=corpus, data=_data_fp(p, corpus), **_lm_settings(p)), on_stale, verify)
                       for corpus, fn in CORPORA.items()], ignore_index=True)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
-def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
+def stage_darkmatter(p:Preset, out:str|Path, saes:dict, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
     out = Path(out)
     def compute():
-        tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
+        tr, te = ActivationCache(out/'cache'/'medical-train', verify), ActivationCache(out/'cache'/'medical-test', verify)
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
         rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
                                                   split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
         return pd.DataFrame(rows)
-    return _per_sae_csv(out/'darkmatter.csv', saes, compute)
+    caches = {s: fingerprint(cache_provenance(p, 'medical', s)) for s in ('train', 'test')}
+    return _per_sae_csv(out/'darkmatter.csv', saes, compute, dict(stage='darkmatter', caches=caches), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
-def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
+def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
     return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
         saes, lm or load_model(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
-        p.layer, max_len=p.eval_max_len, bos=p.bos))
+        p.layer, max_len=p.eval_max_len, bos=p.bos),
+        dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p)), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
-def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
+def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
-    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer))
+    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer),
+                        dict(stage='absorption', model=p.model, layer=p.layer, concepts=_data_fp(p, 'concepts')), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
@@ -354,16 +458,21 @@ def figures(tab:pd.DataFrame, out:Path):
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path|None=None, # results folder (default: `results_dir()`)
         progress:bool=True, # progress bars
+        on_stale:str='error', # an artefact made from other settings (or by an older salmon): 'error' stops and names it, 'recompute' remakes it and what depends on it
+        verify:bool=True, # check the content hash of every reused artefact (else sizes only)
        )->pd.DataFrame:  # the summary table
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
+    if not isinstance(preset, (str, Preset)): raise TypeError(f'preset={preset!r} is {type(preset).__name__}; expected a preset name or a Preset')
     p = preset if isinstance(preset, Preset) else get_preset(preset)
+    check_choice('on_stale', on_stale, ON_STALE)
     out = _run_dir(p, out); out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    caches = stage_caches(p, out, progress=progress)
+    t0 = time.time(); _ACTIONS.clear()
+    kw = dict(on_stale=on_stale, verify=verify)
+    caches = stage_caches(p, out, progress=progress, **kw)
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
-    saes = stage_saes(p, out, progress=progress)
-    ev = stage_eval(p, out, saes, progress=progress)
-    tab = results_table(ev, stage_darkmatter(p, out, saes), stage_specificity(p, out, saes), stage_absorption(p, out, saes))
+    saes = stage_saes(p, out, progress=progress, **kw)
+    ev = stage_eval(p, out, saes, progress=progress, **kw)
+    tab = results_table(ev, stage_darkmatter(p, out, saes, **kw), stage_specificity(p, out, saes, **kw), stage_absorption(p, out, saes, **kw))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
         with atomic_write(out/name, 'w') as f: df.to_csv(f, index=False)
@@ -375,6 +484,7 @@ def run(preset:str|Preset='demo', # preset name or object
         print(comp.to_string(index=False))
         print('\nthe paper\'s claims at matched L0 on held-out medical text:\n')
         print(cl[['claim', 'baseline', 'metric', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
+    with atomic_write(out/'run.json', 'w') as f: json.dump(dict(format=FORMAT_VERSION, seconds=round(time.time() - t0, 1), artefacts=_ACTIONS), f, indent=1)
     print(f'\nresults in {out}')
     return comp
 
