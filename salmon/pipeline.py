@@ -33,7 +33,7 @@ __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 
            'paper_setup', 'load_model', 'stage_caches', 'train_configs', 'gemmascope_family', 'sae_provenance',
            'stage_saes', 'prepare', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption',
            'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run',
-           'gpu_estimate']
+           'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -525,3 +525,18 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
                 disk_gib=cache_tok * m['d'] * 2 / 2**30)
+
+# %% ../nbs/95_pipeline.ipynb #b03054a5
+def disk_estimate(p:Preset|str, # preset (or its name)
+                  keep:int=2, # checkpoints kept while training (`train_saes(keep_checkpoints=...)`)
+                 )->dict: # GiB: caches, saved SAEs, one checkpoint of the largest group, peak while training
+    "Disk a preset needs: activation caches, the saved SAEs, and the checkpoints kept while the largest width group trains"
+    p = p if isinstance(p, Preset) else get_preset(p)
+    check_int('keep', keep, 1)
+    m = MODELS[check_choice('model', p.model, MODELS)]
+    trained = [f for f in p.families if f != 'gemmascope']
+    params = lambda w: 2 * m['d'] * w + 2 * w + m['d']                            # W_enc, W_dec, b_enc, theta, b_dec
+    ckpt = max(len(p.target_l0s) * (12 * params(w) + 8 * w) for w in p.widths) / 2**30   # weights + Adam m, v (fp32) + last-fired step
+    saes = len(trained) * len(p.target_l0s) * sum(4 * params(w) for w in p.widths) / 2**30
+    cache = gpu_estimate(p)['disk_gib']
+    return dict(preset=p.name, cache_gib=cache, saes_gib=saes, checkpoint_gib=ckpt, peak_gib=cache + saes + keep * ckpt)
