@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, logging, os
 from .pipeline import PRESETS, run
-from .store import ON_STALE
+from .store import ON_STALE, StaleArtefactError
 
 # %% auto #0
 __all__ = ['parse_args', 'main']
@@ -38,7 +38,8 @@ def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon` and the `salmon` command"
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale, verify=not a.no_verify)
+    try: return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale, verify=not a.no_verify)
+    except StaleArtefactError as e: raise SystemExit(f'salmon: {e}') from None    # the message says what changed and how to go on
 
 # %% ../nbs/99_cli.ipynb #57d0094b
 #| eval: false
