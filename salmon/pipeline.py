@@ -177,13 +177,14 @@ def stage_caches(p:Preset, # the run's preset
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress,
                               provenance=prov, overwrite=stale, verify=verify and not reused)
-        c.verify = verify
+        c.verify = False                 # just verified (or just written): the summary's read need not hash it again
         _note(path, 'reused' if reused else 'recomputed' if c0 is not None else 'computed',
               'stale' if stale else bad[1] if bad else '' if reused or c0 is None else 'resumed')
         m = c.manifest
         rows.append(dict(model=p.model, layer=p.layer, corpus=corpus, split=split, texts=m['n_texts'], tokens=m['n_tokens'],
                          truncated=m['n_truncated'], seconds=m['seconds'], tok_per_s=m['n_tokens'] / max(m['seconds'], 1e-9),
                          mean_norm=_mean_norm(c), reused=reused))
+        c.verify = verify
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_pipeline.ipynb #44f90790
