@@ -167,6 +167,7 @@ def stage_caches(p:Preset, # the run's preset
     for (corpus, fn), split in itertools.product(CORPORA.items(), ('train', 'test')):
         path = out/'cache'/f'{corpus}-{split}'
         prov = cache_provenance(p, corpus, split); fp = fingerprint(prov)
+        existed = (path/'manifest.json').exists()
         c0 = _open_cache(path); stale = c0 is not None and c0.fingerprint != fp
         if stale: resolve(Status('stale', path, settings_diff(c0.manifest.get('provenance'), prov)), on_stale)
         bad = c0.damaged(full=verify) if c0 is not None and not stale and c0.complete else None
@@ -178,7 +179,7 @@ def stage_caches(p:Preset, # the run's preset
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress,
                               provenance=prov, overwrite=stale, verify=verify and not reused)
         c.verify = False                 # just verified (or just written): the summary's read need not hash it again
-        _note(path, 'reused' if reused else 'recomputed' if c0 is not None else 'computed',
+        _note(path, 'reused' if reused else 'recomputed' if existed else 'computed',
               'stale' if stale else bad[1] if bad else '' if reused or c0 is None else 'resumed')
         m = c.manifest
         rows.append(dict(model=p.model, layer=p.layer, corpus=corpus, split=split, texts=m['n_texts'], tokens=m['n_tokens'],
