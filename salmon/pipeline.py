@@ -249,6 +249,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
         prov = sae_provenance(p, family, width); fp = fingerprint(prov)
         st, loaded = _saes_status(fdir, cfgs, prov, verify)
         if resolve(st, on_stale):
+            shutil.rmtree(fdir/'checkpoints', ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
             _note(fdir, 'reused'); saes.update(loaded); continue
         if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
         if st.kind != 'missing' or not (fdir/'provenance.json').exists():
