@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.faults   # minutes, not seconds; CI runs them (`-m 'not faults'` skips them locally)
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {'seconds', 'tok_per_s', 'reused'}      # wall-clock columns: the only ones allowed to differ between runs
 DRIVER = """
