@@ -124,8 +124,9 @@ def cache_provenance(p:Preset, # the preset
                      split:str, # 'train' or 'test'
                     )->dict: # the settings the cache depends on
     "What the activation cache of one corpus and split is made from"
-    n = (p.general_texts if corpus == 'general' and p.general_texts else p.train_texts) if split == 'train' else p.eval_texts * 4
-    return dict(format=FORMAT_VERSION, model=p.model, layer=p.layer, source=p.source, corpus=corpus, split=split, texts=n,
+    key = ('general_texts' if corpus == 'general' and p.general_texts else 'train_texts') if split == 'train' else 'eval_texts'
+    n = getattr(p, key) if split == 'train' else p.eval_texts * 4        # the preset field is recorded too: messages name it
+    return dict(format=FORMAT_VERSION, model=p.model, layer=p.layer, source=p.source, corpus=corpus, split=split, texts=n, **{key: getattr(p, key)},
                 max_len=p.max_len, batch_size=p.batch_size, bos=p.bos, dtype=p.cache_dtype, data=_data_fp(p, corpus))
 
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
