@@ -4,13 +4,20 @@
 
 # %% ../nbs/99_cli.ipynb #50133beb
 from __future__ import annotations
-import argparse, logging
+import argparse, logging, os
 from .pipeline import PRESETS, run
+from .store import ON_STALE, StaleArtefactError
 
 # %% auto #0
 __all__ = ['parse_args', 'main']
 
 # %% ../nbs/99_cli.ipynb #aaea2a93
+def _folder(s:str)->str:
+    "An --out value: a non-empty path that is not an existing file"
+    if not s.strip(): raise argparse.ArgumentTypeError(f"{s!r} is empty; expected a folder path (omit --out for the default)")
+    if os.path.isfile(os.path.expanduser(s)): raise argparse.ArgumentTypeError(f"{s!r} is a file; expected a folder")
+    return s
+
 def parse_args(argv:list[str]|None=None)->argparse.Namespace:
     "Parse salmon's command line"
     p = argparse.ArgumentParser('salmon', description='Domain-specific JumpReLU SAEs: run the pipeline')
@@ -19,15 +26,20 @@ def parse_args(argv:list[str]|None=None)->argparse.Namespace:
     r = sub.add_parser('reproduce', help='run the pipeline for a preset')
     r.add_argument('--preset', choices=list(PRESETS), default='demo', help='scale: tiny (tests), demo (this machine), gemma-2-2b / gemma-2-9b (GPU + hub)')
     for s in (d, r):
-        s.add_argument('--out', default=None, help='results folder (default: $SALMON_RESULTS, else results/ of this checkout)')
+        s.add_argument('--out', default=None, type=_folder, help='results folder (default: $SALMON_RESULTS, else results/ of this checkout)')
         s.add_argument('--no-progress', action='store_true', help='hide progress bars')
+        s.add_argument('--on-stale', choices=ON_STALE, default='error',
+                       help='a cached artefact made from other settings (or by an older salmon): stop and name it (error, default) '
+                            'or recompute it and everything that depends on it (recompute)')
+        s.add_argument('--no-verify', action='store_true', help="skip the content-hash check of reused artefacts (sizes are still checked)")
     return p.parse_args(argv)
 
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon` and the `salmon` command"
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress)
+    try: return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale, verify=not a.no_verify)
+    except StaleArtefactError as e: raise SystemExit(f'salmon: {e}') from None    # the message says what changed and how to go on
 
 # %% ../nbs/99_cli.ipynb #57d0094b
 #| eval: false

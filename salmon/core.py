@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #ae8b9cf4
 from __future__ import annotations
-import os, random, shutil, tempfile, uuid
+import math, numbers, os, random, shutil, tempfile, uuid
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['in_test', 'cache_dir', 'data_dir', 'atomic_write', 'atomic_dir', 'check_choice', 'check_range', 'default_device',
-           'default_dtype', 'set_seed']
+__all__ = ['in_test', 'cache_dir', 'data_dir', 'atomic_write', 'atomic_dir', 'check_choice', 'check_range', 'check_int',
+           'check_path', 'default_device', 'default_dtype', 'set_seed']
 
 # %% ../nbs/00_core.ipynb #5da0b6dd
 def in_test()->bool:
@@ -81,16 +81,51 @@ def check_choice(name:str, # argument name, for the message
     return value
 
 # %% ../nbs/00_core.ipynb #5de58528
+def _real(name:str, value)->float:
+    "`value` as a float if it is a real number (not a bool); else `TypeError` naming it"
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or getattr(value, 'shape', None) == ()):
+        raise TypeError(f"{name}={value!r} is {type(value).__name__}; expected a number")
+    return float(value)
+
 def check_range(name:str, # argument name, for the message
                 value:int|float, # value given
                 lo=None, # smallest allowed value (inclusive), or None
                 hi=None, # largest allowed value (exclusive), or None
                ):
-    "Raise `ValueError` naming `value` and the valid range unless `lo <= value < hi`"
-    if (lo is not None and value < lo) or (hi is not None and value >= hi):
-        rng = f"[{'' if lo is None else lo}, {'' if hi is None else hi})"
+    "Raise `ValueError` naming `value` and the valid range unless `lo <= value < hi` (NaN and ±inf never are)"
+    v = _real(name, value)
+    rng = f"[{'' if lo is None else lo}, {'' if hi is None else hi})"
+    if not math.isfinite(v): raise ValueError(f"{name}={value!r} is not a finite number; expected a value in {rng}")
+    if (lo is not None and v < lo) or (hi is not None and v >= hi):
         raise ValueError(f"{name}={value!r} is out of range; expected a value in {rng}")
     return value
+
+# %% ../nbs/00_core.ipynb #f4bfae14
+def check_int(name:str, # argument name, for the message
+              value, # value given
+              lo=None, # smallest allowed value (inclusive), or None
+              hi=None, # largest allowed value (exclusive), or None
+             )->int:
+    "Raise `TypeError` unless `value` is an integer (not a bool, not 1.5), `ValueError` unless `lo <= value < hi`"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} is {type(value).__name__}; expected an int")
+    return check_range(name, value, lo, hi)
+
+# %% ../nbs/00_core.ipynb #b3e510a1
+def check_path(name:str, # argument name, for the message
+               value, # value given
+               exists:bool|None=None, # True: must exist; False: must not exist; None: either
+               kind:str|None=None, # 'file' or 'dir': what it must be if it exists
+              )->Path:
+    "The path `value`, or an error naming the argument: not a path, empty, missing, existing, or the wrong kind"
+    if not isinstance(value, (str, os.PathLike)): raise TypeError(f"{name}={value!r} is {type(value).__name__}; expected a path (str or Path)")
+    if not str(value).strip(): raise ValueError(f"{name}={value!r} is empty; expected a {'folder' if kind == 'dir' else 'file'} path")
+    p = Path(value).expanduser()
+    if exists is True and not p.exists(): raise FileNotFoundError(f"{name}={str(p)!r} does not exist")
+    if exists is False and p.exists(): raise FileExistsError(f"{name}={str(p)!r} already exists")
+    if kind == 'dir' and p.exists() and not p.is_dir(): raise NotADirectoryError(f"{name}={str(p)!r} is a file; expected a folder")
+    if kind == 'file' and p.exists() and not p.is_file(): raise IsADirectoryError(f"{name}={str(p)!r} is a folder; expected a file")
+    return p
 
 # %% ../nbs/00_core.ipynb #c1f539f0
 def default_device()->torch.device:

@@ -8,6 +8,7 @@ import functools, hashlib, itertools, json, os, random
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from .core import atomic_write, check_choice, check_range, data_dir
+from .store import iter_jsonl
 
 # %% auto #0
 __all__ = ['format_mmlu', 'FORMATTERS', 'MEDICAL_HUB', 'GENERAL_HUB', 'HUB_ROOT_ENV', 'HUB_FILES', 'format_medqa',
@@ -61,13 +62,14 @@ def load_records(path_or_id:str|Path, # a local .jsonl/.json/.parquet/.csv/.txt 
                 )->Iterable[dict]:
     "Records of a local file or a hub dataset, through `datasets`"
     from datasets import load_dataset
-    p = Path(path_or_id).expanduser()
-    if p.suffix in ('.jsonl', '.json', '.parquet', '.csv', '.txt') and not p.exists():
-        raise FileNotFoundError(f'data file {str(p)!r} does not exist')
+    if not isinstance(path_or_id, (str, Path)) or not str(path_or_id).strip(): raise ValueError(f'path_or_id={path_or_id!r}; expected a data file or a hub dataset id')
+    p = Path(path_or_id).expanduser(); s = str(path_or_id); known = ('.jsonl', '.json', '.parquet', '.csv', '.txt')
+    local = p.suffix in known or p.is_absolute() or s.startswith(('.', '~')) or s.count('/') > 1 or p.is_file()
+    if local and not p.exists(): raise FileNotFoundError(f'data file {str(p)!r} does not exist')
+    if p.is_file() and p.suffix not in known:
+        raise ValueError(f'data file {str(p)!r} has the suffix {p.suffix!r}; expected one of {list(known)}')
     if p.is_file():
-        if p.suffix == '.jsonl':
-            ds = load_dataset('text', data_files=str(p), split='train', streaming=True)
-            return (json.loads(r['text']) for r in ds if r['text'].strip())
+        if p.suffix == '.jsonl': return iter_jsonl(p, 'corpus')            # bad lines are named by file and line
         builder = check_choice('file type', p.suffix, {'.json', '.parquet', '.csv', '.txt'})
         return load_dataset({'.json': 'json', '.txt': 'text'}.get(builder, builder[1:]), data_files=str(p), split='train', streaming=True)
     return load_dataset(str(path_or_id), split=split, streaming=streaming, **kw)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_interp.ipynb #c6b276cb
 from __future__ import annotations
-import html, json, math, re, time, unicodedata, urllib.error, urllib.request
+import html, ipaddress, json, math, re, time, unicodedata, urllib.error, urllib.parse, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -573,28 +573,67 @@ On a scale from 0 (silent) to 10 (maximal), how strongly does the feature fire o
 Answer:''')
 
 # %% ../nbs/12_interp.ipynb #4dca872c
+def _is_loopback(host:str)->bool:
+    "Whether `host` names this machine (localhost, 127.0.0.0/8, ::1)"
+    if host == 'localhost' or host.endswith('.localhost'): return True
+    try: return ipaddress.ip_address(host.strip('[]')).is_loopback
+    except ValueError: return False
+
+class _SafeRedirect(urllib.request.HTTPRedirectHandler):
+    "Follow a redirect only to https (or loopback), and never carry the Authorization header to another origin"
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is None: return None
+        a, b = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(new.full_url)
+        if b.scheme != 'https' and not _is_loopback(b.hostname or ''):
+            raise RuntimeError(f'refusing a redirect from {req.full_url} to insecure {newurl} (https is required off this machine)')
+        if (a.scheme, a.hostname, a.port) != (b.scheme, b.hostname, b.port):
+            for k in [k for k in new.headers if k.lower() == 'authorization']: del new.headers[k]
+            new.unredirected_hdrs.pop('Authorization', None)
+        return new
+
 class OpenAIClient:
     "An OpenAI-compatible chat-completions endpoint (OpenAI, OpenRouter, vLLM, llama.cpp server, ...), via urllib"
     def __init__(self,
-                 base_url:str, # e.g. 'https://api.openai.com/v1' (the client appends '/chat/completions')
+                 base_url:str, # e.g. 'https://api.openai.com/v1' (the client appends '/chat/completions'); http only to loopback
                  model:str, # model name understood by the endpoint
-                 api_key:str|None=None, # bearer token (None: no Authorization header)
+                 api_key:str|None=None, # bearer token (None: no Authorization header); never sent to another host on redirect
                  temperature:float=0.0, # sampling temperature
                  timeout:float=60.0, # seconds per request
+                 token_param:str='auto', # 'max_completion_tokens' (OpenAI's current API), 'max_tokens', or 'auto' (the first on api.openai.com)
                 ):
-        if not re.match(r'^https?://', base_url or ''): raise ValueError(f'base_url={base_url!r} is not an http(s) URL; expected e.g. "https://api.openai.com/v1"')
+        if not isinstance(base_url, str) or not re.match(r'^https?://', base_url): raise ValueError(f'base_url={base_url!r} is not an http(s) URL; expected e.g. "https://api.openai.com/v1"')
+        u = urllib.parse.urlsplit(base_url)
+        if not u.hostname: raise ValueError(f'base_url={base_url!r} has no host; expected e.g. "https://api.openai.com/v1"')
+        if u.scheme != 'https' and not _is_loopback(u.hostname):
+            raise ValueError(f'base_url={base_url!r} uses plain http to a non-local host (the key and prompts would travel unencrypted); expected https:// (http:// is allowed only for localhost)')
+        if not isinstance(model, str) or not model.strip(): raise ValueError(f'model={model!r}; expected a non-empty model name')
+        if api_key is not None and not isinstance(api_key, str): raise TypeError(f'api_key is {type(api_key).__name__}; expected a str or None')
+        check_range('temperature', temperature, 0.0, 2.0 + 1e-9); check_range('timeout', timeout, 1e-3)
+        check_choice('token_param', token_param, ('auto', 'max_tokens', 'max_completion_tokens'))
         self.url, self.model, self.api_key, self.temperature, self.timeout = base_url.rstrip('/') + '/chat/completions', model, api_key, temperature, timeout
+        self.token_param = token_param if token_param != 'auto' else 'max_completion_tokens' if u.hostname == 'api.openai.com' else 'max_tokens'
+        self._open = urllib.request.build_opener(_SafeRedirect).open
     def __repr__(self): return f'OpenAIClient({self.url!r}, model={self.model!r})'
+
+    def _post(self, body:dict)->dict:
+        hdr = {'Content-Type': 'application/json', **({'Authorization': f'Bearer {self.api_key}'} if self.api_key else {})}
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=hdr, method='POST')
+        with self._open(req, timeout=self.timeout) as r: return json.loads(r.read().decode())
 
     def complete(self, prompt:str, max_new_tokens:int=64)->str:
         "The assistant's reply to `prompt` as one user message"
-        body = json.dumps(dict(model=self.model, messages=[dict(role='user', content=prompt)], max_tokens=max_new_tokens,
-                               temperature=self.temperature)).encode()
-        hdr = {'Content-Type': 'application/json', **({'Authorization': f'Bearer {self.api_key}'} if self.api_key else {})}
-        req = urllib.request.Request(self.url, data=body, headers=hdr, method='POST')
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r: out = json.loads(r.read().decode())
-        except urllib.error.HTTPError as e: raise RuntimeError(f'{self.url} answered HTTP {e.code}: {e.read().decode(errors="replace")[:300]}') from None
+        if not isinstance(prompt, str): raise TypeError(f'prompt is {type(prompt).__name__}; expected str')
+        check_range('max_new_tokens', max_new_tokens, 1)
+        body = dict(model=self.model, messages=[dict(role='user', content=prompt)], temperature=self.temperature)
+        for attempt in range(2):
+            try: out = self._post({**body, self.token_param: max_new_tokens}); break
+            except urllib.error.HTTPError as e:
+                text = e.read().decode(errors='replace') if e.fp else str(e.reason)
+                other = 'max_tokens' if self.token_param == 'max_completion_tokens' else 'max_completion_tokens'
+                if attempt == 0 and e.code == 400 and other in text and self.token_param in text:   # the server names the parameter it wants
+                    self.token_param = other; continue
+                raise RuntimeError(f'{self.url} answered HTTP {e.code}: {text[:300]}') from None
         try: return out['choices'][0]['message']['content'] or ''
         except (KeyError, IndexError, TypeError): raise RuntimeError(f'{self.url} returned no choices[0].message.content: {json.dumps(out)[:300]}') from None
 

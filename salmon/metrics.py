@@ -88,7 +88,10 @@ def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on ra
     st = None
     for x in rechunk(src, batch_size):
         if x.ndim != 2: raise ValueError(f'activations have shape {tuple(x.shape)}; expected [tokens, d_model]')
-        x = x.float(); xh, f = _sae_apply(sae, x)
+        x = x.float()
+        if not bool(torch.isfinite(x).all()): raise ValueError(f'activations hold {int((~torch.isfinite(x)).sum())} non-finite values (NaN or inf); '
+                                                      'expected finite activations (the metrics would be NaN)')
+        xh, f = _sae_apply(sae, x)
         st = st or ReconStats(x.shape[-1], f.shape[-1] if getattr(sae, 'd_sae', None) else None)
         st.update(x, xh, f)
     if st is None: raise ValueError('no tokens were evaluated (empty activation source?)')

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 from torch import nn
-from .core import atomic_dir, atomic_write, cache_dir, check_range, data_dir, default_device, default_dtype
+from .core import atomic_dir, atomic_write, cache_dir, check_int, check_range, data_dir, default_device, default_dtype
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'BLOCK_PATHS', 'torch_model', 'convert_gguf', 'embedded_model_dir', 'load_lm', 'tiny_tokenizer', 'tiny_lm',
@@ -225,7 +225,7 @@ def resid_module(lm, # an nnsight model
                  layer:int, # block index in [0, n_layers)
                 ):  # the nnsight envoy of block `layer`
     "The module whose output is the residual stream after block `layer` (resid_post)"
-    check_range('layer', layer, 0, n_layers(lm))
+    check_int('layer', layer, 0, n_layers(lm))
     return _walk(lm, block_path(lm))[layer]
 
 # %% ../nbs/01_models.ipynb #8c481b1a

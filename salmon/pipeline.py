@@ -9,8 +9,8 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import atomic_write, check_choice, check_range, default_device, in_test
-from .data import general_text, medical_qa
+from .core import atomic_write, check_choice, check_int, check_path, check_range, data_dir, default_device, in_test
+from .data import GENERAL_HUB, MEDICAL_HUB, general_text, medical_qa
 import functools, itertools, json, os
 from typing import Iterator
 import numpy as np
@@ -22,16 +22,20 @@ from .metrics import evaluate
 from .models import load_lm, tiny_lm
 from .plots import paper_reference, pareto
 from .sae import load_sae
-from .train import TrainConfig, train_saes
+from .train import PRESETS as RECIPES, TrainConfig, results_settings, train_saes
+from .store import (FORMAT_VERSION, ON_STALE, CorruptArtefactError, Status, check_stamped, file_digest, fingerprint,
+                          read_json, resolve, settings_diff, write_stamped)
+import logging, shutil, warnings
 from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_activations
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
-           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'salmon_source',
-           'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'gemmascope_family',
-           'stage_saes', 'prepare', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
-           'stage_sources', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
-           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'cache_provenance',
+           'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
+           'gemmascope_family', 'sae_provenance', 'stage_saes', 'prepare', 'stream_batches', 'pass_tokens',
+           'stage_eval', 'held_out_by_source', 'stage_sources', 'stage_darkmatter', 'stage_specificity',
+           'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table',
+           'figures', 'run', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -71,9 +75,21 @@ class Preset:
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
         if 'domain' not in self.families: raise ValueError(f'families={self.families!r} has no domain family; every comparison is against it')
         if not self.widths or not self.target_l0s: raise ValueError(f'widths={self.widths!r} and target_l0s={self.target_l0s!r} must not be empty')
+        check_choice('recipe', self.recipe, RECIPES); check_choice('source', self.source, ('local', 'hub')); check_choice('bos', self.bos, ('drop', 'keep'))
+        check_choice('cache_dtype', self.cache_dtype, ('float16', 'bfloat16', 'float32')); check_int('layer', self.layer, 0)
+        for k in ('max_len', 'eval_max_len'): check_int(k, getattr(self, k), 2)
+        for k in ('batch_size', 'train_batch', 'buffer_tokens', 'eval_texts', 'probe_tokens'): check_int(k, getattr(self, k), 1)
+        for k in ('train_texts', 'general_texts', 'group_size'):
+            if getattr(self, k) is not None: check_int(k, getattr(self, k), 1)
+        check_int('train_tokens', self.train_tokens, self.train_batch); check_int('eval_per_source', self.eval_per_source, 0)
+        for w in self.widths: check_int('widths[]', w, 1)
+        for t in self.target_l0s: check_range('target_l0s[]', t, 1e-9)
+        if self.lr is not None: check_range('lr', self.lr, 1e-12)
+        if self.mix_seed is not None: check_int('mix_seed', self.mix_seed, 0)
+        if self.hub_root is not None: check_path('hub_root', self.hub_root, kind='dir')
+        if not isinstance(self.stream, bool): raise TypeError(f'stream={self.stream!r} is {type(self.stream).__name__}; expected True or False')
         if self.lm_dtype is not None: check_choice('lm_dtype', self.lm_dtype, ('float32', 'bfloat16', 'float16'))
         check_choice('buffer_dtype', self.buffer_dtype, ('float32', 'bfloat16', 'float16'))
-        if self.group_size is not None: check_range('group_size', self.group_size, 1)
 
 _PAPER_DATA = dict(source='hub', mix_seed=0, stream=True, batch_size=4, cache_dtype='bfloat16', buffer_dtype='bfloat16', eval_per_source=50)
 
@@ -100,6 +116,37 @@ def results_dir()->Path:
         ini = d/'settings.ini'
         if ini.exists() and 'lib_name = salmon' in ini.read_text(): return d/'results'
     return Path('results')
+
+# %% ../nbs/95_pipeline.ipynb #454a7ae3
+_ACTIONS:list = []   # what the current run did with each artefact
+
+def _note(path, action:str, reason:str=''):
+    "Record (and log) what happened to an artefact: 'reused', 'computed' or 'recomputed'"
+    _ACTIONS.append(dict(artefact=str(path), action=action, reason=reason))
+    if action != 'reused': logging.getLogger('salmon').info(f'{action} {path}' + (f' ({reason})' if reason else ''))
+
+@functools.lru_cache(maxsize=16)
+def _file_fp(path:str, mtime_ns:int, size:int)->str: return file_digest(path)
+
+def _data_fp(p:Preset, name:str)->str|list:
+    "Fingerprint of a corpus (or other shipped file) a stage reads: the content hash of the local file, or the hub ids"
+    if name == 'general' and p.source == 'hub': return list(GENERAL_HUB)
+    if name == 'medical' and p.source == 'hub': return [list(x) for x in MEDICAL_HUB]
+    f = data_dir()/{'medical': 'medical_qa.jsonl', 'general': 'general.jsonl', 'concepts': 'medical_concepts.json'}[name]
+    st = f.stat()
+    return _file_fp(str(f), st.st_mtime_ns, st.st_size)
+
+def cache_provenance(p:Preset, # the preset
+                     corpus:str, # 'medical' or 'general'
+                     split:str, # 'train', 'test' or 'probe' (a streamed run's probe cache)
+                    )->dict: # the settings the cache depends on
+    "What the activation cache of one corpus and split is made from"
+    if split == 'probe': key, n = 'probe_tokens', None          # a streamed run's probe cache: the first texts holding `probe_tokens`
+    elif split == 'train': key = 'general_texts' if corpus == 'general' and p.general_texts else 'train_texts'; n = getattr(p, key)
+    else: key, n = 'eval_texts', p.eval_texts * 4                  # the preset field is recorded too: messages name it
+    return dict(format=FORMAT_VERSION, model=p.model, layer=p.layer, source=p.source, corpus=corpus, split=split, texts=n, **{key: getattr(p, key)},
+                max_len=p.max_len, batch_size=p.batch_size, bos=p.bos, dtype=p.cache_dtype, lm_dtype=p.lm_dtype, data=_data_fp(p, corpus),
+                **({'mix_seed': p.mix_seed} if corpus == 'medical' else {}))
 
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
 def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
@@ -142,29 +189,47 @@ def _mean_norm(cache:ActivationCache)->float:
     for c in cache.chunks(): tot += c.to(torch.float64).norm(dim=-1).sum(); n += len(c)
     return (tot / n).item()
 
+def _open_cache(path:Path)->ActivationCache|None:
+    "The cache at `path`, or None if there is none (or its manifest is damaged: it is traced again)"
+    try: return ActivationCache(path)
+    except FileNotFoundError: return None
+    except ValueError as e: warnings.warn(f'{e}; tracing it again'); return None
+
 def stage_caches(p:Preset, # the run's preset
                  out:str|Path, # results folder
                  progress:bool=True, # progress bars
+                 on_stale:str='error', # a cache made from other settings: 'error' or 'recompute'
+                 verify:bool=True, # check content hashes of reused shards (else sizes only)
                 )->pd.DataFrame:   # one row per corpus
     "Trace each corpus's training split into a cache (reusing finished caches); summarise them"
+    check_choice('on_stale', on_stale, ON_STALE)
     out = Path(out); rows = []; lm = None
     for (corpus, fn), split in itertools.product(CORPORA.items(), ('train', 'test')):
         if p.stream and split == 'train':    # streamed runs train from the LM; only the dark-matter probes need training rows
             if corpus != 'medical': continue
             split = 'probe'
         path = out/'cache'/f'{corpus}-{split}'
-        try: reused = ActivationCache(path).complete
-        except FileNotFoundError: reused = False
+        prov = cache_provenance(p, corpus, split); fp = fingerprint(prov)
+        existed = (path/'manifest.json').exists()
+        c0 = _open_cache(path); stale = c0 is not None and c0.fingerprint != fp
+        if stale: resolve(Status('stale', path, settings_diff(c0.manifest.get('provenance'), prov)), on_stale)
+        bad = c0.damaged(full=verify) if c0 is not None and not stale and c0.complete else None
+        reused = c0 is not None and not stale and c0.complete and bad is None
         if not reused and lm is None: lm = load_model(p)
         n_train = p.general_texts if corpus == 'general' and p.general_texts else p.train_texts
         texts = (probe_texts(p, lambda: lm) if split == 'probe' else
                  preset_texts(p, corpus, split, limit=n_train if split == 'train' else p.eval_texts * 4))
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
-                              batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
+                              batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress,
+                              provenance=prov, overwrite=stale, verify=verify and not reused)
+        c.verify = False                 # just verified (or just written): the summary's read need not hash it again
+        _note(path, 'reused' if reused else 'recomputed' if existed else 'computed',
+              'stale' if stale else bad[1] if bad else '' if reused or c0 is None else 'resumed')
         m = c.manifest
         rows.append(dict(model=p.model, layer=p.layer, corpus=corpus, split=split, texts=m['n_texts'], tokens=m['n_tokens'],
                          truncated=m['n_truncated'], seconds=m['seconds'], tok_per_s=m['n_tokens'] / max(m['seconds'], 1e-9),
                          mean_norm=_mean_norm(c), reused=reused))
+        c.verify = verify
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_pipeline.ipynb #f1a7c3e5
@@ -217,8 +282,47 @@ def gemmascope_family(p:Preset, width:int)->dict:
     for name, s in saes.items(): s.cfg['name'] = name
     return saes
 
-def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
+def sae_provenance(p:Preset, family:str, width:int)->dict:
+    "What one family's SAE group at `width` is made from: its training configs, the buffer, and the cache (or LM stream) it reads"
+    corpus = FAMILIES[family]
+    if p.stream: src = dict(stream=dict(model=p.model, layer=p.layer, source=p.source, corpus=corpus, max_len=p.max_len, batch_size=p.batch_size,
+                                        bos=p.bos, lm_dtype=p.lm_dtype, buffer_dtype=p.buffer_dtype, data=_data_fp(p, corpus),
+                                        **({'mix_seed': p.mix_seed} if corpus == 'medical' else {})))
+    else: src = dict(cache=fingerprint(cache_provenance(p, corpus, 'train')))
+    return dict(format=FORMAT_VERSION, configs=[results_settings(c) for c in train_configs(p, family, width)], buffer_tokens=p.buffer_tokens, **src)
+
+def _ckpt_roots(fdir:Path)->list[Path]:
+    "The checkpoint folders of a family's SAE group (`checkpoints`, one per training group, and older salmon's `checkpoint`)"
+    return [c for c in fdir.glob('checkpoint*') if c.is_dir()] if fdir.is_dir() else []
+
+def _group_saes(fdir:Path, grp:list, fp:str)->dict|None:
+    "The SAEs of one finished training group, verified, or None if any is missing, damaged or made from other settings"
+    if not all((fdir/c.label/n).exists() for c in grp for n in ('config.json', 'history.csv')): return None
+    try: got = {c.label: load_sae(fdir/c.label) for c in grp}
+    except (CorruptArtefactError, ValueError, KeyError) as e: warnings.warn(f'{e}; training the group again'); return None
+    return got if all(s.cfg.get('fingerprint') == fp for s in got.values()) else None
+
+def _saes_status(fdir:Path, cfgs:list, prov:dict, verify:bool)->tuple[Status, dict]:
+    "Whether a family's SAE group folder holds finished, intact SAEs made from `prov`; the loaded SAEs if so"
+    rec, fp = fdir/'provenance.json', fingerprint(prov)
+    if not rec.exists():
+        made = fdir.is_dir() and any((fdir/c.label/'config.json').exists() for c in cfgs) or bool(_ckpt_roots(fdir))
+        return Status('stale' if made else 'missing', fdir, settings_diff(None, prov) if made else ''), {}
+    try: old = read_json(rec, 'provenance record')
+    except ValueError as e: return Status('damaged', fdir, str(e)), {}
+    if old.get('fingerprint') != fp: return Status('stale', fdir, settings_diff(old.get('settings'), prov)), {}
+    if not all((fdir/c.label/n).exists() for c in cfgs for n in ('config.json', 'history.csv')): return Status('missing', fdir, 'resumed'), {}
+    try: saes = {c.label: load_sae(fdir/c.label) for c in cfgs}
+    except (CorruptArtefactError, ValueError, KeyError) as e: return Status('damaged', fdir, str(e)), {}
+    if any(s.cfg.get('fingerprint') != fp for s in saes.values()): return Status('damaged', fdir, f'{fdir}: an SAE records another fingerprint'), {}
+    return Status('ok', fdir), saes
+
+def stage_saes(p:Preset, out:str|Path, progress:bool=True,
+               on_stale:str='error', # an SAE group made from other settings: 'error' or 'recompute'
+               verify:bool=True, # check the content hashes of reused SAE weights
+              )->dict:
     "Train (or load) every family's SAE sweep at every width; return name -> SAE"
+    check_choice('on_stale', on_stale, ON_STALE)
     out = Path(out); saes = {}
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
@@ -226,16 +330,26 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
         n_pass = pass_tokens(p, corpus, out) if p.stream else None
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
         cfgs = train_configs(q, family, width); fdir = out/'saes'/family/f'F{width}'
+        prov = sae_provenance(q, family, width); fp = fingerprint(prov)
+        st, loaded = _saes_status(fdir, cfgs, prov, verify)
+        if resolve(st, on_stale):
+            for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
+            _note(fdir, 'reused'); saes.update(loaded); continue
+        if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
+        if st.kind != 'missing' or not (fdir/'provenance.json').exists():
+            with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        _note(fdir, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
-        meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
+        meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos, fingerprint=fp,
+                    **({'streamed': True} if p.stream else {}))
         for g, grp in enumerate(groups):
-            if all((fdir/c.label/'config.json').exists() for c in grp):
-                saes.update({c.label: load_sae(fdir/c.label) for c in grp}); continue
+            done = _group_saes(fdir, grp, fp) if st.kind == 'missing' else None   # a finished group of a resumed width
+            if done is not None: saes.update(done); continue
             src = (stream_batches(p, corpus, load_model(p)) if p.stream else
-                   _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
-            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, **({'streamed': True} if p.stream else {})), progress=progress,
+                   _epochs(ActivationCache(out/'cache'/f'{corpus}-train', verify=verify), p.train_batch, p.buffer_tokens))
+            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=meta, progress=progress,
                              ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
-                             ckpt_dir=fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}'),
+                             ckpt_dir=fdir/('checkpoints' if len(groups) == 1 else f'checkpoints_{g}'),
                              **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
             saes.update({c.label: s.cpu() for c, (s, _) in zip(grp, res)})   # off the GPU while the next group trains
     dev = default_device()
@@ -244,13 +358,17 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
-    return Path(out if out is not None else results_dir())/p.name
+    if not isinstance(p, Preset): raise TypeError(f'p={p!r} is {type(p).__name__}; expected a Preset (see get_preset)')
+    return check_path('out', out if out is not None else results_dir(), kind='dir')/p.name
 
-def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
+def prepare(p:Preset, out:str|Path|None=None, progress:bool=True,
+            on_stale:str='error', # an artefact made from other settings: 'error' or 'recompute'
+            verify:bool=True, # check content hashes of reused artefacts
+           )->dict:
     "Caches and SAEs of a preset (each reused when finished): what every later stage starts from"
     out = _run_dir(p, out)
-    stage_caches(p, out, progress=progress)
-    return stage_saes(p, out, progress=progress)
+    stage_caches(p, out, progress=progress, on_stale=on_stale, verify=verify)
+    return stage_saes(p, out, progress=progress, on_stale=on_stale, verify=verify)
 
 # %% ../nbs/95_pipeline.ipynb #d2e3f4a5
 def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
@@ -280,17 +398,26 @@ def pass_tokens(p:Preset, # a streamed preset
     return n
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
-def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
-    "Reuse the table at `f` if it has a row for exactly these SAEs; else `compute()` it and write it atomically"
-    if f.exists():
-        df = pd.read_csv(f)
-        if set(df.name) == set(saes): return df
+def _sae_fps(saes:dict)->dict:
+    "Each SAE's fingerprint (a trained one's) or source (a loaded GemmaScope one's)"
+    return {k: s.cfg.get('fingerprint') or s.cfg.get('source') or fingerprint(s.cfg) for k, s in saes.items()}
+
+def _per_sae_csv(f:Path, saes:dict, compute, settings:dict|None=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "Reuse the table at `f` if its stamp matches `settings` and these SAEs and its content is intact; else `compute()` it and write it stamped"
+    prov = dict(settings or {}, format=FORMAT_VERSION, saes=_sae_fps(saes))
+    st = check_stamped(f, prov, verify)
+    if resolve(st, on_stale): _note(f, 'reused'); return pd.read_csv(f)
     df = compute()
-    f.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
+    write_stamped(f, df.to_csv(index=False), prov)
+    _note(f, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
     return df
 
-def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
+def _lm_settings(p:Preset)->dict:
+    "Settings every stage that runs the model on held-out text depends on"
+    return dict(model=p.model, layer=p.layer, source=p.source, mix_seed=p.mix_seed, lm_dtype=p.lm_dtype, bos=p.bos, eval_texts=p.eval_texts,
+                eval_max_len=p.eval_max_len)
+
+def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
     meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
                               target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
@@ -299,7 +426,8 @@ def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->
         df = evaluate(saes, lm or load_model(p), list(preset_texts(p, corpus, 'test', p.eval_texts)), p.layer, max_len=p.eval_max_len,
                       bos=p.bos, progress=progress, eval_corpus=corpus)
         return meta.merge(df, on='name')
-    return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
+    return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn),
+                                   dict(stage='eval', corpus=corpus, data=_data_fp(p, corpus), **_lm_settings(p)), on_stale, verify)
                       for corpus, fn in CORPORA.items()], ignore_index=True)
 
 # %% ../nbs/95_pipeline.ipynb #e3f4a5b6
@@ -313,7 +441,7 @@ def held_out_by_source(p:Preset, # the run's preset
         if len(got) < n: got.append(r['text'])
     return by
 
-def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
+def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Every SAE on each medical source's held-out texts; one row per SAE and source (`source_dataset`)"
     check_range('eval_per_source', p.eval_per_source, 1)
     meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
@@ -323,36 +451,41 @@ def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True
                          eval_corpus='medical', source_dataset=src, n_texts=len(texts))
                 for src, texts in held_out_by_source(p, p.eval_per_source).items()]
         return meta.merge(pd.concat(rows, ignore_index=True), on='name')
-    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute)
+    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute,
+                        dict(stage='sources', eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p)), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
-def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
+def stage_darkmatter(p:Preset, out:str|Path, saes:dict, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
     out = Path(out)
     def compute():
-        tr, te = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train')), ActivationCache(out/'cache'/'medical-test')
+        tr = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train'), verify)
+        te = ActivationCache(out/'cache'/'medical-test', verify)
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
         rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
                                                   split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
         return pd.DataFrame(rows)
-    return _per_sae_csv(out/'darkmatter.csv', saes, compute)
+    caches = {s: fingerprint(cache_provenance(p, 'medical', s)) for s in ('probe' if p.stream else 'train', 'test')}
+    return _per_sae_csv(out/'darkmatter.csv', saes, compute, dict(stage='darkmatter', caches=caches), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
-def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
+def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
     return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
         saes, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n),
-        p.layer, max_len=p.eval_max_len, bos=p.bos))
+        p.layer, max_len=p.eval_max_len, bos=p.bos),
+        dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p)), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
-def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
+def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
-    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer))
+    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer),
+                        dict(stage='absorption', model=p.model, layer=p.layer, concepts=_data_fp(p, 'concepts')), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
@@ -473,17 +606,22 @@ def figures(tab:pd.DataFrame, out:Path):
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path|None=None, # results folder (default: `results_dir()`)
         progress:bool=True, # progress bars
+        on_stale:str='error', # an artefact made from other settings (or by an older salmon): 'error' stops and names it, 'recompute' remakes it and what depends on it
+        verify:bool=True, # check the content hash of every reused artefact (else sizes only)
        )->pd.DataFrame:  # the summary table
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
+    if not isinstance(preset, (str, Preset)): raise TypeError(f'preset={preset!r} is {type(preset).__name__}; expected a preset name or a Preset')
     p = preset if isinstance(preset, Preset) else get_preset(preset)
+    check_choice('on_stale', on_stale, ON_STALE)
     out = _run_dir(p, out); out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    caches = stage_caches(p, out, progress=progress)
+    t0 = time.time(); _ACTIONS.clear()
+    kw = dict(on_stale=on_stale, verify=verify)
+    caches = stage_caches(p, out, progress=progress, **kw)
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
-    saes = stage_saes(p, out, progress=progress)
-    ev = stage_eval(p, out, saes, progress=progress)
-    by_src = stage_sources(p, out, saes, progress=progress) if p.eval_per_source else None
-    tab = results_table(ev, stage_darkmatter(p, out, saes), stage_specificity(p, out, saes), stage_absorption(p, out, saes))
+    saes = stage_saes(p, out, progress=progress, **kw)
+    ev = stage_eval(p, out, saes, progress=progress, **kw)
+    by_src = stage_sources(p, out, saes, progress=progress, **kw) if p.eval_per_source else None
+    tab = results_table(ev, stage_darkmatter(p, out, saes, **kw), stage_specificity(p, out, saes, **kw), stage_absorption(p, out, saes, **kw))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
         with atomic_write(out/name, 'w') as f: df.to_csv(f, index=False)
@@ -498,6 +636,7 @@ def run(preset:str|Preset='demo', # preset name or object
         if by_src is not None:
             print('\nFVE on each source\'s held-out texts (eval/medical-test-by-source.csv):\n')
             print(by_src.pivot_table(index=['width', 'family', 'target_l0'], columns='source_dataset', values='fve').to_string())
+    with atomic_write(out/'run.json', 'w') as f: json.dump(dict(format=FORMAT_VERSION, seconds=round(time.time() - t0, 1), artefacts=_ACTIONS), f, indent=1)
     print(f'\nresults in {out}')
     return comp
 
@@ -545,3 +684,20 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
                 **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
                 disk_gib=cache_tok * m['d'] * 2 / 2**30)
+
+# %% ../nbs/95_pipeline.ipynb #b03054a5
+def disk_estimate(p:Preset|str, # preset (or its name)
+                  keep:int=2, # checkpoints kept while training (`train_saes(keep_checkpoints=...)`)
+                 )->dict: # GiB: caches, saved SAEs, one checkpoint of the largest group, peak while training
+    "Disk a preset needs: activation caches, the saved SAEs, and the checkpoints kept while the largest training group trains"
+    p = p if isinstance(p, Preset) else get_preset(p)
+    check_int('keep', keep, 1)
+    m = MODELS[check_choice('model', p.model, MODELS)]
+    trained = [f for f in p.families if f != 'gemmascope']
+    params = lambda w: 2 * m['d'] * w + 2 * w + m['d']                            # W_enc, W_dec, b_enc, theta, b_dec
+    group = p.group_size or len(p.target_l0s)                                     # SAEs trained (and checkpointed) together
+    buf = p.stream * p.buffer_tokens * m['d'] * getattr(torch, p.buffer_dtype).itemsize   # a streamed run's shuffling buffer, saved with it
+    ckpt = (max(min(group, len(p.target_l0s)) * (12 * params(w) + 8 * w) for w in p.widths) + buf) / 2**30   # weights + Adam m, v + last fired
+    saes = len(trained) * len(p.target_l0s) * sum(4 * params(w) for w in p.widths) / 2**30
+    cache = gpu_estimate(p)['disk_gib']
+    return dict(preset=p.name, cache_gib=cache, saes_gib=saes, checkpoint_gib=ckpt, peak_gib=cache + saes + keep * ckpt)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
-from safetensors.torch import load_file as st_load_file, save as st_save
+from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
 from .core import atomic_dir, atomic_write, check_choice, check_range
+from .store import CorruptArtefactError, file_record, read_json, read_verified
 
 # %% auto #0
 __all__ = ['JumpReLUSAE', 'JumpReLUFn', 'StepFn', 'jumprelu', 'step', 'fold_norm', 'save_sae', 'load_sae', 'save_saelens',
@@ -194,6 +195,7 @@ def _check_tensors(sd:dict, src:str, key_map:dict|None=None)->dict:
     t = {k: sd[v] if isinstance(sd[v], Tensor) else torch.from_numpy(np.asarray(sd[v])) for k, v in key_map.items()}
     for k, v in t.items():
         if not v.dtype.is_floating_point: raise TypeError(f'{src}: {key_map[k]} has dtype {v.dtype}; expected a floating dtype')
+        if not bool(torch.isfinite(v).all()): raise ValueError(f'{src}: {key_map[k]} holds {int((~torch.isfinite(v)).sum())} non-finite values (NaN or inf)')
     if t['W_enc'].ndim != 2: raise ValueError(f"{src}: {key_map['W_enc']} has shape {tuple(t['W_enc'].shape)}; expected [d_model, d_sae]")
     d, F = t['W_enc'].shape
     want = dict(W_enc=(d, F), W_dec=(F, d), b_enc=(F,), b_dec=(d,), theta=(F,))
@@ -219,8 +221,10 @@ def save_sae(sae:JumpReLUSAE, # the SAE (normally folded: takes raw activations)
                 bandwidth=sae.bandwidth, pre_enc_bias=sae.pre_enc_bias, step_on=sae.step_on, cfg=sae.cfg)
     text = json.dumps(meta, indent=1, default=_jsonable)
     tensors = {k: getattr(sae, k).detach().cpu().contiguous() for k in _KEYS}
+    data = st_save(tensors)
+    text = json.dumps(dict(meta, weights=file_record(data)), indent=1, default=_jsonable)   # size and content hash of the weights
     with atomic_dir(path, overwrite=True) as tmp:
-        (tmp/'sae.safetensors').write_bytes(st_save(tensors))
+        (tmp/'sae.safetensors').write_bytes(data)
         (tmp/'config.json').write_text(text)
     return path
 
@@ -229,7 +233,7 @@ def _read_folder(path:str|Path, config:str, weights:str, kind:str)->tuple[Path, 
     path = Path(path)
     for n in (config, weights):
         if not (path/n).exists(): raise FileNotFoundError(f'{str(path)!r} is not a {kind} SAE folder: {n} is missing')
-    return path, json.loads((path/config).read_text())
+    return path, read_json(path/config, f'{kind} SAE config')
 
 def load_sae(path:str|Path, # folder written by `save_sae`
              device:str|torch.device|None=None, # where to put the parameters
@@ -237,7 +241,10 @@ def load_sae(path:str|Path, # folder written by `save_sae`
     "Load an SAE saved by `save_sae`"
     path, meta = _read_folder(path, 'config.json', 'sae.safetensors', 'salmon')
     if meta.get('format') != 'salmon.sae': raise ValueError(f"{str(path/'config.json')!r} has format {meta.get('format')!r}; expected 'salmon.sae'")
-    t = _check_tensors(st_load_file(path/'sae.safetensors'), str(path/'sae.safetensors'))
+    try: sd = st_load(read_verified(path/'sae.safetensors', meta.get('weights'), 'SAE weights'))
+    except CorruptArtefactError: raise
+    except Exception as e: raise CorruptArtefactError(f"SAE weights {str(path/'sae.safetensors')!r} are unreadable ({e})") from None
+    t = _check_tensors(sd, str(path/'sae.safetensors'))
     if t['W_enc'].shape != (meta['d_model'], meta['d_sae']):
         raise ValueError(f"{str(path)!r}: weights are {tuple(t['W_enc'].shape)} but config.json says d_model={meta['d_model']}, d_sae={meta['d_sae']}")
     sae = _from_tensors(t, dtype=getattr(torch, meta['dtype']), device=device, bandwidth=meta['bandwidth'],

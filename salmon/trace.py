@@ -12,7 +12,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
-from .core import atomic_write, check_choice, check_range
+from safetensors.torch import load as st_load
+from .core import atomic_write, check_choice, check_int, check_path, check_range
+from .store import (FORMAT_VERSION, CorruptArtefactError, StaleArtefactError, file_record, fingerprint, read_json,
+                          read_verified, settings_diff, verify_file)
 from .models import resid_module, resid_output, torch_model, d_model
 
 # %% auto #0
@@ -60,7 +63,7 @@ class ActivationStream:
                 ):
         if isinstance(texts, str): raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
         check_choice('bos', bos, {'drop', 'keep'}); check_range('max_len', max_len, 2); check_range('batch_size', batch_size, 1)
-        resid_module(lm, layer)    # validates the layer
+        check_int('layer', layer); resid_module(lm, layer)    # validates the layer
         self.lm, self.texts, self.layer, self.batch_size, self.max_len, self.bos = lm, texts, layer, batch_size, max_len, bos
         self.out_dtype, self.out_device, self.progress, self.desc = out_dtype, torch.device(out_device), progress, desc
         self.stats = TraceStats(); self._skip = 0
@@ -76,6 +79,8 @@ class ActivationStream:
         "Activations `[n_real_tokens, d]` of one batch of texts"
         lm, tok = self.lm, self.lm.tokenizer
         ids, mask, n_trunc = _tokenize(tok, batch, self.max_len)
+        ctx = getattr(torch_model(lm).config, 'max_position_embeddings', None)
+        if ctx and ids.shape[1] > ctx: warnings.warn(f"a text of {ids.shape[1]} tokens is longer than the model's context of {ctx} (positions it was never trained on); lower max_len={self.max_len} to at most {ctx}")
         dev = _model_device(lm)
         with torch.no_grad(), lm.trace(ids.to(dev), attention_mask=mask.to(dev)) as tr:
             h = resid_module(lm, self.layer).output.save()
@@ -142,7 +147,7 @@ class ActivationBuffer:
                  dtype:torch.dtype=torch.float32, # dtype of the batches (a float16 cache is upcast)
                  drop_last:bool=True, # drop the final batch if it is short
                 ):
-        check_range('batch_tokens', batch_tokens, 1); check_range('capacity', capacity, 2 * batch_tokens)
+        check_int('batch_tokens', batch_tokens, 1); check_int('capacity', capacity, 2 * batch_tokens); check_int('seed', seed)
         self.source, self.capacity, self.batch_tokens, self.seed = source, capacity, batch_tokens, seed
         self.device, self.dtype, self.drop_last = torch.device(device), dtype, drop_last
 
@@ -174,6 +179,7 @@ class ActivationBuffer:
             if self._pending is None:
                 try: self._pending = next(self._src)
                 except StopIteration: self._exhausted = True; break
+                self._check_chunk(self._pending)
             if self._buf is None: self._alloc(self._pending.shape[-1])
             k = min(len(self._pending), len(free) - n)
             self._buf[free[n:n+k].to(self.device)] = self._pending[:k].to(self.device, self.dtype)
@@ -181,8 +187,14 @@ class ActivationBuffer:
         both = torch.cat([keep, free[:n]])
         self._order, self._pos = both[torch.randperm(len(both), generator=self._g)], 0
 
-    def _alloc(self, d:int): self._buf = torch.empty(self.capacity, d, device=self.device, dtype=self.dtype)
+    def _check_chunk(self, x):
+        "A source chunk must be a 2-D tensor as wide as the earlier ones"
+        buf = self._buf
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or (buf is not None and x.shape[1] != buf.shape[1]):
+            raise ValueError(f'the source yielded {type(x).__name__} of shape {tuple(getattr(x, "shape", ()))}; '
+                             f'expected 2-D chunks [n, d]{f" with d={buf.shape[1]} like the earlier ones" if buf is not None else ""}')
 
+    def _alloc(self, d:int): self._buf = torch.empty(self.capacity, d, device=self.device, dtype=self.dtype)
 
 # %% ../nbs/03_trace.ipynb #b9c2d3e4
 @add_method(ActivationBuffer)
@@ -215,13 +227,28 @@ def model_name(lm)->str:
     "A model's name or path as recorded in its config"
     return getattr(torch_model(lm).config, '_name_or_path', '') or type(torch_model(lm)).__name__
 
+_MANIFEST_KEYS = ('shards', 'n_tokens', 'n_texts', 'd_model', 'complete', 'layer', 'model')
+
+def _read_manifest(mf:Path)->dict:
+    "A cache manifest, or an error naming the file (and line) when it is not valid JSON or lacks a field"
+    man = read_json(mf, 'activation-cache manifest')
+    miss = [k for k in _MANIFEST_KEYS if not isinstance(man, dict) or k not in man]
+    if miss: raise CorruptArtefactError(f'activation-cache manifest {str(mf)!r} lacks {miss}')
+    return man
+
+def _load_acts(data:bytes, path:Path)->torch.Tensor:
+    try: return st_load(data)['acts']
+    except Exception as e: raise CorruptArtefactError(f'activation shard {str(path)!r} is unreadable ({type(e).__name__}: {e})') from None
+
 class ActivationCache:
-    "Activations on disk: safetensors shards and a manifest; read back memory-mapped, in shuffled batches"
-    def __init__(self, path:str|Path): # the cache folder
-        self.path = Path(path)
+    "Activations on disk: safetensors shards and a manifest; read back verified, in shuffled batches"
+    def __init__(self, path:str|Path, # the cache folder
+                 verify:bool=True, # check each shard against its recorded content hash as it is read
+                ):
+        self.path, self.verify = check_path('path', path, kind='dir'), verify
         mf = self.path/'manifest.json'
         if not mf.exists(): raise FileNotFoundError(f'no activation cache at {str(self.path)!r} (manifest.json missing)')
-        self.manifest = json.loads(mf.read_text())
+        self.manifest = _read_manifest(mf)
 
     @property
     def complete(self)->bool: return self.manifest['complete']
@@ -229,14 +256,32 @@ class ActivationCache:
     def n_tokens(self)->int: return self.manifest['n_tokens']
     @property
     def d_model(self)->int: return self.manifest['d_model']
+    @property
+    def fingerprint(self)->str|None: return self.manifest.get('fingerprint')
     def __repr__(self): return f"ActivationCache({str(self.path)!r}, {self.n_tokens:,} tokens, layer {self.manifest['layer']} of {self.manifest['model']})"
 
+    def damaged(self, full:bool=True, # compare content hashes (else sizes only)
+               )->tuple[int, str]|None: # (index, message) of the first bad shard
+        "The first shard that is missing, cut or changed since it was written, or None"
+        for i, s in enumerate(self.manifest['shards']):
+            f = self.path/s['file']
+            try:
+                if 'bytes' in s: verify_file(f, s, 'activation shard', full=full)
+                elif not f.is_file(): raise CorruptArtefactError(f'activation shard {str(f)!r} is missing')
+            except CorruptArtefactError as e: return i, str(e)
+        return None
+
     def chunks(self, shuffle:bool=False, seed:int=0)->Iterator[torch.Tensor]:
-        "Each shard as a tensor (memory-mapped read), in order or in a seeded random order"
+        "Each shard as a tensor (verified against its hash when `verify`), in order or in a seeded random order"
         shards = self.manifest['shards']
         order = torch.randperm(len(shards), generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else range(len(shards))
         for i in order:
-            with safe_open(self.path/shards[i]['file'], framework='pt') as f: yield f.get_tensor('acts')
+            f = self.path/shards[i]['file']
+            if self.verify: yield _load_acts(read_verified(f, shards[i] if 'digest' in shards[i] else None, 'activation shard'), f)
+            else:
+                try:
+                    with safe_open(f, framework='pt') as h: yield h.get_tensor('acts')
+                except (OSError, RuntimeError, ValueError) as e: raise CorruptArtefactError(f'activation shard {str(f)!r} is unreadable ({e})') from None
 
     def batches(self, batch_tokens:int=2048, capacity:int=250_000, seed:int=0, **kw)->ActivationBuffer:
         "Shuffled training batches: shards in random order through an `ActivationBuffer`"
@@ -250,11 +295,22 @@ class ActivationCache:
 def _write_manifest(path:Path, man:dict):
     with atomic_write(path/'manifest.json', 'w') as f: json.dump(man, f, indent=1)
 
-def _check_manifest(path:Path, man:dict, want:dict):
+def _check_manifest(path:Path, man:dict, want:dict, provenance:dict|None=None):
+    if 'fingerprint' in want and man.get('fingerprint') != want['fingerprint']:
+        raise StaleArtefactError(f'activation cache {str(path)!r} was made from other settings: {settings_diff(man.get("provenance"), provenance)}'
+                                 ' (use another folder, or overwrite=True)')
     bad = {k: (man.get(k), v) for k, v in want.items() if man.get(k) != v}
     if bad: raise ValueError(f'activation cache {str(path)!r} does not match the request: '
                              + '; '.join(f'{k} is {a!r} in the cache, requested {b!r}' for k, (a, b) in bad.items())
                              + ' (use another folder, or overwrite=True)')
+
+def _truncate(man:dict, i:int)->dict|None:
+    "The manifest cut back to its first `i` shards (None: start over; shards of older salmon lack the counts needed)"
+    keep = man['shards'][:i]
+    if not keep or any('texts' not in s for s in keep): return None
+    last = keep[-1]
+    return dict(man, shards=keep, n_tokens=sum(s['n_tokens'] for s in keep), n_texts=last['texts'], n_truncated=last['truncated'],
+                seconds=last['seconds'], complete=False)
 
 def cache_activations(lm, # an nnsight model
                       texts:Iterable[str], # the corpus (re-iterated from the start on resume)
@@ -268,21 +324,41 @@ def cache_activations(lm, # an nnsight model
                       dtype:torch.dtype=torch.float16, # on-disk dtype
                       overwrite:bool=False, # discard a mismatching or finished cache
                       batch_size:int=8, max_len:int=1024, bos:str='drop', progress:bool=True,
+                      provenance:dict|None=None, # settings the cache is made from: recorded; a cache made from others is stale
+                      verify:bool=True, # check finished shards' content hashes before reusing or resuming (else sizes only)
                      )->ActivationCache:
-    "Trace `texts` at `layer` into a resumable on-disk cache (a finished matching cache is reused)"
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    "Trace `texts` at `layer` into a resumable on-disk cache (a finished matching cache is reused, a damaged shard re-traced)"
+    path = check_path('path', path, kind='dir')
+    if isinstance(texts, str): raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
+    check_int('layer', layer, 0); check_int('shard_tokens', shard_tokens, 1)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f'dtype={dtype!r} is not a floating torch dtype; expected torch.float16, torch.bfloat16 or torch.float32')
+    path.mkdir(parents=True, exist_ok=True)
     want = dict(model=model or model_name(lm), layer=layer, corpus=corpus, split=split, bos=bos, max_len=max_len,
-                dtype=str(dtype).removeprefix('torch.'))
-    man = json.loads((path/'manifest.json').read_text()) if (path/'manifest.json').exists() else None
+                dtype=str(dtype).removeprefix('torch.'), **({'fingerprint': fingerprint(provenance)} if provenance is not None else {}))
+    man = None
+    if (path/'manifest.json').exists():
+        try: man = _read_manifest(path/'manifest.json')
+        except ValueError as e: warnings.warn(f'{e}; tracing the cache again from the start')
     if man and overwrite:
         for s in man['shards']: (path/s['file']).unlink(missing_ok=True)
         man = None
     if man:
-        _check_manifest(path, man, want)
-        if man['complete']: return ActivationCache(path)
-    man = man or dict(**want, d_model=d_model(lm), n_tokens=0, n_texts=0, n_truncated=0, seconds=0.0, shards=[], complete=False)
+        _check_manifest(path, man, want, provenance)
+        bad = ActivationCache(path).damaged(full=verify)
+        if bad is not None:
+            warnings.warn(f'{bad[1]}; tracing again from shard {bad[0]}')
+            man = _truncate(man, bad[0])
+        if man and man['complete']: return ActivationCache(path, verify)
+    man = man or dict(**want, format=FORMAT_VERSION, provenance=provenance, d_model=d_model(lm), n_tokens=0, n_texts=0, n_truncated=0,
+                      seconds=0.0, shards=[], complete=False)
     skip = man['n_texts']
-    stream = ActivationStream(lm, itertools.islice(texts, skip, None), layer, batch_size=batch_size, max_len=max_len,
+    rest = itertools.islice(iter(texts), skip, None)
+    head = next(rest, None)
+    if head is None and skip:      # every text was traced before an interruption: only the completion flag is missing
+        man['complete'] = True; _write_manifest(path, man)
+        return ActivationCache(path, verify)
+    stream = ActivationStream(lm, itertools.chain([] if head is None else [head], rest), layer, batch_size=batch_size, max_len=max_len,
                               bos=bos, out_dtype=torch.float32, progress=progress, desc=f'caching {corpus or "activations"}')
     done_trunc, done_secs = man['n_truncated'], man['seconds']; parts = []
     def flush():
@@ -290,14 +366,16 @@ def cache_activations(lm, # an nnsight model
         if dtype == torch.float16 and t.abs().max() > 65504: raise ValueError(
             f'activation magnitude {t.abs().max().item():.3g} overflows float16; cache with dtype=torch.bfloat16 or torch.float32 (is BOS kept?)')
         name = f"shard_{len(man['shards']):05d}.safetensors"
-        with atomic_write(path/name) as f: f.write(st_save({'acts': t.to(dtype)}))
-        man['shards'].append(dict(file=name, n_tokens=len(t)))
+        data = st_save({'acts': t.to(dtype)})
+        with atomic_write(path/name) as f: f.write(data)
         man.update(n_tokens=man['n_tokens'] + len(t), n_texts=skip + stream.stats.n_texts, n_truncated=done_trunc + stream.stats.n_truncated,
                    seconds=round(done_secs + stream.stats.seconds, 3))
+        man['shards'].append(dict(file=name, n_tokens=len(t), texts=man['n_texts'], truncated=man['n_truncated'], seconds=man['seconds'],
+                                  **file_record(data)))
         _write_manifest(path, man)
     for acts in stream:
         parts.append(acts)
         if sum(map(len, parts)) >= shard_tokens: flush()
     if parts: flush()
     man['complete'] = True; _write_manifest(path, man)
-    return ActivationCache(path)
+    return ActivationCache(path, verify)

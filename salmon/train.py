@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #adfb0d89
 from __future__ import annotations
-import collections, dataclasses, itertools, json, math, time, warnings
+import collections, dataclasses, io, itertools, json, math, os, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable
@@ -12,14 +12,15 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from safetensors.torch import load_file as st_load_file, save as st_save
+from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
 from tqdm.auto import tqdm
-from .core import atomic_dir, atomic_write, check_choice, check_range
+from .core import atomic_dir, atomic_write, check_choice, check_int, check_path, check_range
+from .store import FORMAT_VERSION, CorruptArtefactError, file_record, read_json, read_verified
 from .sae import JumpReLUSAE, fold_norm, save_sae, _window
 
 # %% auto #0
-__all__ = ['PRESETS', 'SPARSE_AUTO', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads', 'sparse_grads',
-           'train_grads', 'SAETrainer', 'train_saes', 'plot_history']
+__all__ = ['PRESETS', 'SPARSE_AUTO', 'SPEED_ONLY', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads',
+           'sparse_grads', 'train_grads', 'SAETrainer', 'results_settings', 'train_saes', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #83741bb5
 @dataclass
@@ -55,10 +56,13 @@ class TrainConfig:
     def __post_init__(self):
         check_choice('penalty', self.penalty, {'target_l0', 'l0', 'tanh', 'quadratic'}); check_choice('lr_warmup', self.lr_warmup, {'linear', 'cosine'})
         check_choice('step_on', self.step_on, {'pre', 'post'}); check_choice('dtype', self.dtype, {'float32', 'bfloat16', 'float16'})
-        check_range('d_sae', self.d_sae, 1); check_range('batch_size', self.batch_size, 1); check_range('n_tokens', self.n_tokens, self.batch_size)
+        check_int('d_sae', self.d_sae, 1); check_int('batch_size', self.batch_size, 1); check_int('n_tokens', self.n_tokens, self.batch_size)
+        check_int('seed', self.seed); check_range('adam_eps', self.adam_eps, 0.0)
+        if self.grad_clip is not None: check_range('grad_clip', self.grad_clip, 1e-12)
         check_range('lr', self.lr, 0.0); check_range('bandwidth', self.bandwidth, 1e-12); check_range('theta0', self.theta0, 0.0)
         check_range('sparsity_coeff', self.sparsity_coeff, 0.0)
-        for k in ('sparsity_warmup_steps', 'lr_warmup_steps'): check_range(k, getattr(self, k), 0)
+        for k in ('sparsity_warmup_steps', 'lr_warmup_steps'): check_int(k, getattr(self, k), 0)
+        if self.target_l0 is not None: check_range('target_l0', self.target_l0, 1e-12)
         if self.penalty in ('target_l0', 'quadratic') and (self.target_l0 is None or self.target_l0 <= 0):
             raise ValueError(f"target_l0={self.target_l0!r}: the {self.penalty!r} penalty needs a positive target")
         if self.lr_decay_start is not None: check_range('lr_decay_start', self.lr_decay_start, 0.0, 1.0)
@@ -67,6 +71,8 @@ class TrainConfig:
         if self.theta_param == 'log' and self.theta0 <= 0: raise ValueError(f"theta0={self.theta0!r}: theta_param='log' needs a positive θ₀")
         if self.sparse_max_density is not None: check_range('sparse_max_density', self.sparse_max_density, 0.0, 1.0)
         self.betas = tuple(self.betas)
+        if len(self.betas) != 2: raise ValueError(f'betas={self.betas!r} must be two numbers (beta1, beta2)')
+        for i, b in enumerate(self.betas): check_range(f'betas[{i}]', b, 0.0, 1.0)
 
     @property
     def n_steps(self)->int: return self.n_tokens // self.batch_size
@@ -395,31 +401,94 @@ def _norm_factor(batches:list[Tensor])->float:
     if not math.isfinite(c) or c == 0: raise ValueError(f'cannot normalise: mean squared norm of the first {n} activations is {s / n!r}')
     return c
 
-def _ckpt_save(path:Path, trainers:list[SAETrainer], state:dict, history:list[list[dict]], stream:dict|None=None):
-    with atomic_dir(path, overwrite=True) as tmp:
-        for i, tr in enumerate(trainers):
-            (tmp/f'sae_{i}.safetensors').write_bytes(st_save({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}))
-        torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
-                        rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), tmp/'state.pt')
-        (tmp/'state.json').write_text(json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)))
-        if stream is not None: torch.save(stream, tmp/'stream.pt')       # a resumable source's position (see `train_saes`)
+SPEED_ONLY = ('sparse', 'sparse_max_density')   # TrainConfig fields that choose the step's path, not its result (equal within 1e-5)
 
-def _ckpt_load(path:Path, trainers:list[SAETrainer], configs:list[TrainConfig])->tuple[dict, list]:
-    meta = json.loads((path/'state.json').read_text())
-    old = meta['configs']; new = [asdict(c) for c in configs]
-    if json.loads(json.dumps(new)) != old:
-        diff = [f'config {i}: ' + ', '.join(f'{k} {o.get(k)!r} -> {n[k]!r}' for k in n if o.get(k) != n[k])
-                for i, (o, n) in enumerate(zip(old, json.loads(json.dumps(new)))) if o != n] or [f'{len(old)} configs in the checkpoint, {len(new)} given']
-        raise ValueError(f'checkpoint {str(path)!r} was written for different configs: ' + '; '.join(diff) + ' (use another out_dir, or resume=False)')
-    st = torch.load(path/'state.pt', weights_only=True)
+def results_settings(c:TrainConfig, # a run
+                    )->dict: # its fields as JSON values, less `SPEED_ONLY`
+    "The fields of `c` that change the trained SAE: what checkpoints and provenance records compare"
+    return {k: v for k, v in json.loads(json.dumps(asdict(c))).items() if k not in SPEED_ONLY}
+
+def _ckpt_dirs(root:Path)->list[Path]:
+    "Checkpoints under `root`, newest first (the single `checkpoint[_g]` folder of older salmon last)"
+    steps = sorted(root.glob('step_*'), reverse=True) if root.is_dir() else []
+    legacy = root.with_name(root.name.replace('checkpoints', 'checkpoint', 1)) if root.name.startswith('checkpoints') else None
+    return [p for p in steps if p.is_dir()] + ([legacy] if legacy is not None and legacy.is_dir() else [])
+
+def _drop(p:Path):
+    "Remove a checkpoint folder: renamed first, so a kill part-way never leaves a half-deleted checkpoint under its own name"
+    gone = p.with_name(f'.{p.name}.del'); os.replace(p, gone); shutil.rmtree(gone, ignore_errors=True)
+
+def _ckpt_save(root:Path, trainers:list[SAETrainer], state:dict, history:list[list[dict]], keep:int=2, stream:dict|None=None):
+    "Write checkpoint `root/step_<N>` atomically, with a size and content hash per file (a resumable source's position too); keep `keep`"
     for i, tr in enumerate(trainers):
-        sd = st_load_file(path/f'sae_{i}.safetensors')
+        for k, p in tr.params.items():
+            if not bool(torch.isfinite(p).all()): raise FloatingPointError(f'SAE {i} has non-finite {k} at step {state["step"]}; not checkpointed')
+    root.mkdir(parents=True, exist_ok=True)
+    for p in root.glob('.*.del'): shutil.rmtree(p, ignore_errors=True)
+    for old in _ckpt_dirs(root)[max(keep - 1, 1):]: _drop(old)      # at most `keep` on disk, even while the next one is written
+    files = {f'sae_{i}.safetensors': st_save({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}) for i, tr in enumerate(trainers)}
+    buf = io.BytesIO()
+    torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
+                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), buf)
+    files['state.pt'] = buf.getvalue()
+    files['state.json'] = json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)).encode()
+    if stream is not None:                       # a resumable source's position and the batches read ahead (see `train_saes`)
+        buf = io.BytesIO(); torch.save(stream, buf); files['stream.pt'] = buf.getvalue()
+    with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:
+        for name, data in files.items(): (tmp/name).write_bytes(data)
+        (tmp/'manifest.json').write_text(json.dumps(dict(format=FORMAT_VERSION, step=state['step'], files={n: file_record(d) for n, d in files.items()})))
+    for old in _ckpt_dirs(root)[keep:]: _drop(old)
+
+# %% ../nbs/06_train.ipynb #4ff6a240
+def _ckpt_read(path:Path, configs:list[TrainConfig], meta:dict|None, device)->tuple[dict, list[SAETrainer]]:
+    "Verify and read one checkpoint into new trainers (and its source position into `st['stream']`); raise unless all of it is intact"
+    rec = read_json(path/'manifest.json', 'checkpoint manifest')['files'] if (path/'manifest.json').exists() else {}
+    read = lambda n: read_verified(path/n, rec.get(n), 'checkpoint file')
+    try: st = json.loads(read('state.json'))
+    except json.JSONDecodeError as e: raise CorruptArtefactError(f"checkpoint file {str(path/'state.json')!r} is unreadable: {e}") from None
+    old = [{k: v for k, v in o.items() if k not in SPEED_ONLY} for o in st['configs']]; new = [results_settings(c) for c in configs]
+    if new != old:
+        diff = [f'config {i}: ' + ', '.join(f'{k} {o.get(k)!r} -> {n[k]!r}' for k in n if o.get(k) != n[k])
+                for i, (o, n) in enumerate(zip(old, new)) if o != n] or [f'{len(old)} configs in the checkpoint, {len(new)} given']
+        raise ValueError(f'checkpoint {str(path)!r} was written for different configs: ' + '; '.join(diff) + ' (use another out_dir, or resume=False)')
+    fp_old, fp_new = (st.get('meta') or {}).get('fingerprint'), (meta or {}).get('fingerprint')
+    if fp_old and fp_new and fp_old != fp_new:
+        raise ValueError(f'checkpoint {str(path)!r} was written for other inputs (fingerprint {fp_old}, now {fp_new}); use another out_dir, or resume=False')
+    trainers = [SAETrainer(c, st['d_model'], device) for c in configs]
+    sds = []
+    for i, tr in enumerate(trainers):
+        f = path/f'sae_{i}.safetensors'
+        try: sd = st_load(read(f.name))
+        except CorruptArtefactError: raise
+        except Exception as e: raise CorruptArtefactError(f'checkpoint file {str(f)!r} is unreadable ({e})') from None
+        for k, p in tr.params.items():
+            if k not in sd or sd[k].shape != p.shape: raise CorruptArtefactError(f'checkpoint file {str(f)!r}: {k} is {tuple(sd[k].shape) if k in sd else "missing"}, expected {tuple(p.shape)}')
+            if not bool(torch.isfinite(sd[k]).all()): raise CorruptArtefactError(f'checkpoint file {str(f)!r}: {k} holds non-finite values')
+        sds.append(sd)
+    try: ts = torch.load(io.BytesIO(read('state.pt')), weights_only=True)
+    except CorruptArtefactError: raise
+    except Exception as e: raise CorruptArtefactError(f"checkpoint file {str(path/'state.pt')!r} is unreadable ({e})") from None
+    st['stream'] = None
+    if 'stream.pt' in rec or (not rec and (path/'stream.pt').exists()):
+        try: st['stream'] = torch.load(io.BytesIO(read('stream.pt')), weights_only=True)
+        except CorruptArtefactError: raise
+        except Exception as e: raise CorruptArtefactError(f"checkpoint file {str(path/'stream.pt')!r} is unreadable ({e})") from None
+    for i, (tr, sd) in enumerate(zip(trainers, sds)):
         with torch.no_grad():
             for k, p in tr.params.items(): p.copy_(sd[k])
-        tr.opt.load_state_dict(st['opt'][i]); tr.last_fired.copy_(st['last_fired'][i]); tr.sums = meta['sums'][i]
-    torch.set_rng_state(st['rng'])
-    if st['cuda_rng']: torch.cuda.set_rng_state_all(st['cuda_rng'])
-    return meta, meta['history']
+            if tr.cfg.theta_param == 'log': tr.sae.theta.copy_(tr.params['log_theta'].exp())   # θ follows log θ
+        tr.opt.load_state_dict(ts['opt'][i]); tr.last_fired.copy_(ts['last_fired'][i]); tr.sums = st['sums'][i]
+    torch.set_rng_state(ts['rng'])
+    if ts['cuda_rng']: torch.cuda.set_rng_state_all(ts['cuda_rng'])
+    st['path'] = str(path)
+    return st, trainers
+
+def _ckpt_load(root:Path, configs:list[TrainConfig], meta:dict|None=None, device='cpu')->tuple[dict, list[SAETrainer]]|None:
+    "The newest intact checkpoint under `root` and trainers holding it (a damaged one is named and skipped), or None"
+    for p in _ckpt_dirs(root):
+        try: return _ckpt_read(p, configs, meta, device)
+        except CorruptArtefactError as e: warnings.warn(f'{e}; falling back to the previous checkpoint'); continue
+    return None
 
 # %% ../nbs/06_train.ipynb #08ece4aa
 class _Lookahead:
@@ -443,7 +512,8 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                device:str|torch.device|None=None, # training device (default: CUDA if available)
                max_steps:int|None=None, # stop after this many steps (the schedule still spans n_tokens)
                progress:bool=True, # tqdm bar with tokens/s
-               ckpt_dir:str|Path|None=None, # checkpoint folder (default: `out_dir/checkpoint`)
+               keep_checkpoints:int=2, # checkpoints kept while training (removed once the SAEs are saved)
+               ckpt_dir:str|Path|None=None, # checkpoint folder, holding `step_<N>` folders (default: `out_dir/checkpoints`)
               )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
     "Train one SAE per config on a single pass over `activations`; every batch is read once and used by all"
     if isinstance(configs, TrainConfig): configs = [configs]
@@ -457,35 +527,41 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
     labels = [c.label for c in configs]
     if len(set(labels)) < len(labels): raise ValueError(f'config names clash: {labels}; set TrainConfig.name')
     if resume and out_dir is None: raise ValueError('resume=True needs out_dir (where the checkpoint is)')
+    for k, v in dict(log_every=log_every, ckpt_every=ckpt_every, norm_tokens=norm_tokens, dead_window=dead_window,
+                     keep_checkpoints=keep_checkpoints, **({} if max_steps is None else dict(max_steps=max_steps))).items(): check_int(k, v, 1)
+    if out_dir is not None: check_path('out_dir', out_dir, kind='dir')
+    if ckpt_dir is not None: check_path('ckpt_dir', ckpt_dir, kind='dir')
+    if not (norm_factor == 'auto' or (isinstance(norm_factor, (int, float)) and not isinstance(norm_factor, bool) and math.isfinite(norm_factor) and norm_factor > 0)):
+        raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
     B, n_steps = configs[0].batch_size, configs[0].n_steps
     if max_steps is not None: n_steps = min(n_steps, max_steps)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoint') if out_dir is not None else None
+    ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoints') if out_dir is not None else None
 
     stateful = bool(getattr(activations, 'resumable', False))   # the source records its position (a streamed buffer)
     look = collections.deque()                                   # batches read but not yet trained on (C's head, a resumed run's)
-    if resume and stateful and ckpt is not None and (ckpt/'stream.pt').exists():
-        ss = torch.load(ckpt/'stream.pt', weights_only=True)
-        activations.load_state_dict(ss['source']); look.extend(ss['lookahead'])
+    found = _ckpt_load(ckpt, configs, meta, device) if resume else None   # verified whole before anything is changed
+    ss = found[0]['stream'] if found and stateful else None
+    if ss is not None: activations.load_state_dict(ss['source']); look.extend(ss['lookahead'])
     it = _Lookahead(look, iter(activations))
     first = next(it, None)
     if first is None: raise ValueError('activations is empty')
     if not isinstance(first, Tensor) or first.ndim != 2: raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {type(first).__name__} {getattr(first, "shape", "")}')
     if len(first) != B: raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have batch_size={B}; make them equal')
     d = first.shape[1]
-    trainers = [SAETrainer(c, d, device) for c in configs]
     history = [[] for _ in configs]
     t0_step = 0
-    if resume and ckpt.exists():
-        st, history = _ckpt_load(ckpt, trainers, configs)
+    if found:
+        st, trainers = found; history = st['history']
+        if st['d_model'] != d: raise ValueError(f"checkpoint {st['path']!r} is for d_model={st['d_model']}; the stream has d={d} (use another out_dir, or resume=False)")
         C, t0_step = st['norm_factor'], st['step']
-        if st['d_model'] != d: raise ValueError(f'checkpoint is for d_model={st["d_model"]}, the stream has {d}')
         look.appendleft(first); stream = it
-        if not (stateful and (ckpt/'stream.pt').exists()):        # a source without a saved position is re-read up to the checkpoint
+        if ss is None:                                             # a source without a saved position is re-read up to the checkpoint
             for _ in range(t0_step):
                 if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
     else:
+        trainers = [SAETrainer(c, d, device) for c in configs]
         if norm_factor == 'auto':
             head = [first] + list(itertools.islice(it, max(0, math.ceil(norm_tokens / B) - 1)))
             C = _norm_factor(head)
@@ -496,7 +572,8 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
             look.appendleft(first)
         stream = it
     inv_c = 1.0 / C
-    state = dict(step=t0_step, d_model=d, norm_factor=C, configs=json.loads(json.dumps([asdict(c) for c in configs])))
+    state = dict(step=t0_step, d_model=d, norm_factor=C, configs=json.loads(json.dumps([asdict(c) for c in configs])),
+                 meta=json.loads(json.dumps(meta or {}, default=str)))
     dtypes = sorted({tr.sae.dtype for tr in trainers}, key=str)
     bar = tqdm(total=n_steps * B, initial=t0_step * B, unit='tok', unit_scale=True, disable=not progress, desc='training', mininterval=1.0)
     t = t0_step
@@ -520,7 +597,8 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                 r = history[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
             if ckpt is not None and ((t + 1) % ckpt_every == 0 or t + 1 == n_steps):
                 state['step'] = t + 1
-                _ckpt_save(ckpt, trainers, state, history, dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None)
+                _ckpt_save(ckpt, trainers, state, history, keep_checkpoints,
+                           dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None)
         else: t = n_steps
     finally: bar.close()
     results = []
@@ -532,6 +610,9 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
             save_sae(sae, out_dir/c.label)
             with atomic_write(out_dir/c.label/'history.csv', 'w') as f: df.to_csv(f, index=False)
         results.append((sae, df))
+    if ckpt is not None and t >= configs[0].n_steps and ckpt.exists():   # finished and saved: the checkpoints have served
+        for p in _ckpt_dirs(ckpt): _drop(p)
+        shutil.rmtree(ckpt, ignore_errors=True)
     return results
 
 # %% ../nbs/06_train.ipynb #19a12bfa

@@ -72,10 +72,11 @@ def test_kill_and_resume_is_bit_identical(hub, tmp_path, monkeypatch):
         for i, t in enumerate(orig(p, corpus, split, *a, **kw)):
             if split == 'train' and i == 40: raise RuntimeError('killed')
             yield t
+    pl.pass_tokens(p, 'medical', tmp_path/'killed')             # the pass is counted first: the kill hits the training stream
     monkeypatch.setattr(pl, 'preset_texts', dying)
     with pytest.raises(RuntimeError, match='killed'): stage_saes(p, tmp_path/'killed', progress=False)
-    ckpt = tmp_path/'killed'/'saes'/'domain'/'F256'/'checkpoint'
-    assert (ckpt/'stream.pt').exists()
+    ckpt = sorted((tmp_path/'killed'/'saes'/'domain'/'F256'/'checkpoints').glob('step_*'))[-1]   # the newest checkpoint
+    assert 'stream.pt' in json.loads((ckpt/'manifest.json').read_text())['files']   # the source's position is saved and hashed
     step = json.loads((ckpt/'state.json').read_text())['step']
     assert 0 < step < p.train_tokens // p.train_batch           # killed part-way, after a checkpoint
     n_read = torch.load(ckpt/'stream.pt', weights_only=True)['source']['source']['n_texts']

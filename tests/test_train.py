@@ -65,7 +65,7 @@ def test_resume_bit_exact_gemmascope_recipe(tmp_path):
             if i == after: raise KeyboardInterrupt
             yield b
     with pytest.raises(KeyboardInterrupt): train_saes(cfgs, dying(data, 30), out_dir=tmp_path / 'b', **kw)
-    assert json.loads((tmp_path / 'b' / 'checkpoint' / 'state.json').read_text())['step'] == 28
+    assert json.loads((tmp_path / 'b' / 'checkpoints' / 'step_00000028' / 'state.json').read_text())['step'] == 28
     resumed = train_saes(cfgs, data, out_dir=tmp_path / 'b', resume=True, **kw)
     for (a, ha), (b, hb) in zip(whole, resumed):
         for k in ('W_enc', 'W_dec', 'b_enc', 'b_dec', 'theta'): assert torch.equal(getattr(a, k), getattr(b, k)), k
@@ -92,7 +92,7 @@ def test_nan_stops_and_keeps_checkpoint(tmp_path):
         for i, b in enumerate(src): yield b if i != 12 else b.masked_fill(b > 0, float('inf'))
     with pytest.raises(FloatingPointError, match='at step 12'):
         train_saes([cfg], bad(_stream()), out_dir=tmp_path, ckpt_every=5, progress=False, norm_tokens=256)
-    assert json.loads((tmp_path / 'checkpoint' / 'state.json').read_text())['step'] == 10
+    assert json.loads((tmp_path / 'checkpoints' / 'step_00000010' / 'state.json').read_text())['step'] == 10
 
 
 def test_bf16_keeps_fp32_thresholds_that_learn():
