@@ -75,5 +75,5 @@ floors:
 	  open('$(FLOORS_ENV)/floors.txt', 'w').write('\n'.join(p for p in pins if not p.startswith('torch==')) + '\n' + ''.join(tools))"
 	$(FLOORS_ENV)/bin/python -m pip install -q --progress-bar off torch==$(FLOORS_TORCH)
 	$(FLOORS_ENV)/bin/python -m pip install -q --progress-bar off -c $(FLOORS_ENV)/floors.txt torch==$(FLOORS_TORCH) -e . pytest nbdev execnb fastcore ghapi
-	@echo "floor versions installed:"; $(FLOORS_ENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|nnsight|transformers|datasets|matplotlib|seaborn|ipywidgets|safetensors|tqdm|numpy|pandas|pyarrow|huggingface.hub|accelerate|tokenizers) "
+	@echo "floor versions installed:"; $(FLOORS_ENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|nnsight|transformers|datasets|xxhash|matplotlib|seaborn|ipywidgets|safetensors|tqdm|numpy|pandas|pyarrow|huggingface.hub|accelerate|tokenizers) "
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(FLOORS_ENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_TESTS)

@@ -289,3 +289,49 @@ def test_log_theta_training_and_resume(tmp_path):
     (resumed, _), = train_saes([cfg], _stream(), out_dir=tmp_path / 'b', resume=True, **kw)
     assert torch.equal(whole.theta, resumed.theta) and torch.equal(whole.W_enc, resumed.W_enc)
     assert (whole.theta > 0).all() and not torch.allclose(whole.theta, torch.full_like(whole.theta, whole.theta[0].item()))
+
+
+class _Chunks:
+    "A resumable source of seeded chunks [16, 8] that records its position, like an `ActivationStream`"
+    def __init__(self, n:int=200): self.n, self.i = n, 0
+    def __iter__(self):
+        while self.i < self.n:
+            g = torch.Generator().manual_seed(self.i); self.i += 1
+            yield torch.randn(16, 8, generator=g) * (1 + torch.arange(8) / 8)
+    def state_dict(self): return dict(i=self.i)
+    def load_state_dict(self, s): self.i = int(s['i'])
+
+
+def test_streamed_source_state_is_hashed_and_falls_back(tmp_path):
+    "The source's position is a hashed checkpoint file; a damaged newest checkpoint falls back to the previous one, still bit-exact"
+    from salmon.trace import ActivationBuffer
+    cfg = TrainConfig(d_sae=32, target_l0=4.0, batch_size=16, n_tokens=16 * 12, lr_warmup_steps=2, sparsity_warmup_steps=4, theta_param='log')
+    buf = lambda: ActivationBuffer(_Chunks(), capacity=64, batch_tokens=16, seed=3)
+    (whole, _), = train_saes([cfg], buf(), progress=False, norm_tokens=32)
+    train_saes([cfg], buf(), out_dir=tmp_path, ckpt_every=2, max_steps=6, progress=False, norm_tokens=32)
+    steps = sorted((tmp_path/'checkpoints').glob('step_*'))
+    assert [p.name for p in steps] == ['step_00000004', 'step_00000006']
+    man = json.loads((steps[-1]/'manifest.json').read_text())['files']
+    assert {'stream.pt', 'sae_0.safetensors', 'state.pt', 'state.json'} <= set(man)
+    f = steps[-1]/'stream.pt'; b = bytearray(f.read_bytes()); b[len(b) // 2] ^= 0xFF; f.write_bytes(bytes(b))
+    with pytest.warns(UserWarning, match='falling back to the previous checkpoint'):
+        (resumed, _), = train_saes([cfg], buf(), out_dir=tmp_path, resume=True, ckpt_every=2, progress=False, norm_tokens=32)
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path/'checkpoints').exists()                 # finished and saved: the checkpoints are removed
+
+
+def test_speed_only_fields_do_not_block_resume(tmp_path):
+    "sparse / sparse_max_density choose the step's path, not its result: a checkpoint resumes across them; other fields do not"
+    from salmon.train import results_settings
+    cfg = TrainConfig(d_sae=32, target_l0=4.0, batch_size=16, n_tokens=16 * 8, lr_warmup_steps=2, sparsity_warmup_steps=4, sparse='off')
+    src = lambda: (c for c in _Chunks(8))
+    train_saes([cfg], src(), out_dir=tmp_path, ckpt_every=2, max_steps=4, progress=False, norm_tokens=32)
+    fast = TrainConfig(**{**cfg.__dict__, 'sparse': 'on', 'sparse_max_density': 0.5})
+    assert results_settings(fast) == results_settings(cfg)
+    (sae, h), = train_saes([fast], src(), out_dir=tmp_path, resume=True, ckpt_every=2, progress=False, norm_tokens=32)
+    assert sae.cfg['n_tokens_trained'] == 16 * 8 and h.step.iloc[-1] == 8
+    train_saes([cfg], src(), out_dir=tmp_path/'b', ckpt_every=2, max_steps=4, progress=False, norm_tokens=32)
+    other = TrainConfig(**{**cfg.__dict__, 'tanh_scale': 2.0})
+    with pytest.raises(ValueError, match='tanh_scale 4.0 -> 2.0'):
+        train_saes([other], src(), out_dir=tmp_path/'b', resume=True, progress=False, norm_tokens=32)
