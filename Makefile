@@ -16,11 +16,12 @@ PIN := $(if $(HAS_CUDA),,-c constraints.txt)
 PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
 DEPS := settings.ini setup.py constraints.txt pyproject.toml
 
-.PHONY: help demo test check install-demo install-dev export clean-nbs bench
+.PHONY: help demo test check install-demo install-dev export clean-nbs bench compare
 help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
 	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
+	@echo "make compare  salmon against SAELens and SAEBench (their own code, a side venv) on a demo SAE (after make demo)"
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -59,3 +60,19 @@ export: install-dev
 
 bench: install-dev
 	$(PY) -m salmon.bench all
+
+# salmon against SAELens 6.x and SAEBench 0.6 run as they install themselves, in their own venv (sae-bench pins datasets<4, which
+# salmon's constraints do not allow, so only the torch pin is shared; torchvision, which sae-bench never imports, breaks transformer_lens).
+COMPARE_ENV := .cache/compare-venv
+COMPARE_OUT ?= results/compare
+$(COMPARE_ENV)/.ready:
+	python3 -m venv $(COMPARE_ENV)
+	@grep '^torch==' constraints.txt > $(COMPARE_ENV)/torch-pin.txt
+	$(COMPARE_ENV)/bin/python -m pip install -q --progress-bar off $(if $(HAS_CUDA),,-c $(COMPARE_ENV)/torch-pin.txt) sae-bench==0.6.0 transformer-lens
+	$(COMPARE_ENV)/bin/python -m pip uninstall -y -q torchvision
+	@touch $@
+
+compare: install-dev $(COMPARE_ENV)/.ready
+	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare prepare --out $(COMPARE_OUT) $(if $(SAE),--sae $(SAE))
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(COMPARE_ENV)/bin/python tools/external_evals.py $(COMPARE_OUT)
+	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare report --out $(COMPARE_OUT)

@@ -13,11 +13,11 @@ from .core import atomic_write, check_choice, default_device, in_test
 from .data import general_text, medical_qa
 import functools, itertools, json, os
 import numpy as np
-from .darkmatter import dark_matter_sae
+from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
 from .gemmascope import LADDER, REPOS, load_gemmascope
 from .absorption import absorption_summary
 from .interp import domain_specificity_summary
-from .metrics import evaluate
+from .metrics import CONVENTIONS, evaluate
 from .models import load_lm, tiny_lm
 from .plots import paper_reference, pareto
 from .sae import load_sae
@@ -194,29 +194,44 @@ def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
     return df
 
-def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
-    "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
+def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True,
+               convention:str='salmon', # evaluation convention (`salmon.metrics.CONVENTIONS`); 'paper' to set beside the paper's numbers
+              )->pd.DataFrame:
+    "Evaluate every SAE on the held-out split of each corpus (cached per corpus and convention); one row per SAE and corpus"
+    check_choice('convention', convention, CONVENTIONS)
     meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
                               target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
                          for k, s in saes.items()])
     def compute(corpus, fn):
         df = evaluate(saes, lm or load_model(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
-                      bos=p.bos, progress=progress, eval_corpus=corpus)
+                      bos=p.bos, progress=progress, convention=convention, eval_corpus=corpus)
         return meta.merge(df, on='name')
-    return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
-                      for corpus, fn in CORPORA.items()], ignore_index=True)
+    sfx = '' if convention == 'salmon' else f'-{convention}'
+    df = pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test{sfx}.csv', saes, functools.partial(compute, corpus, fn))
+                    for corpus, fn in CORPORA.items()], ignore_index=True)
+    if 'convention' not in df: df.insert(df.columns.get_loc('name') + 1, 'convention', 'salmon')   # tables cached before conventions
+    return df
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
-def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
-    "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
-    out = Path(out)
+def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
+                     protocol:str='salmon', # 'salmon' (the caches: medical train rows fit, held-out rows score) or 'paper' (§6.6 packing)
+                    )->pd.DataFrame:
+    "Linear dark matter of every SAE, in salmon's protocol or the paper's (held-out medical text, cached per protocol)"
+    out = Path(out); check_choice('protocol', protocol, {'salmon', 'paper'})
     def compute():
         tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
         rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
                                                   split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
         return pd.DataFrame(rows)
-    return _per_sae_csv(out/'darkmatter.csv', saes, compute)
+    def compute_paper():   # the paper's data protocol (packed 128-token sequences, first 20 positions dropped, 60/40 by sequence)
+        pr = get_protocol('paper')
+        acts = protocol_activations(lm or load_model(p), medical_qa('test', source=p.source), p.layer, pr)
+        return pd.DataFrame([dict(name=name, **dark_matter_sae(sae, acts, n_rows=acts.n_rows, **pr.probe_kw()).row(), sequences=len(acts.ids))
+                             for name, sae in saes.items()])
+    df = _per_sae_csv(out/('darkmatter.csv' if protocol == 'salmon' else f'darkmatter-{protocol}.csv'), saes,
+                      compute if protocol == 'salmon' else compute_paper)
+    return df.assign(darkmatter_protocol=protocol)
 
 # %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
@@ -263,7 +278,7 @@ def matched(tab:pd.DataFrame, # one row per SAE (and corpus): name, family, widt
 # %% ../nbs/95_pipeline.ipynb #a187a5e7
 CLAIMS = {  # key: (statement, metric, +1 if higher favours the domain SAE else -1)
     'fve': ('domain SAEs explain more variance of held-out medical activations', 'fve', 1),
-    'loss': ('domain SAEs recover more of the LM loss on held-out medical text (zero-ablation, the paper\'s)', 'loss_recovered_zero', 1),
+    'loss': ('domain SAEs recover more of the LM loss on held-out medical text (zero-ablation loss recovered)', 'loss_recovered_zero', 1),
     'dark_matter': ('domain SAEs leave less linearly predictable error (lower R² of the error-vector probe)', 'r2_vector', -1),
     'absorption': ('domain SAEs absorb less on the medical concept hierarchy', 'domain_absorption', -1),
     'fragmentation': ('domain SAEs spread medical concepts over fewer latents (fragmentation index)', 'fragmentation_neff', -1),
@@ -286,7 +301,8 @@ def claim_row(tab:pd.DataFrame, key:str, base:str='broad', corpus:str='medical',
     m = matched(tab, y, base, corpus)
     g = sign * m.gap.to_numpy(float); n = int(np.isfinite(g).sum())
     if n == 0: raise ValueError(f'no {base} SAE has a domain SAE at matched L0 for {y!r} on {corpus} text; cannot judge {key!r}')
-    return dict(claim=key, statement=statement, metric=y, baseline=base, corpus=corpus, matched=n, favour_domain=int((g > 0).sum()),
+    conv = ','.join(sorted(tab['convention'].dropna().astype(str).unique())) if 'convention' in tab else 'salmon'
+    return dict(claim=key, statement=statement, metric=y, convention=conv, baseline=base, corpus=corpus, matched=n, favour_domain=int((g > 0).sum()),
                 mean_gap=float(np.nanmean(m.gap)), verdict=_verdict(g), expected=EXPECTED.get((preset, base), {}).get(key))
 
 def check_claim(tab:pd.DataFrame, # results table (see `matched`)
@@ -297,7 +313,7 @@ def check_claim(tab:pd.DataFrame, # results table (see `matched`)
                )->dict:
     "Print whether `tab` supports a paper claim; fail if the preset's recorded expectation is not met"
     r = claim_row(tab, key, base, corpus, preset)
-    msg = (f"{preset or 'this run'}: {r['verdict'].upper()} — {r['statement']} (vs {base}, {r['favour_domain']}/{r['matched']} matched L0s "
+    msg = (f"{preset or 'this run'}: {r['verdict'].upper()} — {r['statement']} [{r['convention']} convention] (vs {base}, {r['favour_domain']}/{r['matched']} matched L0s "
            f"favour the domain SAE; mean {r['metric']} gap {r['mean_gap']:+.3f})")
     if r['expected'] is None: msg += '\n  (no recorded expectation for this preset: reported, not asserted)'
     elif r['verdict'] != r['expected']: raise AssertionError(f"{msg}\n  expected {r['expected']!r} on this preset")
@@ -314,7 +330,7 @@ def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.Dat
 
 # %% ../nbs/95_pipeline.ipynb #dafcec49
 DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
-COMPARE = ['family', 'width', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
+COMPARE = ['family', 'width', 'target_l0', 'convention', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
            'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
@@ -374,7 +390,7 @@ def run(preset:str|Preset='demo', # preset name or object
         print(f'\n{" vs ".join(p.families)} SAEs (widths {", ".join(map(str, p.widths))}) on held-out medical text:\n')
         print(comp.to_string(index=False))
         print('\nthe paper\'s claims at matched L0 on held-out medical text:\n')
-        print(cl[['claim', 'baseline', 'metric', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
+        print(cl[['claim', 'baseline', 'metric', 'convention', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
     print(f'\nresults in {out}')
     return comp
 
