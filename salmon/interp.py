@@ -17,11 +17,12 @@ from .models import torch_model
 from .trace import ActivationStream, _tokenize
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'PROMPTS', 'CLIENTS', 'generic_token_mask', 'LatentStats', 'latent_stats', 'quantile_samples',
-           'top_activations', 'plot_density', 'logit_lens', 'card_html', 'feature_card', 'nearest_latents',
-           'FeatureBrowser', 'specificity_scores', 'summarize_specificity', 'domain_specificity_summary',
-           'plot_specificity', 'OpenAIClient', 'LocalClient', 'make_client', 'parse_explanation', 'parse_indices',
-           'parse_score', 'explain_latent', 'score_explanation', 'autointerp']
+__all__ = ['STOPWORDS', 'PROMPTS', 'CLIENTS', 'SAEBENCH_AUTOINTERP', 'generic_token_mask', 'LatentStats', 'latent_stats',
+           'quantile_samples', 'top_activations', 'plot_density', 'logit_lens', 'card_html', 'feature_card',
+           'nearest_latents', 'FeatureBrowser', 'specificity_scores', 'summarize_specificity',
+           'domain_specificity_summary', 'plot_specificity', 'OpenAIClient', 'LocalClient', 'make_client',
+           'parse_explanation', 'parse_indices', 'parse_score', 'explain_latent', 'score_explanation',
+           'autointerp_saebench', 'autointerp']
 
 # %% ../nbs/12_interp.ipynb #d63b94ef
 STOPWORDS = frozenset('''a an the and or but if then else of to in on at by for with from as into onto over under about
@@ -718,6 +719,67 @@ def score_explanation(stats:LatentStats, # a pass's statistics
         out['simulate_responses'] = sims
     return out
 
+# %% ../nbs/12_interp.ipynb #bed23f09
+PROMPTS['explain_saebench'] = '''We are studying one feature of a language model. It activates on certain tokens in text.
+Below are text excerpts where it is active, the most strongly activating first. In each, the tokens where it is active are marked <<like this>>.
+
+{examples}
+
+In one short sentence (at most 20 words), say what the feature detects. Reply with the explanation only.
+Explanation:'''
+SAEBENCH_AUTOINTERP = dict(n_top_ex=10, n_iw_ex=5, n_top_score=2, n_iw_score=2, n_random_score=10, buffer=10, act_threshold_frac=0.01,
+                           min_activations=15)   # sae_bench/evals/autointerp/eval_config.py (v0.6.0) defaults
+
+def _sb_window(r:dict, buffer:int, thr:float|None)->str:
+    "A record cut to ±`buffer` tokens around its centre, tokens above `thr` marked <<like this>> (None: unmarked)"
+    c = r['center']; lo = max(c - buffer, 0)
+    toks, acts = r['tokens'][lo:c + buffer + 1], r['acts'][lo:c + buffer + 1]
+    return ''.join(f'<<{t}>>' if thr is not None and a > thr else t for t, a in zip(toks, acts)).replace('\n', ' ')
+
+def _iw_sample(recs:list[dict], n:int, rng, exclude:set)->list[dict]:
+    "`n` records drawn without replacement with probability ∝ activation, skipping `exclude` (text, pos) keys"
+    recs = [r for r in recs if (r['text'], r['pos']) not in exclude and r['act'] > 0]
+    if not recs or n <= 0: return []
+    p = np.array([r['act'] for r in recs], dtype=np.float64)
+    return [recs[i] for i in rng.choice(len(recs), size=min(n, len(recs)), replace=False, p=p / p.sum())]
+
+def autointerp_saebench(stats:LatentStats, # a pass's statistics (windows of at least ±10 tokens)
+                        latent:int, # latent index
+                        explainer, # explainer client
+                        scorer=None, # scorer client (default: the explainer)
+                        *,
+                        seed:int=0, # sampling and shuffling seed
+                        max_new_tokens:int=40, # explanation length
+                       )->dict: # latent, explanation, score (fraction correct), counts, note, prompts and responses
+    "Explain and score `latent` with SAEBench 0.6's sampling, windows and detection score"
+    c = SAEBENCH_AUTOINTERP; j = _check_latent(stats, latent)
+    out = dict(latent=j, protocol='saebench', explanation='', score=float('nan'), n_activations=int(stats.count[j]), note='')
+    if out['n_activations'] < c['min_activations']:
+        return {**out, 'note': f"not measurable: {out['n_activations']} activations, {c['min_activations']} needed (SAEBench dead_latent_threshold)"}
+    rng = np.random.default_rng(seed)
+    top = stats.records(j, 'top'); smp = stats.records(j, 'sample')
+    gen = top[:c['n_top_ex']]; key = lambda r: (r['text'], r['pos'])
+    gen += _iw_sample(smp, c['n_iw_ex'], rng, {key(r) for r in top})
+    thr = c['act_threshold_frac'] * top[0]['act']
+    ex = '\n'.join(f"{i + 1}. {_sb_window(r, c['buffer'], thr)}" for i, r in enumerate(gen))
+    e_prompt = PROMPTS['explain_saebench'].format(examples=ex); e_resp = _complete(explainer, e_prompt, max_new_tokens)
+    explanation = parse_explanation(e_resp) or '(no explanation)'
+    held = top[c['n_top_ex']:c['n_top_ex'] + c['n_top_score']]
+    pos = held + _iw_sample(smp, c['n_iw_score'], rng, {key(r) for r in top} | {key(r) for r in gen})
+    neg = stats.records(j, 'negative'); neg = [neg[i] for i in sorted(rng.permutation(len(neg))[:c['n_random_score']])]
+    if not pos or not neg:
+        return {**out, 'explanation': explanation, 'note': f'not measurable: {len(pos)} held-out firing and {len(neg)} silent windows'}
+    items = [(r, True) for r in pos] + [(r, False) for r in neg]
+    items = [items[i] for i in rng.permutation(len(items))]
+    n = len(items)
+    s_prompt = PROMPTS['detect'].format(explanation=explanation, n=n, examples='\n'.join(f"{i + 1}. {_sb_window(r, c['buffer'], None)}" for i, (r, _) in enumerate(items)))
+    s_resp = _complete(scorer or explainer, s_prompt, 4 * n)
+    pred = parse_indices(s_resp, n)
+    y = np.array([l for _, l in items]); p_ = np.array([i + 1 in pred for i in range(n)])
+    note = '' if n == c['n_top_score'] + c['n_iw_score'] + c['n_random_score'] else f'{n} scoring windows instead of 14 (too few firings or silent windows)'
+    return {**out, 'explanation': explanation, 'score': float((p_ == y).mean()), 'n_pos': int(y.sum()), 'n_neg': int((~y).sum()), 'note': note,
+            'explain_prompt': e_prompt, 'explain_response': e_resp, 'detect_prompt': s_prompt, 'detect_response': s_resp}
+
 # %% ../nbs/12_interp.ipynb #94ec1ede
 def autointerp(stats:LatentStats, # a pass's statistics
                latents:Iterable[int], # latents to explain
@@ -727,14 +789,24 @@ def autointerp(stats:LatentStats, # a pass's statistics
                log:str|Path|None=None, # JSONL file to append prompts, responses and scores to
                explain_kw:dict|None=None, # `explain_latent` options
                score_kw:dict|None=None, # `score_explanation` options
-              )->pd.DataFrame: # latent, explanation, balanced_accuracy, accuracy, correlation, n_pos, n_neg, seconds
+               protocol:str='salmon', # 'salmon' (explain_latent + score_explanation) or 'saebench' (`autointerp_saebench`)
+              )->pd.DataFrame: # latent, protocol, explanation, scores, n_pos, n_neg, seconds
     "Explain then score each latent"
+    check_choice('protocol', protocol, {'salmon', 'saebench'})
     rows = []
     for j in latents:
         t0 = time.perf_counter()
+        if protocol == 'saebench':
+            s = autointerp_saebench(stats, int(j), explainer, scorer, **(explain_kw or {}))
+            rows.append(dict({k: s.get(k, float('nan')) for k in ('latent', 'protocol', 'explanation', 'score', 'n_pos', 'n_neg', 'note')},
+                             seconds=time.perf_counter() - t0))
+            if log is not None:
+                Path(log).parent.mkdir(parents=True, exist_ok=True)
+                with open(log, 'a') as f: f.write(json.dumps(dict(sae=stats.name, saebench=s), default=str) + '\n')
+            continue
         e = explain_latent(stats, int(j), explainer, **(explain_kw or {}))
         s = score_explanation(stats, int(j), e['explanation'], scorer or explainer, **(score_kw or {}))
-        rows.append(dict(latent=int(j), explanation=e['explanation'], **{k: s.get(k, float('nan')) for k in ('balanced_accuracy', 'accuracy', 'correlation', 'n_pos', 'n_neg')},
+        rows.append(dict(latent=int(j), protocol='salmon', explanation=e['explanation'], **{k: s.get(k, float('nan')) for k in ('balanced_accuracy', 'accuracy', 'correlation', 'n_pos', 'n_neg')},
                          seconds=time.perf_counter() - t0))
         if log is not None:
             Path(log).parent.mkdir(parents=True, exist_ok=True)

@@ -83,8 +83,9 @@ def main(work: str):
     sb = saebench_sae(sae_dir, inp['layer'], inp['tl_name'])
     t = time.time(); out['saebench'] = saebench_core(tl, sb, tokens, bs, False); out['seconds']['saebench'] = time.time() - t
     print(f"SAEBench core: {out['seconds']['saebench']:.0f}s", flush=True)
-    t = time.time(); out['saebench_exclude_special'] = saebench_core(tl, sb, tokens, bs, True)
-    out['seconds']['saebench_exclude_special'] = time.time() - t
+    if inp.get('saebench_exclude_special', True):
+        t = time.time(); out['saebench_exclude_special'] = saebench_core(tl, sb, tokens, bs, True)
+        out['seconds']['saebench_exclude_special'] = time.time() - t
     if inp.get('absorption'):
         from absorption_external import saebench_absorption
         t = time.time(); out['absorption'] = saebench_absorption(tl, sb, work, inp); out['seconds']['absorption'] = time.time() - t
