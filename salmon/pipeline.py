@@ -226,8 +226,9 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
         return pd.DataFrame(rows)
     def compute_paper():   # the paper's data protocol (packed 128-token sequences, first 20 positions dropped, 60/40 by sequence)
         pr = get_protocol('paper')
-        acts = protocol_activations(lm or load_model(p), medical_qa('test', source=p.source), p.layer, pr)
-        return pd.DataFrame([dict(name=name, **dark_matter_sae(sae, acts, n_rows=acts.n_rows, **pr.probe_kw()).row(), sequences=len(acts.ids))
+        pa = protocol_activations(lm or load_model(p), medical_qa('test', source=p.source), p.layer, pr)
+        acts = pa.collect()                                # traced once, scored by every SAE
+        return pd.DataFrame([dict(name=name, **dark_matter_sae(sae, acts, **pr.probe_kw()).row(), sequences=len(pa.ids))
                              for name, sae in saes.items()])
     df = _per_sae_csv(out/('darkmatter.csv' if protocol == 'salmon' else f'darkmatter-{protocol}.csv'), saes,
                       compute if protocol == 'salmon' else compute_paper)
