@@ -134,4 +134,6 @@ def main(argv:list[str]|None=None):
         print(f"wrote {out}: SAE {inp['sae']}, {inp['n_texts']} x {inp['ctx']} tokens, layer {inp['layer']}")
     else: report(out)
 
+# %% ../nbs/96_compare.ipynb #6e685065
+#| eval: false
 if __name__ == '__main__': main()
