@@ -67,10 +67,10 @@ def test_kill_and_resume_is_bit_identical(hub, tmp_path, monkeypatch):
     log = tracing(monkeypatch)
     whole = stage_saes(p, tmp_path/'whole', progress=False)
     whole_log = list(log)
-    orig = pl.preset_texts
+    orig, kill_at = pl.preset_texts, len(whole_log) * 3 // 4    # past the first buffer refill: checkpoints exist, training not done
     def dying(p, corpus, split, *a, **kw):
         for i, t in enumerate(orig(p, corpus, split, *a, **kw)):
-            if split == 'train' and i == 40: raise RuntimeError('killed')
+            if split == 'train' and i == kill_at: raise RuntimeError('killed')
             yield t
     monkeypatch.setattr(pl, 'preset_texts', dying)
     with pytest.raises(RuntimeError, match='killed'): stage_saes(p, tmp_path/'killed', progress=False)
