@@ -62,8 +62,8 @@ bench: install-dev
 	$(PY) -m salmon.bench all
 
 # the lowest versions settings.ini allows, in a scratch venv, running the tiny test path. torch is the CPU build pinned in
-# constraints.txt unless FLOORS_TORCH names another (`make floors FLOORS_TORCH=2.6.0` checks torch's own floor: a CUDA build
-# from PyPI, ~3 GB, which runs on the CPU too)
+# constraints.txt (settings.ini's floor) unless FLOORS_TORCH names another: to try a lower torch floor, lower it in
+# settings.ini and run `make floors FLOORS_TORCH=<version>` (PyPI's CUDA build, ~3 GB, runs on the CPU too)
 FLOORS_ENV := .cache/floors
 FLOORS_TORCH := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
 FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train or 09_plots"
