@@ -79,11 +79,11 @@ compare: install-dev $(COMPARE_ENV)/.ready
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare report --out $(COMPARE_OUT)
 
 # the lowest versions settings.ini allows, in a scratch venv, running the tiny test path. torch is the CPU build pinned in
-# constraints.txt unless FLOORS_TORCH names another (`make floors FLOORS_TORCH=2.6.0` checks torch's own floor: a CUDA build
-# from PyPI, ~3 GB, which runs on the CPU too)
+# constraints.txt (settings.ini's floor) unless FLOORS_TORCH names another: to try a lower torch floor, lower it in
+# settings.ini and run `make floors FLOORS_TORCH=<version>` (PyPI's CUDA build, ~3 GB, runs on the CPU too)
 FLOORS_ENV := .cache/floors
 FLOORS_TORCH := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
-FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train"
+FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train or 09_plots"
 floors:
 	rm -rf $(FLOORS_ENV) && python3 -m venv $(FLOORS_ENV)
 	python3 -c "import configparser, re; c = configparser.ConfigParser(delimiters=['=']); c.read('settings.ini'); \
