@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from .core import atomic_write, check_choice, default_device, in_test
 from .data import general_text, medical_qa
-import functools, itertools, json, os
+import functools, itertools, json, os, shutil
+from collections.abc import Mapping
 import numpy as np
 from .darkmatter import dark_matter_sae
 from .gemmascope import LADDER, REPOS, load_gemmascope
@@ -27,9 +28,9 @@ from .trace import ActivationCache, cache_activations
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval',
-           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
-           'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'stage_caches', 'train_configs', 'base_model', 'gemmascope_family', 'SAEStore', 'sae_groups', 'stage_saes',
+           'prepare', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
+           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -56,10 +57,14 @@ class Preset:
     buffer_tokens:int=250_000 # shuffling-buffer capacity
     eval_texts:int=200        # held-out texts per corpus for evaluation
     eval_max_len:int=1024     # tokens per evaluation text
+    sae_group:int|None=None   # SAEs trained (and evaluated) at once (None: a whole sweep); fewer fit a smaller memory
+    absorption_words:int=40   # words per letter of the first-letter absorption task
+    absorption_parents:int|None=None # parents of the medical concept hierarchy used (None: all)
 
     def __post_init__(self):
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
         if 'domain' not in self.families: raise ValueError(f'families={self.families!r} has no domain family; every comparison is against it')
+        if self.sae_group is not None: check_range('sae_group', self.sae_group, 1)
         if not self.widths or not self.target_l0s: raise ValueError(f'widths={self.widths!r} and target_l0s={self.target_l0s!r} must not be empty')
 
 PRESETS = {p.name: p for p in [
@@ -88,9 +93,13 @@ def results_dir()->Path:
 
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
 def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
+                dry_run:bool=False, # the preset's dry run: random-weight model, local hub-schema data and GemmaScope mirror
                )->tuple:    # (Preset, baseline families, the paper's numbers)
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
+    if dry_run and not in_test():
+        from .dryrun import dry_run_preset
+        p = dry_run_preset(p)
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
 
 # %% ../nbs/95_pipeline.ipynb #7e1872ce
@@ -143,35 +152,64 @@ def train_configs(p:Preset, family:str, width:int)->list[TrainConfig]:
               sparsity_warmup_steps=round(0.21 * steps), **({'lr': p.lr} if p.lr else {}))
     return [TrainConfig.preset(p.recipe, target_l0=float(t), name=f'{family}-F{width}-l0_{t}', **kw) for t in p.target_l0s]
 
-def gemmascope_family(p:Preset, width:int)->dict:
-    "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
-    model = p.model.split('/')[-1]
+def base_model(model:str)->str:
+    "The Gemma-2 a preset's model stands for: 'google/gemma-2-2b' and 'random:gemma-2-2b' are both 'gemma-2-2b'"
+    return model.removeprefix('random:').split('/')[-1]
+
+def _gemmascope_rows(p:Preset, width:int)->pd.DataFrame:
+    model = base_model(p.model)
     check_choice('model (for the gemmascope family)', model, REPOS)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
-    saes = {f'gemmascope-F{width}-l0_{l0}': load_gemmascope(model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
-            for l0 in rows.average_l0}
+    return rows
+
+def _gemmascope_loaders(p:Preset, width:int)->dict:
+    "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
+    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(load_gemmascope, base_model(p.model), p.layer, width, int(l0),
+                                                              local_dir=p.gemmascope_dir) for l0 in _gemmascope_rows(p, width).average_l0}
+
+def gemmascope_family(p:Preset, width:int)->dict:
+    "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
+    saes = {name: f() for name, f in _gemmascope_loaders(p, width).items()}
     for name, s in saes.items(): s.cfg['name'] = name
     return saes
 
-def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
-    "Train (or load) every family's SAE sweep at every width; return name -> SAE"
-    out = Path(out); saes = {}
+class SAEStore(Mapping):
+    "The run's SAEs by name, read from disk on each access, so a paper-scale sweep never has to fit in memory at once"
+    def __init__(self, loaders:dict, device=None): self.loaders, self.device = dict(loaders), device
+    def __iter__(self): return iter(self.loaders)
+    def __len__(self): return len(self.loaders)
+    def __repr__(self): return f'SAEStore({len(self)} SAEs: {", ".join(list(self)[:3])}{", ..." if len(self) > 3 else ""})'
+    def __getitem__(self, name:str):
+        s = self.loaders[name]()
+        s.cfg['name'] = name
+        return s.to(self.device or default_device())
+
+def sae_groups(saes:Mapping, # name -> SAE (a dict or an `SAEStore`)
+               n:int|None, # SAEs per group (None: all at once)
+              ):
+    "Dicts of at most `n` SAEs, loaded one group at a time"
+    names = list(saes); n = n or max(len(names), 1)
+    for i in range(0, len(names), n): yield {k: saes[k] for k in names[i:i + n]}
+
+def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
+    "Train every family's SAE sweep at every width (`p.sae_group` SAEs at a time, finished ones reused); return them by name"
+    out = Path(out); loaders = {}
     for family, width in itertools.product(p.families, p.widths):
-        if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
+        if family == 'gemmascope': loaders.update(_gemmascope_loaders(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
-        if all((fdir/c.label/'config.json').exists() for c in cfgs):
-            saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
-        cache = ActivationCache(out/'cache'/f'{corpus}-train')
-        meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
-        res = train_saes(cfgs, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
-                         ckpt_every=max(1, cfgs[0].n_steps // 5), log_every=max(1, cfgs[0].n_steps // 50), progress=progress)
-        saes.update({c.label: s.cpu() for c, (s, _) in zip(cfgs, res)})   # off the GPU while the next group trains
-    dev = default_device()
-    for name, s in saes.items(): s.cfg.setdefault('name', name); s.to(dev)
-    return saes
+        loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
+        for i in range(0, len(cfgs), p.sae_group or len(cfgs)):
+            grp = cfgs[i:i + (p.sae_group or len(cfgs))]
+            if all((fdir/c.label/'config.json').exists() for c in grp): continue
+            cache = ActivationCache(out/'cache'/f'{corpus}-train')
+            meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
+            train_saes(grp, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
+                       ckpt_every=max(1, grp[0].n_steps // 5), log_every=max(1, grp[0].n_steps // 50), progress=progress)
+            shutil.rmtree(fdir/'checkpoint', ignore_errors=True)   # the group is saved; the next group starts its own
+    return SAEStore(loaders)
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
@@ -194,15 +232,16 @@ def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
     return df
 
-def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
-    "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
-    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
-                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
-                         for k, s in saes.items()])
+def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True)->pd.DataFrame:
+    "Evaluate every SAE (`p.sae_group` at a time) on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
     def compute(corpus, fn):
-        df = evaluate(saes, lm or load_model(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
-                      bos=p.bos, progress=progress, eval_corpus=corpus)
-        return meta.merge(df, on='name')
+        texts, parts = list(fn('test', source=p.source, limit=p.eval_texts)), []
+        for grp in sae_groups(saes, p.sae_group):
+            meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                                      target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in grp.items()])
+            df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress, eval_corpus=corpus)
+            parts.append(meta.merge(df, on='name')); del grp
+        return pd.concat(parts, ignore_index=True)
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
                       for corpus, fn in CORPORA.items()], ignore_index=True)
 
@@ -224,16 +263,19 @@ SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
-    return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
-        saes, lm or load_model(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
-        p.layer, max_len=p.eval_max_len, bos=p.bos))
+    def compute():
+        return pd.concat([domain_specificity_summary(grp, lm or load_model(p), medical_qa('test', source=p.source, limit=n),
+                                                     general_text('test', source=p.source, limit=n), p.layer, max_len=p.eval_max_len, bos=p.bos)
+                          for grp in sae_groups(saes, p.sae_group)], ignore_index=True)
+    return _per_sae_csv(Path(out)/'specificity.csv', saes, compute)
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
 def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
-    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer))
+    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(
+        saes, lm or load_model(p), p.layer, max_per_letter=p.absorption_words, max_parents=p.absorption_parents))
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
