@@ -9,10 +9,11 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import atomic_write, check_choice, default_device, in_test
+from .core import atomic_write, check_choice, check_range, default_device, in_test
 from .data import general_text, medical_qa
 import functools, itertools, json, os, shutil
 from collections.abc import Mapping
+from typing import Iterator
 import numpy as np
 from .darkmatter import dark_matter_sae
 from .gemmascope import LADDER, REPOS, load_gemmascope
@@ -23,14 +24,15 @@ from .models import load_lm, tiny_lm
 from .plots import paper_reference, pareto
 from .sae import load_sae
 from .train import TrainConfig, train_saes
-from .trace import ActivationCache, cache_activations
+from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_activations
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'train_configs', 'base_model', 'gemmascope_family', 'SAEStore', 'sae_groups', 'stage_saes',
-           'prepare', 'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
-           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'base_model', 'gemmascope_family',
+           'SAEStore', 'sae_groups', 'stage_saes', 'prepare', 'stream_batches', 'stage_eval', 'stage_darkmatter',
+           'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
+           'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -57,25 +59,38 @@ class Preset:
     buffer_tokens:int=250_000 # shuffling-buffer capacity
     eval_texts:int=200        # held-out texts per corpus for evaluation
     eval_max_len:int=1024     # tokens per evaluation text
-    sae_group:int|None=None   # SAEs trained (and evaluated) at once (None: a whole sweep); fewer fit a smaller memory
+    hub_root:str|None=None    # a local mirror of the hub datasets (`salmon.data.write_hub_fixtures`; None: $SALMON_HUB_ROOT, else the hub)
+    mix_seed:int|None=None    # mix the medical sources in a seeded random order (None: file / source order)
+    stream:bool=False         # train straight from the LM through the shuffling buffer (no training cache on disk)
+    lm_dtype:str|None=None    # LM weights and compute dtype (None: bf16 on CUDA, fp32 on CPU)
+    group_size:int|None=None  # SAEs trained at once on one stream (None: all target L0s of a width together)
+    buffer_dtype:str='float32' # dtype of the streamed shuffling buffer (and of its state in checkpoints)
+    probe_tokens:int=64_800   # streamed runs: medical training tokens cached for the dark-matter probes (the paper's 60 % of 108k rows)
+    eval_per_source:int=0     # held-out medical texts per source for the per-source table (0: none)
+    eval_group:int|None=None  # SAEs held in memory at once after training, evaluated together (None: all of them)
     absorption_words:int=40   # words per letter of the first-letter absorption task
     absorption_parents:int|None=None # parents of the medical concept hierarchy used (None: all)
 
     def __post_init__(self):
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
         if 'domain' not in self.families: raise ValueError(f'families={self.families!r} has no domain family; every comparison is against it')
-        if self.sae_group is not None: check_range('sae_group', self.sae_group, 1)
         if not self.widths or not self.target_l0s: raise ValueError(f'widths={self.widths!r} and target_l0s={self.target_l0s!r} must not be empty')
+        if self.lm_dtype is not None: check_choice('lm_dtype', self.lm_dtype, ('float32', 'bfloat16', 'float16'))
+        check_choice('buffer_dtype', self.buffer_dtype, ('float32', 'bfloat16', 'float16'))
+        if self.group_size is not None: check_range('group_size', self.group_size, 1)
+        if self.eval_group is not None: check_range('eval_group', self.eval_group, 1)
+
+_PAPER_DATA = dict(source='hub', mix_seed=0, stream=True, batch_size=4, cache_dtype='bfloat16', buffer_dtype='bfloat16', eval_per_source=50)
 
 PRESETS = {p.name: p for p in [
     Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, widths=(256,), target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
     Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', widths=(1024,), target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
-    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
-           general_texts=4_000, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
-           general_texts=4_000, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'buffer_dtype': 'float32'}, lm_dtype='float32', group_size=1,
+           widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
 
 def get_preset(name:str)->Preset:
@@ -93,7 +108,7 @@ def results_dir()->Path:
 
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
 def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
-                dry_run:bool=False, # the preset's dry run: random-weight model, local hub-schema data and GemmaScope mirror
+                dry_run:bool=False, # the preset's dry run instead: random-weight model, local hub-schema data and GemmaScope mirror
                )->tuple:    # (Preset, baseline families, the paper's numbers)
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
@@ -108,7 +123,7 @@ CORPORA = dict(medical=medical_qa, general=general_text)
 @functools.lru_cache(maxsize=1)
 def load_model(p:Preset):
     "The preset's model, loaded once per process however many stages (and notebooks) need it"
-    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
+    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model, dtype=getattr(torch, p.lm_dtype) if p.lm_dtype else None)
 
 def _mean_norm(cache:ActivationCache)->float:
     "Mean L2 norm of the cached activations (float64 accumulation)"
@@ -123,12 +138,16 @@ def stage_caches(p:Preset, # the run's preset
     "Trace each corpus's training split into a cache (reusing finished caches); summarise them"
     out = Path(out); rows = []; lm = None
     for (corpus, fn), split in itertools.product(CORPORA.items(), ('train', 'test')):
+        if p.stream and split == 'train':    # streamed runs train from the LM; only the dark-matter probes need training rows
+            if corpus != 'medical': continue
+            split = 'probe'
         path = out/'cache'/f'{corpus}-{split}'
         try: reused = ActivationCache(path).complete
         except FileNotFoundError: reused = False
         if not reused and lm is None: lm = load_model(p)
         n_train = p.general_texts if corpus == 'general' and p.general_texts else p.train_texts
-        texts = fn(split, source=p.source, limit=n_train if split == 'train' else p.eval_texts * 4)
+        texts = (probe_texts(p, lambda: lm) if split == 'probe' else
+                 preset_texts(p, corpus, split, limit=n_train if split == 'train' else p.eval_texts * 4))
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
         m = c.manifest
@@ -136,6 +155,29 @@ def stage_caches(p:Preset, # the run's preset
                          truncated=m['n_truncated'], seconds=m['seconds'], tok_per_s=m['n_tokens'] / max(m['seconds'], 1e-9),
                          mean_norm=_mean_norm(c), reused=reused))
     return pd.DataFrame(rows)
+
+# %% ../nbs/95_pipeline.ipynb #f1a7c3e5
+def preset_texts(p:Preset, # the run's preset
+                 corpus:str, # 'medical' or 'general'
+                 split:str, # 'train', 'test' or 'all'
+                 limit:int|None=None, # stop after this many texts
+                 with_meta:bool=False, # yield dicts with 'text' (and 'source_dataset' for the medical corpus)
+                ):
+    "The texts of one corpus split as the preset reads them"
+    fn = CORPORA[check_choice('corpus', corpus, CORPORA)]
+    kw = dict(mix_seed=p.mix_seed) if corpus == 'medical' else {}
+    return fn(split, source=p.source, limit=limit, with_meta=with_meta, root=p.hub_root, **kw)
+
+def probe_texts(p:Preset, # a streamed preset
+                lm, # a function returning the LM (its tokenizer counts the tokens; called only when iterated)
+               )->Iterator[str]:
+    "The first medical training texts holding `p.probe_tokens` tokens as traced (truncated to `max_len`, BOS per `p.bos`)"
+    got = 0
+    for t in preset_texts(p, 'medical', 'train'):
+        if got >= p.probe_tokens: return
+        tok = lm().tokenizer; ids = tok(t, add_special_tokens=True)['input_ids'][:p.max_len]
+        got += len(ids) - int(p.bos == 'drop' and tok.bos_token_id is not None and ids[0] == tok.bos_token_id)
+        yield t
 
 # %% ../nbs/95_pipeline.ipynb #44f90790
 FAMILIES = dict(domain='medical', broad='general')
@@ -156,18 +198,15 @@ def base_model(model:str)->str:
     "The Gemma-2 a preset's model stands for: 'google/gemma-2-2b' and 'random:gemma-2-2b' are both 'gemma-2-2b'"
     return model.removeprefix('random:').split('/')[-1]
 
-def _gemmascope_rows(p:Preset, width:int)->pd.DataFrame:
+def _gemmascope_loaders(p:Preset, width:int)->dict:
+    "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
     model = base_model(p.model)
     check_choice('model (for the gemmascope family)', model, REPOS)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
-    return rows
-
-def _gemmascope_loaders(p:Preset, width:int)->dict:
-    "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
-    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(load_gemmascope, base_model(p.model), p.layer, width, int(l0),
-                                                              local_dir=p.gemmascope_dir) for l0 in _gemmascope_rows(p, width).average_l0}
+    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(load_gemmascope, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
+            for l0 in rows.average_l0}
 
 def gemmascope_family(p:Preset, width:int)->dict:
     "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
@@ -189,26 +228,29 @@ class SAEStore(Mapping):
 def sae_groups(saes:Mapping, # name -> SAE (a dict or an `SAEStore`)
                n:int|None, # SAEs per group (None: all at once)
               ):
-    "Dicts of at most `n` SAEs, loaded one group at a time"
+    "Dicts of at most `n` SAEs, each group loaded only when reached"
     names = list(saes); n = n or max(len(names), 1)
     for i in range(0, len(names), n): yield {k: saes[k] for k in names[i:i + n]}
 
 def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
-    "Train every family's SAE sweep at every width (`p.sae_group` SAEs at a time, finished ones reused); return them by name"
+    "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused); return them by name, on disk"
     out = Path(out); loaders = {}
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': loaders.update(_gemmascope_loaders(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
+        groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
+        meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
         loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
-        for i in range(0, len(cfgs), p.sae_group or len(cfgs)):
-            grp = cfgs[i:i + (p.sae_group or len(cfgs))]
+        for g, grp in enumerate(groups):
             if all((fdir/c.label/'config.json').exists() for c in grp): continue
-            cache = ActivationCache(out/'cache'/f'{corpus}-train')
-            meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
-            train_saes(grp, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
-                       ckpt_every=max(1, grp[0].n_steps // 5), log_every=max(1, grp[0].n_steps // 50), progress=progress)
-            shutil.rmtree(fdir/'checkpoint', ignore_errors=True)   # the group is saved; the next group starts its own
+            src = (stream_batches(p, corpus, load_model(p)) if p.stream else
+                   _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
+            ckpt = fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}')
+            train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, streamed=p.stream), progress=progress, ckpt_dir=ckpt,
+                       ckpt_every=max(1, cfgs[0].n_steps // (20 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                       **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
+            shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoint (4× their size) is only disk now
     return SAEStore(loaders)
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
@@ -220,6 +262,17 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
     out = _run_dir(p, out)
     stage_caches(p, out, progress=progress)
     return stage_saes(p, out, progress=progress)
+
+# %% ../nbs/95_pipeline.ipynb #d2e3f4a5
+def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
+                   corpus:str, # 'medical' or 'general'
+                   lm, # the preset's LM
+                   seed:int=0, # buffer seed
+                  )->ActivationBuffer:
+    "Training batches traced on the fly: the corpus's training split, one example per context, through the shuffling buffer"
+    stream = ActivationStream(lm, preset_texts(p, corpus, 'train'), p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
+                              progress=False, desc=f'streaming {corpus}')
+    return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
@@ -233,10 +286,10 @@ def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     return df
 
 def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True)->pd.DataFrame:
-    "Evaluate every SAE (`p.sae_group` at a time) on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
+    "Evaluate every SAE (`p.eval_group` at a time) on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
     def compute(corpus, fn):
-        texts, parts = list(fn('test', source=p.source, limit=p.eval_texts)), []
-        for grp in sae_groups(saes, p.sae_group):
+        texts, parts = list(preset_texts(p, corpus, 'test', p.eval_texts)), []
+        for grp in sae_groups(saes, p.eval_group):
             meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
                                       target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in grp.items()])
             df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress, eval_corpus=corpus)
@@ -250,7 +303,7 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
     out = Path(out)
     def compute():
-        tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
+        tr, te = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train')), ActivationCache(out/'cache'/'medical-test')
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
         rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
                                                   split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
@@ -264,9 +317,9 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
     def compute():
-        return pd.concat([domain_specificity_summary(grp, lm or load_model(p), medical_qa('test', source=p.source, limit=n),
-                                                     general_text('test', source=p.source, limit=n), p.layer, max_len=p.eval_max_len, bos=p.bos)
-                          for grp in sae_groups(saes, p.sae_group)], ignore_index=True)
+        return pd.concat([domain_specificity_summary(grp, lm or load_model(p), preset_texts(p, 'medical', 'test', n),
+                                                     preset_texts(p, 'general', 'test', n), p.layer, max_len=p.eval_max_len, bos=p.bos)
+                          for grp in sae_groups(saes, p.eval_group)], ignore_index=True)
     return _per_sae_csv(Path(out)/'specificity.csv', saes, compute)
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3

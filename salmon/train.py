@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #adfb0d89
 from __future__ import annotations
-import dataclasses, itertools, json, math, time, warnings
+import collections, dataclasses, itertools, json, math, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable
@@ -237,13 +237,14 @@ def _norm_factor(batches:list[Tensor])->float:
     if not math.isfinite(c) or c == 0: raise ValueError(f'cannot normalise: mean squared norm of the first {n} activations is {s / n!r}')
     return c
 
-def _ckpt_save(path:Path, trainers:list[SAETrainer], state:dict, history:list[list[dict]]):
+def _ckpt_save(path:Path, trainers:list[SAETrainer], state:dict, history:list[list[dict]], stream:dict|None=None):
     with atomic_dir(path, overwrite=True) as tmp:
         for i, tr in enumerate(trainers):
             (tmp/f'sae_{i}.safetensors').write_bytes(st_save({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}))
         torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
                         rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), tmp/'state.pt')
         (tmp/'state.json').write_text(json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)))
+        if stream is not None: torch.save(stream, tmp/'stream.pt')       # a resumable source's position (see `train_saes`)
 
 def _ckpt_load(path:Path, trainers:list[SAETrainer], configs:list[TrainConfig])->tuple[dict, list]:
     meta = json.loads((path/'state.json').read_text())
@@ -263,6 +264,12 @@ def _ckpt_load(path:Path, trainers:list[SAETrainer], configs:list[TrainConfig])-
     return meta, meta['history']
 
 # %% ../nbs/06_train.ipynb #08ece4aa
+class _Lookahead:
+    "Iterator: the batches in `look` first (read ahead, or saved in a checkpoint), then the source's"
+    def __init__(self, look:collections.deque, src): self.look, self.src = look, src
+    def __iter__(self): return self
+    def __next__(self): return self.look.popleft() if self.look else next(self.src)
+
 @torch.enable_grad()                      # trains even when called under torch.no_grad()
 def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_tokens)
                activations:Iterable[Tensor], # batches [batch_size, d] (an `ActivationBuffer`, `ActivationCache.batches(...)`, ...)
@@ -278,6 +285,7 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                device:str|torch.device|None=None, # training device (default: CUDA if available)
                max_steps:int|None=None, # stop after this many steps (the schedule still spans n_tokens)
                progress:bool=True, # tqdm bar with tokens/s
+               ckpt_dir:str|Path|None=None, # checkpoint folder (default: `out_dir/checkpoint`)
               )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
     "Train one SAE per config on a single pass over `activations`; every batch is read once and used by all"
     if isinstance(configs, TrainConfig): configs = [configs]
@@ -295,9 +303,14 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
     if max_steps is not None: n_steps = min(n_steps, max_steps)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt = out_dir/'checkpoint' if out_dir is not None else None
+    ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoint') if out_dir is not None else None
 
-    it = iter(activations)
+    stateful = bool(getattr(activations, 'resumable', False))   # the source records its position (a streamed buffer)
+    look = collections.deque()                                   # batches read but not yet trained on (C's head, a resumed run's)
+    if resume and stateful and ckpt is not None and (ckpt/'stream.pt').exists():
+        ss = torch.load(ckpt/'stream.pt', weights_only=True)
+        activations.load_state_dict(ss['source']); look.extend(ss['lookahead'])
+    it = _Lookahead(look, iter(activations))
     first = next(it, None)
     if first is None: raise ValueError('activations is empty')
     if not isinstance(first, Tensor) or first.ndim != 2: raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {type(first).__name__} {getattr(first, "shape", "")}')
@@ -310,18 +323,20 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
         st, history = _ckpt_load(ckpt, trainers, configs)
         C, t0_step = st['norm_factor'], st['step']
         if st['d_model'] != d: raise ValueError(f'checkpoint is for d_model={st["d_model"]}, the stream has {d}')
-        stream = itertools.chain([first], it)
-        for _ in range(t0_step):
-            if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
+        look.appendleft(first); stream = it
+        if not (stateful and (ckpt/'stream.pt').exists()):        # a source without a saved position is re-read up to the checkpoint
+            for _ in range(t0_step):
+                if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
     else:
         if norm_factor == 'auto':
             head = [first] + list(itertools.islice(it, max(0, math.ceil(norm_tokens / B) - 1)))
             C = _norm_factor(head)
-            stream = itertools.chain(head, it)
+            look.extend(head)
         else:
             C = float(norm_factor)
             if not math.isfinite(C) or C <= 0: raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
-            stream = itertools.chain([first], it)
+            look.appendleft(first)
+        stream = it
     inv_c = 1.0 / C
     state = dict(step=t0_step, d_model=d, norm_factor=C, configs=json.loads(json.dumps([asdict(c) for c in configs])))
     dtypes = sorted({tr.sae.dtype for tr in trainers}, key=str)
@@ -346,7 +361,8 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                 for h, tr in zip(history, trainers): h.append(tr.log_row(t, (t + 1) * B, dead_window))
                 r = history[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
             if ckpt is not None and ((t + 1) % ckpt_every == 0 or t + 1 == n_steps):
-                state['step'] = t + 1; _ckpt_save(ckpt, trainers, state, history)
+                state['step'] = t + 1
+                _ckpt_save(ckpt, trainers, state, history, dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None)
         else: t = n_steps
     finally: bar.close()
     results = []
