@@ -16,11 +16,12 @@ PIN := $(if $(HAS_CUDA),,-c constraints.txt)
 PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
 DEPS := settings.ini setup.py constraints.txt pyproject.toml
 
-.PHONY: help demo test check install-demo install-dev export clean-nbs bench
+.PHONY: help demo test check install-demo install-dev export clean-nbs bench dryrun
 help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
 	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
+	@echo "make dryrun the gemma-2-2b preset on CPU with no hub: random-weight Gemma-2 2B, true shapes (~12 GiB RAM)"
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -59,3 +60,8 @@ export: install-dev
 
 bench: install-dev
 	$(PY) -m salmon.bench all
+
+# every stage of the gemma-2-2b paper preset on CPU, no hub, at the true shapes; prints time and peak memory per stage
+DRYRUN_PRESET ?= gemma-2-2b
+dryrun: install-demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m salmon reproduce --preset $(DRYRUN_PRESET) --dry-run --no-progress

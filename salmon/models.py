@@ -260,10 +260,10 @@ def gemma2_config(name:str, # a key of `GEMMA2`
 def random_lm(name:str='gemma-2-2b', # a key of `GEMMA2`
               *,
               dtype:torch.dtype=torch.bfloat16, # weight dtype (the paper presets run bf16)
-              device:str|torch.device='cpu', # 'meta' builds the shapes only (no memory, no weights)
+              device:str|torch.device='cpu', # 'meta': shapes only (no memory, no weights), returned as the bare torch module
               seed:int=0, # initialisation seed
               vocab_size:int=4096, # of the project-trained stand-in tokenizer (its ids are < the model's vocabulary)
-             ):  # an nnsight `TransformersModel`
+             ):  # an nnsight `TransformersModel` (on meta: the `Gemma2ForCausalLM`)
     "Gemma-2 `name` at its true shapes with random weights (N(0, 0.02) matrices, unit RMSNorm scales), wrapped for nnsight"
     from transformers import Gemma2ForCausalLM
     cfg = gemma2_config(name); dev = torch.device(device)
@@ -280,4 +280,4 @@ def random_lm(name:str='gemma-2-2b', # a key of `GEMMA2`
             rot = model.model.rotary_emb
             with torch.device(dev): model.model.rotary_emb = type(rot)(config=cfg)
     model.config._name_or_path = f'random:{name}'
-    return _wrap(model, tiny_tokenizer(vocab_size))
+    return model if dev.type == 'meta' else _wrap(model, tiny_tokenizer(vocab_size))   # nnsight would move meta weights

@@ -32,7 +32,7 @@ __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 
            'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'base_model', 'gemmascope_family',
            'SAEStore', 'sae_groups', 'stage_saes', 'prepare', 'stream_batches', 'stage_eval', 'stage_darkmatter',
            'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
-           'results_table', 'figures', 'run', 'gpu_estimate']
+           'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
     if dry_run and not in_test():
-        from .dryrun import dry_run_preset
+        from salmon.dryrun import dry_run_preset
         p = dry_run_preset(p)
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
 
@@ -478,35 +478,105 @@ GPUS = {  # dense peak TFLOP/s (fp32 via TF32 for SAE training, bf16 for the LM)
     'T4': dict(train=8.1, lm=8.1, mem=15),  # no TF32 and no bf16 tensor cores: Gemma-2 (bf16) runs at fp32 rate
     'L4': dict(train=60, lm=121, mem=22), 'A100-40GB': dict(train=156, lm=312, mem=40),
     'A100-80GB': dict(train=156, lm=312, mem=80), 'H100-80GB': dict(train=495, lm=989, mem=80)}
-MODELS = {'google/gemma-2-2b': dict(params=2.61e9, d=2304, layers=26), 'google/gemma-2-9b': dict(params=9.24e9, d=3584, layers=42),
-          'gemma-3-270m': dict(params=0.268e9, d=640, layers=18)}
+MODELS = {  # parameters, residual width, blocks, vocabulary, query heads, MLP width
+    'google/gemma-2-2b': dict(params=2.614e9, d=2304, layers=26, vocab=256_000, heads=8, ff=9216),
+    'google/gemma-2-9b': dict(params=9.242e9, d=3584, layers=42, vocab=256_000, heads=16, ff=14336),
+    'gemma-3-270m': dict(params=0.268e9, d=640, layers=18, vocab=262_144, heads=4, ff=2048)}
 MEDICAL_TOKENS_PER_TEXT = 185   # measured: the shipped medical corpus, Gemma tokenizer
+
+def model_key(model:str)->str:
+    "The `MODELS` key of a preset's model ('random:gemma-2-2b' stands for 'google/gemma-2-2b')"
+    return f"google/{model.removeprefix('random:')}" if model.startswith('random:') else model
+
+def sae_bytes(d:int, F:int)->int:
+    "Bytes of one fp32 JumpReLU SAE: W_enc, W_dec, b_enc, θ, b_dec"
+    return 4 * (2 * d * F + 2 * F + d)
+
+def _eval_groups(p:Preset)->list[list[int]]:
+    "Widths of the SAEs in each evaluation group, in `stage_saes`' order"
+    n_gs = lambda w: int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
+    ws = [w for f in p.families for w in p.widths for _ in range(n_gs(w) if f == 'gemmascope' else len(p.target_l0s))]
+    n = p.eval_group or len(ws)
+    return [ws[i:i + n] for i in range(0, len(ws), n)]
+
+def stage_memory(p:Preset|str, # preset (or its name)
+                 device:str='cuda', # 'cuda': what the GPU holds; 'cpu': everything (the dry run's device)
+                 seq_len:int|None=None, # longest tokenized text of a forward (default: `p.max_len`)
+                 eval_tokens:int|None=None, # tokens of one held-out corpus's evaluation texts (default: `eval_texts · seq_len`)
+                 probe_tokens:int|None=None, # rows of the dark-matter training cache (default: `p.probe_tokens`)
+                 abs_tokens:int=2_000, # rows of the absorption tasks
+                )->dict: # stage -> bytes at its peak
+    "Peak tensor memory of each pipeline stage: weights, SAE state and the stage's largest transients"
+    p = p if isinstance(p, Preset) else get_preset(p)
+    m = MODELS[check_choice('model', model_key(p.model), MODELS)]
+    d, V, H, ff = m['d'], m['vocab'], m['heads'], m['ff']
+    s = 4 if (p.lm_dtype or ('bfloat16' if device == 'cuda' else 'float32')) == 'float32' else 2
+    cpu = device == 'cpu'; T = seq_len or p.max_len; B = p.batch_size
+    lm = m['params'] * s
+    act = lambda b, t: b * t * (4 * d + 3 * ff) * s + b * H * t * t * (2 * s + 8)    # one block's transients, eager attention
+    S = functools.partial(sae_bytes, d)
+    out = {}
+    # caching: the LM, one forward's transients; on the host the rows of a shard (fp32) and their concatenation
+    out['caching'] = lm + act(B, T) + cpu * 2 * 4 * d * min(65_536, (probe_tokens or p.probe_tokens))
+    # a training group: params, Adam m and v, the folded copies at the end, one trainer's gradients, the fused step's B×F buffers
+    Bt, g = p.train_batch, p.group_size or len(p.target_l0s)
+    host = p.buffer_tokens * d * (2 if p.buffer_dtype != 'float32' else 4) + 4 * d * min(100_000, p.train_tokens // 10 if p.stream else 100_000)
+    out['training'] = max(lm + g * (4 * S(F) + 8 * F) + S(F) + Bt * F * 9 + (S(F) if not cpu else 4 * d * F) + cpu * host
+                          for F in p.widths)
+    # evaluation: the group's SAEs, the stored clean sweep, per batch every variant and the logits chunks, reconstruction's
+    # float64 copies of one [4096, F] latent block
+    N = eval_tokens or p.eval_texts * min(T, p.eval_max_len)
+    Te = min(T, p.eval_max_len)
+    out['evaluation'] = max(lm + sum(S(F) for F in ws) + 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
+                            + 3 * 128 * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    # dark matter: one SAE at a time on 8192-row chunks of the probe and test caches
+    R = min(8192, (probe_tokens or p.probe_tokens))
+    out['darkmatter'] = lm + max(S(F) + R * F * 5 + R * d * 12 for F in p.widths)
+    # absorption: the probe tasks' activations and one SAE's latents on them
+    out['absorption'] = lm + act(B, 32) + max(S(F) + min(4096, abs_tokens) * F * 9 for F in p.widths) + 4 * abs_tokens * d * 2
+    return out
 
 def gpu_estimate(p:Preset|str, # preset (or its name)
                  gpu:str='A100-40GB', # a key of `GPUS`
                  train_util:float=0.6, # sustained fraction of matmul peak in SAE training
                  lm_util:float=0.35, # sustained fraction of bf16 peak in LM forwards
+                 measured:str|Path|dict|None=None, # a `python -m salmon.bench gpu` JSON: its measured rates replace the utilisations
                 )->dict:
-    "Estimated hours, GPU memory and disk of a preset's pipeline on `gpu` (FLOP-based; see the text)"
+    "Estimated hours, GPU memory and disk of a preset's pipeline on `gpu` (FLOP-based, or from measured rates; see the text)"
     p = p if isinstance(p, Preset) else get_preset(p)
-    g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', p.model, MODELS)]
+    g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', model_key(p.model), MODELS)]
     trained = [f for f in p.families if f != 'gemmascope']
-    n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == p.model.split('/')[-1]) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
+    n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
             for w in p.widths}   # GemmaScope SAEs per width
-    cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
+    gen_tok = ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
+    cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + gen_tok
     eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len))
     per_width = {w: len(trained) * len(p.target_l0s) + n_gs[w] for w in p.widths}   # SAEs evaluated per width
+    n_groups = len(trained) * len(p.widths) * -(-len(p.target_l0s) // (p.group_size or len(p.target_l0s)))
+    lm_tok = n_groups * p.train_tokens + p.probe_tokens if p.stream else cache_tok   # a streamed run traces every group's tokens
     n_sae = sum(per_width.values())
     after = (m['layers'] - p.layer - 1) / m['layers']
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
-    hours = dict(cache=2 * m['params'] * (p.layer + 1) / m['layers'] * cache_tok / lm_rate / 3600,
+    hours = dict(cache=2 * m['params'] * (p.layer + 1) / m['layers'] * lm_tok / lm_rate / 3600,
                  train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
                  evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
+    source = 'estimated'
+    if measured is not None:
+        r = measured if isinstance(measured, dict) else json.loads(Path(measured).read_text())
+        if r.get('model') != model_key(p.model).split('/')[-1]:
+            raise ValueError(f"measured rates are for {r.get('model')!r}; preset {p.name!r} runs {p.model!r}")
+        if r.get('gpu') != gpu: raise ValueError(f"measured rates are from gpu={r.get('gpu')!r}; estimate asked for gpu={gpu!r}")
+        tr = {int(k): v for k, v in r['train_tok_s'].items()}
+        miss = [w for w in p.widths if w not in tr]
+        if miss: raise ValueError(f'measured rates lack SAE training at widths {miss}; they have {sorted(tr)}')
+        hours = dict(cache=lm_tok / r['lm_tok_s'] / 3600,
+                     train=sum(p.train_tokens / tr[w] for w in p.widths) * len(trained) * len(p.target_l0s) / 3600,
+                     evaluate=eval_tok * n_sae / r['loss_recovered_tok_s'] / 3600)
+        source = 'measured'
     hours['total'] = 1.1 * sum(hours.values())
-    sae_gb = lambda w: 2 * m['d'] * w * 4 / 2**30                       # fp32 encoder + decoder
-    train_gb = max(len(p.target_l0s) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
-    lm_gb = 2 * m['params'] / 2**30
-    eval_gb = lm_gb + sum(sae_gb(w) * n for w, n in per_width.items())
-    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, **{f'{k}_h': v for k, v in hours.items()},
+    mem = stage_memory(p, 'cuda')
+    train_gb, eval_gb = mem['training'] / 2**30, max(v for k, v in mem.items() if k != 'training') / 2**30
+    return dict(preset=p.name, gpu=gpu, source=source, n_saes=n_sae, lm_tokens=lm_tok, **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
-                disk_gib=cache_tok * m['d'] * 2 / 2**30)
+                disk_gib=((p.probe_tokens if p.stream else cache_tok) * m['d'] * 2 + sum(sae_bytes(m['d'], w) * n for w, n in per_width.items())
+                          + 4 * (p.group_size or len(p.target_l0s)) * sae_bytes(m['d'], max(p.widths))) / 2**30)   # caches, SAEs, a checkpoint
