@@ -62,7 +62,7 @@ class TensorMemory(TorchDispatchMode):
         return pd.DataFrame(self.at_peak, columns=['bytes', 'op', 'shape', 'dtype'])
 
 # %% ../nbs/96_dryrun.ipynb #b707b6c4
-DRY = dict(batch_size=2, max_len=16, eval_max_len=16, train_batch=16, buffer_tokens=32, probe_tokens=48, eval_texts=1,
+DRY = dict(batch_size=2, max_len=16, eval_max_len=16, train_batch=8, buffer_tokens=16, probe_tokens=32, eval_texts=1,
            absorption_words=1, absorption_parents=2, group_size=1, eval_group=6, eval_per_source=0)
 
 def dry_run_root()->Path:

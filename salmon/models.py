@@ -268,6 +268,8 @@ def random_lm(name:str='gemma-2-2b', # a key of `GEMMA2`
     from transformers import Gemma2ForCausalLM
     cfg = gemma2_config(name); dev = torch.device(device)
     with torch.device('meta'): model = Gemma2ForCausalLM(cfg).to(dtype)    # shapes only: no init pass over 2.6B weights
+    tied = cfg.tie_word_embeddings
+    if tied: model.lm_head.weight = None                   # `to_empty` would give the head its own 1.2 GB copy; tied below
     if dev.type != 'meta':
         model = model.to_empty(device=dev)
         g = torch.Generator(device=dev).manual_seed(seed)
@@ -279,5 +281,6 @@ def random_lm(name:str='gemma-2-2b', # a key of `GEMMA2`
                 if hasattr(m, 'embed_scale') and torch.is_tensor(m.embed_scale): m.embed_scale.fill_(cfg.hidden_size ** 0.5)
             rot = model.model.rotary_emb
             with torch.device(dev): model.model.rotary_emb = type(rot)(config=cfg)
+    if tied: model.lm_head.weight = model.model.embed_tokens.weight   # one tensor, as in Gemma
     model.config._name_or_path = f'random:{name}'
     return model if dev.type == 'meta' else _wrap(model, tiny_tokenizer(vocab_size))   # nnsight would move meta weights

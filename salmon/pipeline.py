@@ -87,8 +87,10 @@ PRESETS = {p.name: p for p in [
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
     Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', widths=(1024,), target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
-    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope'),
+           eval_group=12),   # 12 SAEs on the card at once: evaluation fits an A100 40 GB (`stage_memory`)
+    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope'),
+           eval_group=12),
     Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'buffer_dtype': 'float32'}, lm_dtype='float32', group_size=1,
            widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
@@ -523,11 +525,11 @@ def stage_memory(p:Preset|str, # preset (or its name)
     host = p.buffer_tokens * d * (2 if p.buffer_dtype != 'float32' else 4) + 4 * d * min(100_000, p.train_tokens // 10 if p.stream else 100_000)
     out['training'] = max(lm + g * (4 * S(F) + 8 * F) + S(F) + Bt * F * 9 + (S(F) if not cpu else 4 * d * F) + cpu * host
                           for F in p.widths)
-    # evaluation: the group's SAEs, the stored clean sweep, per batch every variant and the logits chunks, reconstruction's
-    # float64 copies of one [4096, F] latent block
+    # evaluation: the group's SAEs, the clean sweep (kept on the host), per batch every variant and the logits chunks,
+    # reconstruction's float64 copies of one [4096, F] latent block
     N = eval_tokens or p.eval_texts * min(T, p.eval_max_len)
     Te = min(T, p.eval_max_len)
-    out['evaluation'] = max(lm + sum(S(F) for F in ws) + 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
+    out['evaluation'] = max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
                             + 3 * 128 * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
     # dark matter: one SAE at a time on 8192-row chunks of the probe and test caches
     R = min(8192, (probe_tokens or p.probe_tokens))
