@@ -16,7 +16,7 @@ from .gemmascope import write_gemmascope_mirror, WIDTHS
 from . import pipeline as pl
 
 # %% auto #0
-__all__ = ['DRY', 'TensorMemory', 'dry_run_root', 'dry_run_preset', 'dry_run']
+__all__ = ['DRY', 'TensorMemory', 'dry_run_root', 'dry_run_preset', 'dry_run', 'dry_run_report']
 
 # %% ../nbs/96_dryrun.ipynb #66712fa7
 class TensorMemory(TorchDispatchMode):
@@ -63,7 +63,7 @@ class TensorMemory(TorchDispatchMode):
 
 # %% ../nbs/96_dryrun.ipynb #b707b6c4
 DRY = dict(batch_size=2, max_len=16, eval_max_len=16, train_batch=8, buffer_tokens=16, probe_tokens=32, eval_texts=1,
-           absorption_words=1, absorption_parents=2, group_size=1, eval_group=6, eval_per_source=0)
+           absorption_words=1, absorption_parents=2, group_size=1, eval_group=4, eval_per_source=0)
 
 def dry_run_root()->Path:
     "Where the dry run's local hub data and GemmaScope mirror live ($SALMON_CACHE/dryrun)"
@@ -136,18 +136,27 @@ def dry_run(preset:str|pl.Preset='gemma-2-2b', # a paper preset (or its name)
     stage('darkmatter', lambda: pl.stage_darkmatter(q, out, saes))
     stage('specificity', lambda: pl.stage_specificity(q, out, saes))
     stage('absorption', lambda: pl.stage_absorption(q, out, saes))
+    t0 = time.time(); pl.run(q, out.parent, progress=progress); t_run = time.time() - t0
+    df = pd.DataFrame(rows + [dict(stage='tables', seconds=t_run)]).assign(**counts)
+    with atomic_write(out/'dryrun.csv', 'w') as f: df.to_csv(f, index=False)
+    print(f'\ndry run of {q.name}: {time.time() - t_all:.0f}s in all; token counts {counts}; peak = live tensor storage on the CPU\n')
+    df = dry_run_report(q, df, tol)
+    for s in df.stage[df.within == False]:
+        print(f'\n{s}: measured differs from the model by more than {tol:.0%}; largest storages at its peak:\n{tops[s].to_string(index=False)}')
+    return df
+
+def dry_run_report(q:pl.Preset|str, # the dry-run preset (or the paper preset's name: its dry run with default reductions)
+                   df:pd.DataFrame|str|Path, # `dry_run`'s table, or the `dryrun.csv` it wrote
+                   tol:float=0.2, # a stage is within the model when |measured / predicted - 1| <= tol
+                  )->pd.DataFrame:
+    "Set `stage_memory`'s predictions beside a dry run's measured peaks (for the token counts it recorded) and print them"
+    if isinstance(q, str): q = dry_run_preset(q, verbose=False)
+    df = pd.read_csv(df) if not isinstance(df, pd.DataFrame) else df.copy()
+    counts = {k: int(df[k].iloc[0]) for k in ('seq_len', 'eval_tokens', 'probe_tokens')}
     pred = pl.stage_memory(q, 'cpu', **counts)
-    df = pd.DataFrame(rows)
     df['predicted_gib'] = [pred[s] / 2**30 if s in pred else float('nan') for s in df.stage]
     df['ratio'] = df.measured_gib / df.predicted_gib
     df['within'] = (df.ratio - 1).abs().le(tol).where(df.predicted_gib.notna())
-    t0 = time.time(); pl.run(q, out.parent, progress=progress); t_run = time.time() - t0
-    df = pd.concat([df, pd.DataFrame([dict(stage='tables (run, every stage reused)', seconds=t_run)])], ignore_index=True)
-    with atomic_write(out/'dryrun.csv', 'w') as f: df.to_csv(f, index=False)
-    print(f'\ndry run of {preset if isinstance(preset, str) else preset.name}: {time.time() - t_all:.0f}s in all; '
-          f'token counts {counts}; peak = live tensor storage on the CPU\n')
     with pd.option_context('display.width', 200, 'display.float_format', '{:,.2f}'.format):
         print(df[['stage', 'seconds', 'predicted_gib', 'measured_gib', 'ratio', 'within']].to_string(index=False))
-    for s in df.stage[df.within == False]:
-        print(f'\n{s}: measured differs from the model by more than {tol:.0%}; largest storages at its peak:\n{tops[s].to_string(index=False)}')
     return df

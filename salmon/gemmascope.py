@@ -106,7 +106,7 @@ def write_gemmascope_mirror(root:str|Path, # folder to hold the repository layou
                            )->pd.DataFrame: # one row per file: width, average_l0, path, bytes, written (False: kept)
     "Write GemmaScope `params.npz` files with true names, shapes and dtypes and random values"
     import numpy as np
-    from .core import atomic_write
+    from salmon.core import atomic_write
     root = Path(root); check_choice('model', model, REPOS)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == layer)]
     if rows.empty: raise ValueError(f'no GemmaScope ladder for {model} layer {layer}')

@@ -30,9 +30,9 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
            'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'base_model', 'gemmascope_family',
-           'SAEStore', 'sae_groups', 'stage_saes', 'prepare', 'stream_batches', 'stage_eval', 'stage_darkmatter',
-           'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
-           'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
+           'SAEStore', 'sae_groups', 'per_group', 'stage_saes', 'prepare', 'stream_batches', 'stage_eval',
+           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
+           'comparison', 'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -234,6 +234,13 @@ def sae_groups(saes:Mapping, # name -> SAE (a dict or an `SAEStore`)
     names = list(saes); n = n or max(len(names), 1)
     for i in range(0, len(names), n): yield {k: saes[k] for k in names[i:i + n]}
 
+def per_group(saes:Mapping, n:int|None, fn)->pd.DataFrame:
+    "`fn(group)` for each group of at most `n` SAEs, concatenated; a group is released before the next one loads"
+    parts, it = [], sae_groups(saes, n)
+    while (grp := next(it, None)) is not None:
+        parts.append(fn(grp)); del grp
+    return pd.concat(parts, ignore_index=True)
+
 def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
     "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused); return them by name, on disk"
     out = Path(out); loaders = {}
@@ -289,14 +296,13 @@ def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
 
 def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True)->pd.DataFrame:
     "Evaluate every SAE (`p.eval_group` at a time) on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
+    def one(texts, corpus, grp):
+        meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                                  target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in grp.items()])
+        df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress, eval_corpus=corpus)
+        return meta.merge(df, on='name')
     def compute(corpus, fn):
-        texts, parts = list(preset_texts(p, corpus, 'test', p.eval_texts)), []
-        for grp in sae_groups(saes, p.eval_group):
-            meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
-                                      target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in grp.items()])
-            df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress, eval_corpus=corpus)
-            parts.append(meta.merge(df, on='name')); del grp
-        return pd.concat(parts, ignore_index=True)
+        return per_group(saes, p.eval_group, functools.partial(one, list(preset_texts(p, corpus, 'test', p.eval_texts)), corpus))
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
                       for corpus, fn in CORPORA.items()], ignore_index=True)
 
@@ -318,11 +324,9 @@ SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
-    def compute():
-        return pd.concat([domain_specificity_summary(grp, lm or load_model(p), preset_texts(p, 'medical', 'test', n),
-                                                     preset_texts(p, 'general', 'test', n), p.layer, max_len=p.eval_max_len, bos=p.bos)
-                          for grp in sae_groups(saes, p.eval_group)], ignore_index=True)
-    return _per_sae_csv(Path(out)/'specificity.csv', saes, compute)
+    return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: per_group(saes, p.eval_group, lambda grp: domain_specificity_summary(
+        grp, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n), p.layer,
+        max_len=p.eval_max_len, bos=p.bos)))
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
@@ -506,7 +510,7 @@ def stage_memory(p:Preset|str, # preset (or its name)
                  seq_len:int|None=None, # longest tokenized text of a forward (default: `p.max_len`)
                  eval_tokens:int|None=None, # tokens of one held-out corpus's evaluation texts (default: `eval_texts · seq_len`)
                  probe_tokens:int|None=None, # rows of the dark-matter training cache (default: `p.probe_tokens`)
-                 abs_tokens:int=2_000, # rows of the absorption tasks
+                 abs_tokens:int|None=None, # rows of the larger absorption task (default: from the preset's words and parents)
                 )->dict: # stage -> bytes at its peak
     "Peak tensor memory of each pipeline stage: weights, SAE state and the stage's largest transients"
     p = p if isinstance(p, Preset) else get_preset(p)
@@ -520,22 +524,28 @@ def stage_memory(p:Preset|str, # preset (or its name)
     out = {}
     # caching: the LM, one forward's transients; on the host the rows of a shard (fp32) and their concatenation
     out['caching'] = lm + act(B, T) + cpu * 2 * 4 * d * min(65_536, (probe_tokens or p.probe_tokens))
-    # a training group: params, Adam m and v, the folded copies at the end, one trainer's gradients, the fused step's B×F buffers
+    # a training group of g SAEs: params and Adam's m and v of each; during a step one trainer's gradients, the fused step's
+    # B×F buffers and the optimiser's temporaries (CUDA's foreach Adam: one more copy of the params; on the CPU: the largest
+    # matrix); after the last step the folded copies
     Bt, g = p.train_batch, p.group_size or len(p.target_l0s)
     host = p.buffer_tokens * d * (2 if p.buffer_dtype != 'float32' else 4) + 4 * d * min(100_000, p.train_tokens // 10 if p.stream else 100_000)
-    out['training'] = max(lm + g * (4 * S(F) + 8 * F) + S(F) + Bt * F * 9 + (S(F) if not cpu else 4 * d * F) + cpu * host
+    out['training'] = max(lm + max(g * 3 * S(F) + S(F) + Bt * F * 9 + (4 * d * F if cpu else S(F)), g * 4 * S(F)) + g * 8 * F + cpu * host
                           for F in p.widths)
     # evaluation: the group's SAEs, the clean sweep (kept on the host), per batch every variant and the logits chunks,
     # reconstruction's float64 copies of one [4096, F] latent block
     N = eval_tokens or p.eval_texts * min(T, p.eval_max_len)
     Te = min(T, p.eval_max_len)
     out['evaluation'] = max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
-                            + 3 * 128 * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+                            + 3 * min(128, N) * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    # specificity: the group's SAEs, their per-latent statistics, one batch's latents
+    out['specificity'] = max(lm + sum(S(F) + 64 * F for F in ws) + act(B, Te) + max(2 * B * Te * F * 4 for F in ws) for ws in _eval_groups(p))
     # dark matter: one SAE at a time on 8192-row chunks of the probe and test caches
     R = min(8192, (probe_tokens or p.probe_tokens))
     out['darkmatter'] = lm + max(S(F) + R * F * 5 + R * d * 12 for F in p.widths)
-    # absorption: the probe tasks' activations and one SAE's latents on them
-    out['absorption'] = lm + act(B, 32) + max(S(F) + min(4096, abs_tokens) * F * 9 for F in p.widths) + 4 * abs_tokens * d * 2
+    # absorption: the probe tasks' activations; one SAE and its latents on a task (k-sparse probing keeps ~5 float32/float64
+    # copies of them); the first-letter task has a word per letter, the domain task about 50 contexts per parent (20 parents)
+    n = abs_tokens or max(26 * p.absorption_words, 50 * (p.absorption_parents or 20))
+    out['absorption'] = lm + act(B, 32) + max(S(F) + 24 * n * F for F in p.widths) + 4 * n * d * 2
     return out
 
 def gpu_estimate(p:Preset|str, # preset (or its name)
