@@ -28,11 +28,12 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
-           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'base_model', 'gemmascope_family',
-           'SAEStore', 'sae_groups', 'per_group', 'stage_saes', 'prepare', 'stream_batches', 'stage_eval',
-           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
-           'comparison', 'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
+           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'salmon_source',
+           'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'base_model',
+           'gemmascope_family', 'SAEStore', 'sae_groups', 'per_group', 'stage_saes', 'prepare', 'stream_batches',
+           'pass_tokens', 'stage_eval', 'held_out_by_source', 'stage_sources', 'stage_darkmatter', 'stage_specificity',
+           'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table',
+           'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ PRESETS = {p.name: p for p in [
            eval_group=12),   # 12 SAEs on the card at once: evaluation fits an A100 40 GB (`stage_memory`)
     Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope'),
            eval_group=12),
-    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'buffer_dtype': 'float32'}, lm_dtype='float32', group_size=1,
+    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
            widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
 
@@ -118,6 +119,26 @@ def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
         from salmon.dryrun import dry_run_preset
         p = dry_run_preset(p)
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
+
+# %% ../nbs/95_pipeline.ipynb #b6c7d8e9
+def salmon_source()->str:
+    "Which salmon runs: version, import location, and its install (git URL and commit, or a checkout's commit)"
+    import subprocess, salmon
+    from importlib import metadata
+    here = Path(salmon.__file__).resolve().parent
+    try: info = json.loads(metadata.distribution('salmon').read_text('direct_url.json') or 'null')
+    except metadata.PackageNotFoundError: info = None
+    vcs = (info or {}).get('vcs_info')
+    if vcs: how = f"installed from {info['url']}@{vcs.get('requested_revision') or 'HEAD'}, commit {vcs['commit_id'][:12]}"
+    else:
+        git = lambda *a: subprocess.run(['git', '-C', str(here), *a], capture_output=True, text=True)
+        try: head, dirty = git('rev-parse', '--short=12', 'HEAD'), git('status', '--porcelain', '--', '.')
+        except OSError: head = dirty = None
+        url = (info or {}).get('url', '')
+        if head is not None and head.returncode == 0: how = f"checkout at commit {head.stdout.strip()}{'+modified' if dirty.stdout.strip() else ''}"
+        elif url.startswith('file://') and not here.is_relative_to(Path(url[7:]).resolve()): how = f'on the path, not the installed {url}'
+        else: how = f'installed from {url}' if url else 'installed from a package index'
+    return f'salmon {salmon.__version__} from {here} ({how})'
 
 # %% ../nbs/95_pipeline.ipynb #7e1872ce
 CORPORA = dict(medical=medical_qa, general=general_text)
@@ -247,7 +268,9 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': loaders.update(_gemmascope_loaders(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
-        cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
+        n_pass = pass_tokens(p, corpus, out) if p.stream else None
+        q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
+        cfgs = train_configs(q, family, width); fdir = out/'saes'/family/f'F{width}'
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
         loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
@@ -256,8 +279,8 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
             src = (stream_batches(p, corpus, load_model(p)) if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
             ckpt = fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}')
-            train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, streamed=p.stream), progress=progress, ckpt_dir=ckpt,
-                       ckpt_every=max(1, cfgs[0].n_steps // (20 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+            train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, **({'streamed': True} if p.stream else {})), progress=progress, ckpt_dir=ckpt,
+                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
                        **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
             shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoint (4× their size) is only disk now
     return SAEStore(loaders)
@@ -283,6 +306,22 @@ def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
                               progress=False, desc=f'streaming {corpus}')
     return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
 
+def pass_tokens(p:Preset, # a streamed preset
+                corpus:str, # 'medical' (counted) or 'general' (open-ended: None)
+                out:str|Path, # results folder (the count is kept in `cache/<corpus>-train-tokens.json`)
+               )->int|None:
+    "Tokens of one pass over the corpus's training split as traced (truncated, BOS per policy); a run never trains past it"
+    if corpus != 'medical': return None
+    key = dict(model=p.model, source=p.source, hub_root=p.hub_root, mix_seed=p.mix_seed, max_len=p.max_len, bos=p.bos)
+    f = Path(out)/'cache'/f'{corpus}-train-tokens.json'
+    if f.exists() and (d := json.loads(f.read_text()))['made_from'] == key: return d['tokens']
+    tok, n = load_model(p).tokenizer, 0
+    for texts in iter(lambda it=iter(preset_texts(p, corpus, 'train')): list(itertools.islice(it, 1024)), []):
+        for ids in tok(texts, add_special_tokens=True)['input_ids']:
+            ids = ids[:p.max_len]; n += len(ids) - int(p.bos == 'drop' and tok.bos_token_id is not None and ids[0] == tok.bos_token_id)
+    with atomic_write(f, 'w') as fh: json.dump(dict(made_from=key, tokens=n), fh)
+    return n
+
 # %% ../nbs/95_pipeline.ipynb #52d72972
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     "Reuse the table at `f` if it has a row for exactly these SAEs; else `compute()` it and write it atomically"
@@ -305,6 +344,29 @@ def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True
         return per_group(saes, p.eval_group, functools.partial(one, list(preset_texts(p, corpus, 'test', p.eval_texts)), corpus))
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
                       for corpus, fn in CORPORA.items()], ignore_index=True)
+
+# %% ../nbs/95_pipeline.ipynb #e3f4a5b6
+def held_out_by_source(p:Preset, # the run's preset
+                       n:int, # texts per source
+                      )->dict:
+    "source_dataset -> the first `n` held-out medical texts of that source, in the preset's order"
+    by = {}
+    for r in preset_texts(p, 'medical', 'test', with_meta=True):
+        got = by.setdefault(r['source_dataset'], [])
+        if len(got) < n: got.append(r['text'])
+    return by
+
+def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
+    "Every SAE on each medical source's held-out texts; one row per SAE and source (`source_dataset`)"
+    check_range('eval_per_source', p.eval_per_source, 1)
+    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
+    def compute():
+        rows = [evaluate(saes, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                         eval_corpus='medical', source_dataset=src, n_texts=len(texts))
+                for src, texts in held_out_by_source(p, p.eval_per_source).items()]
+        return meta.merge(pd.concat(rows, ignore_index=True), on='name')
+    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
@@ -464,6 +526,7 @@ def run(preset:str|Preset='demo', # preset name or object
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
     saes = stage_saes(p, out, progress=progress)
     ev = stage_eval(p, out, saes, progress=progress)
+    by_src = stage_sources(p, out, saes, progress=progress) if p.eval_per_source else None
     tab = results_table(ev, stage_darkmatter(p, out, saes), stage_specificity(p, out, saes), stage_absorption(p, out, saes))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
@@ -476,6 +539,9 @@ def run(preset:str|Preset='demo', # preset name or object
         print(comp.to_string(index=False))
         print('\nthe paper\'s claims at matched L0 on held-out medical text:\n')
         print(cl[['claim', 'baseline', 'metric', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
+        if by_src is not None:
+            print('\nFVE on each source\'s held-out texts (eval/medical-test-by-source.csv):\n')
+            print(by_src.pivot_table(index=['width', 'family', 'target_l0'], columns='source_dataset', values='fve').to_string())
     print(f'\nresults in {out}')
     return comp
 
@@ -560,16 +626,17 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     trained = [f for f in p.families if f != 'gemmascope']
     n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
             for w in p.widths}   # GemmaScope SAEs per width
-    gen_tok = ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
-    cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + gen_tok
-    eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len))
+    n_groups = sum(-(-len(p.target_l0s) // (p.group_size or len(p.target_l0s))) for _ in p.widths) * len(trained)   # LM passes if streamed
+    if p.stream: cache_tok = p.probe_tokens                # the dark-matter probe cache; training reads the LM
+    else: cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
+    eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len)) + p.eval_per_source * 6 * MEDICAL_TOKENS_PER_TEXT
     per_width = {w: len(trained) * len(p.target_l0s) + n_gs[w] for w in p.widths}   # SAEs evaluated per width
-    n_groups = len(trained) * len(p.widths) * -(-len(p.target_l0s) // (p.group_size or len(p.target_l0s)))
-    lm_tok = n_groups * p.train_tokens + p.probe_tokens if p.stream else cache_tok   # a streamed run traces every group's tokens
     n_sae = sum(per_width.values())
     after = (m['layers'] - p.layer - 1) / m['layers']
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
-    hours = dict(cache=2 * m['params'] * (p.layer + 1) / m['layers'] * lm_tok / lm_rate / 3600,
+    to_layer = 2 * m['params'] * (p.layer + 1) / m['layers']   # FLOPs per token traced to the layer
+    stream_tok = p.stream * p.train_tokens * n_groups
+    hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=to_layer * stream_tok / lm_rate / 3600,
                  train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
                  evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
     source = 'estimated'
@@ -581,14 +648,14 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
         tr = {int(k): v for k, v in r['train_tok_s'].items()}
         miss = [w for w in p.widths if w not in tr]
         if miss: raise ValueError(f'measured rates lack SAE training at widths {miss}; they have {sorted(tr)}')
-        hours = dict(cache=lm_tok / r['lm_tok_s'] / 3600,
+        hours = dict(cache=cache_tok / r['lm_tok_s'] / 3600, stream=stream_tok / r['lm_tok_s'] / 3600,
                      train=sum(p.train_tokens / tr[w] for w in p.widths) * len(trained) * len(p.target_l0s) / 3600,
                      evaluate=eval_tok * n_sae / r['loss_recovered_tok_s'] / 3600)
         source = 'measured'
     hours['total'] = 1.1 * sum(hours.values())
     mem = stage_memory(p, 'cuda')
     train_gb, eval_gb = mem['training'] / 2**30, max(v for k, v in mem.items() if k != 'training') / 2**30
-    return dict(preset=p.name, gpu=gpu, source=source, n_saes=n_sae, lm_tokens=lm_tok, **{f'{k}_h': v for k, v in hours.items()},
+    return dict(preset=p.name, gpu=gpu, source=source, n_saes=n_sae, cache_tokens=cache_tok, lm_passes=n_groups if p.stream else len({FAMILIES[f] for f in trained}), **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
-                disk_gib=((p.probe_tokens if p.stream else cache_tok) * m['d'] * 2 + sum(sae_bytes(m['d'], w) * n for w, n in per_width.items())
+                disk_gib=(cache_tok * m['d'] * 2 + sum(sae_bytes(m['d'], w) * n for w, n in per_width.items())
                           + 4 * (p.group_size or len(p.target_l0s)) * sae_bytes(m['d'], max(p.widths))) / 2**30)   # caches, SAEs, a checkpoint

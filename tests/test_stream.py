@@ -87,3 +87,13 @@ def test_kill_and_resume_is_bit_identical(hub, tmp_path, monkeypatch):
     for k in whole:
         a, b = whole[k].state_dict(), resumed[k].state_dict()
         assert all(torch.equal(a[n], b[n]) for n in a), f'{k} differs after kill + resume'
+
+
+def test_one_pass_caps_the_token_budget(tmp_path):
+    small = write_hub_fixtures(tmp_path/'hub', n_per_source=6)
+    p = replace(streamed(small), train_tokens=256 * 10_000, target_l0s=(8,))
+    n = pl.pass_tokens(p, 'medical', tmp_path)
+    assert 0 < n < p.train_tokens and pl.pass_tokens(p, 'medical', tmp_path) == n     # counted once, then read back
+    (sae,) = stage_saes(p, tmp_path, progress=False).values()
+    assert sae.cfg['n_tokens_trained'] == n // p.train_batch * p.train_batch          # one pass, no token twice
+    assert sae.cfg['train']['n_tokens'] == n // p.train_batch * p.train_batch         # the schedule spans that pass
