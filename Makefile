@@ -16,12 +16,13 @@ PIN := $(if $(HAS_CUDA),,-c constraints.txt)
 PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
 DEPS := settings.ini setup.py constraints.txt pyproject.toml
 
-.PHONY: help demo test check install-demo install-dev export clean-nbs bench floors compare
+.PHONY: help demo test check install-demo install-dev export clean-nbs bench dryrun floors compare
 help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
 	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
 	@echo "make compare  salmon against SAELens and SAEBench (their own code, a side venv) on a demo SAE (after make demo)"
+	@echo "make dryrun the gemma-2-2b preset on CPU with no hub: random-weight Gemma-2 2B, true shapes (~12 GiB RAM)"
 	@echo "make floors install the lowest supported versions in .cache/floors and run the tiny test path"
 
 .venv/bin/python:
@@ -77,6 +78,10 @@ compare: install-dev $(COMPARE_ENV)/.ready
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare prepare --out $(COMPARE_OUT) $(if $(SAE),--sae $(SAE))
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(COMPARE_ENV)/bin/python tools/external_evals.py $(COMPARE_OUT)
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare report --out $(COMPARE_OUT)
+# every stage of the gemma-2-2b paper preset on CPU, no hub, at the true shapes; prints time and peak memory per stage
+DRYRUN_PRESET ?= gemma-2-2b
+dryrun: install-demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m salmon reproduce --preset $(DRYRUN_PRESET) --dry-run --no-progress
 
 # the lowest versions settings.ini allows, in a scratch venv, running the tiny test path. torch is the CPU build pinned in
 # constraints.txt (settings.ini's floor) unless FLOORS_TORCH names another: to try a lower torch floor, lower it in

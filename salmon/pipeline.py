@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from .core import atomic_write, check_choice, check_range, default_device, in_test
 from .data import general_text, medical_qa
-import functools, itertools, json, os
+import functools, itertools, json, os, shutil
+from collections.abc import Mapping
 from typing import Iterator
 import numpy as np
 from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
@@ -28,10 +29,11 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'salmon_source',
-           'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'gemmascope_family',
-           'stage_saes', 'prepare', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
-           'stage_sources', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
-           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'base_model',
+           'gemmascope_family', 'SAEStore', 'sae_groups', 'per_group', 'stage_saes', 'prepare', 'stream_batches',
+           'pass_tokens', 'stage_eval', 'held_out_by_source', 'stage_sources', 'stage_darkmatter', 'stage_specificity',
+           'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table',
+           'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class Preset:
     buffer_dtype:str='float32' # dtype of the streamed shuffling buffer (and of its state in checkpoints)
     probe_tokens:int=64_800   # streamed runs: medical training tokens cached for the dark-matter probes (the paper's 60 % of 108k rows)
     eval_per_source:int=0     # held-out medical texts per source for the per-source table (0: none)
+    eval_group:int|None=None  # SAEs held in memory at once after training, evaluated together (None: all of them)
+    absorption_words:int=40   # words per letter of the first-letter absorption task
+    absorption_parents:int|None=None # parents of the medical concept hierarchy used (None: all)
 
     def __post_init__(self):
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
@@ -74,6 +79,7 @@ class Preset:
         if self.lm_dtype is not None: check_choice('lm_dtype', self.lm_dtype, ('float32', 'bfloat16', 'float16'))
         check_choice('buffer_dtype', self.buffer_dtype, ('float32', 'bfloat16', 'float16'))
         if self.group_size is not None: check_range('group_size', self.group_size, 1)
+        if self.eval_group is not None: check_range('eval_group', self.eval_group, 1)
 
 _PAPER_DATA = dict(source='hub', mix_seed=0, stream=True, batch_size=4, cache_dtype='bfloat16', buffer_dtype='bfloat16', eval_per_source=50)
 
@@ -82,8 +88,10 @@ PRESETS = {p.name: p for p in [
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
     Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', widths=(1024,), target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
-    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope'),
+           eval_group=12),   # 12 SAEs on the card at once: evaluation fits an A100 40 GB (`stage_memory`)
+    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope'),
+           eval_group=12),
     Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
            widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
@@ -103,9 +111,13 @@ def results_dir()->Path:
 
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
 def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
+                dry_run:bool=False, # the preset's dry run instead: random-weight model, local hub-schema data and GemmaScope mirror
                )->tuple:    # (Preset, baseline families, the paper's numbers)
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
+    if dry_run and not in_test():
+        from salmon.dryrun import dry_run_preset
+        p = dry_run_preset(p)
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
 
 # %% ../nbs/95_pipeline.ipynb #b6c7d8e9
@@ -205,42 +217,73 @@ def train_configs(p:Preset, family:str, width:int)->list[TrainConfig]:
               sparsity_warmup_steps=round(0.21 * steps), **({'lr': p.lr} if p.lr else {}))
     return [TrainConfig.preset(p.recipe, target_l0=float(t), name=f'{family}-F{width}-l0_{t}', **kw) for t in p.target_l0s]
 
-def gemmascope_family(p:Preset, width:int)->dict:
-    "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
-    model = p.model.split('/')[-1]
+def base_model(model:str)->str:
+    "The Gemma-2 a preset's model stands for: 'google/gemma-2-2b' and 'random:gemma-2-2b' are both 'gemma-2-2b'"
+    return model.removeprefix('random:').split('/')[-1]
+
+def _gemmascope_loaders(p:Preset, width:int)->dict:
+    "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
+    model = base_model(p.model)
     check_choice('model (for the gemmascope family)', model, REPOS)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
-    saes = {f'gemmascope-F{width}-l0_{l0}': load_gemmascope(model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
+    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(load_gemmascope, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
             for l0 in rows.average_l0}
+
+def gemmascope_family(p:Preset, width:int)->dict:
+    "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
+    saes = {name: f() for name, f in _gemmascope_loaders(p, width).items()}
     for name, s in saes.items(): s.cfg['name'] = name
     return saes
 
-def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
-    "Train (or load) every family's SAE sweep at every width; return name -> SAE"
-    out = Path(out); saes = {}
+class SAEStore(Mapping):
+    "The run's SAEs by name, read from disk on each access, so a paper-scale sweep never has to fit in memory at once"
+    def __init__(self, loaders:dict, device=None): self.loaders, self.device = dict(loaders), device
+    def __iter__(self): return iter(self.loaders)
+    def __len__(self): return len(self.loaders)
+    def __repr__(self): return f'SAEStore({len(self)} SAEs: {", ".join(list(self)[:3])}{", ..." if len(self) > 3 else ""})'
+    def __getitem__(self, name:str):
+        s = self.loaders[name]()
+        s.cfg['name'] = name
+        return s.to(self.device or default_device())
+
+def sae_groups(saes:Mapping, # name -> SAE (a dict or an `SAEStore`)
+               n:int|None, # SAEs per group (None: all at once)
+              ):
+    "Dicts of at most `n` SAEs, each group loaded only when reached"
+    names = list(saes); n = n or max(len(names), 1)
+    for i in range(0, len(names), n): yield {k: saes[k] for k in names[i:i + n]}
+
+def per_group(saes:Mapping, n:int|None, fn)->pd.DataFrame:
+    "`fn(group)` for each group of at most `n` SAEs, concatenated; a group is released before the next one loads"
+    parts, it = [], sae_groups(saes, n)
+    while (grp := next(it, None)) is not None:
+        parts.append(fn(grp)); del grp
+    return pd.concat(parts, ignore_index=True)
+
+def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
+    "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused); return them by name, on disk"
+    out = Path(out); loaders = {}
     for family, width in itertools.product(p.families, p.widths):
-        if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
+        if family == 'gemmascope': loaders.update(_gemmascope_loaders(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         n_pass = pass_tokens(p, corpus, out) if p.stream else None
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
         cfgs = train_configs(q, family, width); fdir = out/'saes'/family/f'F{width}'
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
+        loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
         for g, grp in enumerate(groups):
-            if all((fdir/c.label/'config.json').exists() for c in grp):
-                saes.update({c.label: load_sae(fdir/c.label) for c in grp}); continue
+            if all((fdir/c.label/'config.json').exists() for c in grp): continue
             src = (stream_batches(p, corpus, load_model(p)) if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
-            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, **({'streamed': True} if p.stream else {})), progress=progress,
-                             ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
-                             ckpt_dir=fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}'),
-                             **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
-            saes.update({c.label: s.cpu() for c, (s, _) in zip(grp, res)})   # off the GPU while the next group trains
-    dev = default_device()
-    for name, s in saes.items(): s.cfg.setdefault('name', name); s.to(dev)
-    return saes
+            ckpt = fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}')
+            train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, **({'streamed': True} if p.stream else {})), progress=progress, ckpt_dir=ckpt,
+                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                       **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
+            shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoint (4× their size) is only disk now
+    return SAEStore(loaders)
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
@@ -290,18 +333,21 @@ def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     with atomic_write(f, 'w') as fh: df.to_csv(fh, index=False)
     return df
 
-def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True,
+def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True,
                convention:str='salmon', # evaluation convention (`salmon.metrics.CONVENTIONS`); 'paper' to set beside the paper's numbers
               )->pd.DataFrame:
-    "Evaluate every SAE on the held-out split of each corpus (cached per corpus and convention); one row per SAE and corpus"
+    "Evaluate every SAE (`p.eval_group` at a time) on the held-out split of each corpus (cached per corpus and convention)"
     check_choice('convention', convention, CONVENTIONS)
-    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
-                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
-                         for k, s in saes.items()])
-    def compute(corpus, fn):
-        df = evaluate(saes, lm or load_model(p), list(preset_texts(p, corpus, 'test', p.eval_texts)), p.layer, max_len=p.eval_max_len,
-                      bos=p.bos, progress=progress, convention=convention, eval_corpus=corpus)
+    def one(texts, corpus, grp):
+        meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                                  target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
+                             for k, s in grp.items()])
+        df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                      convention=convention, eval_corpus=corpus)
         return meta.merge(df, on='name')
+    def compute(corpus, fn):
+        texts = list(preset_texts(p, corpus, 'test', p.eval_texts))
+        return per_group(saes, p.eval_group, functools.partial(one, texts, corpus))
     sfx = '' if convention == 'salmon' else f'-{convention}'
     df = pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test{sfx}.csv', saes, functools.partial(compute, corpus, fn))
                     for corpus, fn in CORPORA.items()], ignore_index=True)
@@ -359,16 +405,17 @@ SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
-    return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
-        saes, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n),
-        p.layer, max_len=p.eval_max_len, bos=p.bos))
+    return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: per_group(saes, p.eval_group, lambda grp: domain_specificity_summary(
+        grp, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n), p.layer,
+        max_len=p.eval_max_len, bos=p.bos)))
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
 def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
-    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer))
+    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(
+        saes, lm or load_model(p), p.layer, max_per_letter=p.absorption_words, max_parents=p.absorption_parents))
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
@@ -523,20 +570,81 @@ GPUS = {  # dense peak TFLOP/s (fp32 via TF32 for SAE training, bf16 for the LM)
     'T4': dict(train=8.1, lm=8.1, mem=15),  # no TF32 and no bf16 tensor cores: Gemma-2 (bf16) runs at fp32 rate
     'L4': dict(train=60, lm=121, mem=22), 'A100-40GB': dict(train=156, lm=312, mem=40),
     'A100-80GB': dict(train=156, lm=312, mem=80), 'H100-80GB': dict(train=495, lm=989, mem=80)}
-MODELS = {'google/gemma-2-2b': dict(params=2.61e9, d=2304, layers=26), 'google/gemma-2-9b': dict(params=9.24e9, d=3584, layers=42),
-          'gemma-3-270m': dict(params=0.268e9, d=640, layers=18)}
+MODELS = {  # parameters, residual width, blocks, vocabulary, query heads, MLP width
+    'google/gemma-2-2b': dict(params=2.614e9, d=2304, layers=26, vocab=256_000, heads=8, ff=9216),
+    'google/gemma-2-9b': dict(params=9.242e9, d=3584, layers=42, vocab=256_000, heads=16, ff=14336),
+    'gemma-3-270m': dict(params=0.268e9, d=640, layers=18, vocab=262_144, heads=4, ff=2048)}
 MEDICAL_TOKENS_PER_TEXT = 185   # measured: the shipped medical corpus, Gemma tokenizer
+
+def model_key(model:str)->str:
+    "The `MODELS` key of a preset's model ('random:gemma-2-2b' stands for 'google/gemma-2-2b')"
+    return f"google/{model.removeprefix('random:')}" if model.startswith('random:') else model
+
+def sae_bytes(d:int, F:int)->int:
+    "Bytes of one fp32 JumpReLU SAE: W_enc, W_dec, b_enc, θ, b_dec"
+    return 4 * (2 * d * F + 2 * F + d)
+
+def _eval_groups(p:Preset)->list[list[int]]:
+    "Widths of the SAEs in each evaluation group, in `stage_saes`' order"
+    n_gs = lambda w: int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
+    ws = [w for f in p.families for w in p.widths for _ in range(n_gs(w) if f == 'gemmascope' else len(p.target_l0s))]
+    n = p.eval_group or len(ws)
+    return [ws[i:i + n] for i in range(0, len(ws), n)]
+
+def stage_memory(p:Preset|str, # preset (or its name)
+                 device:str='cuda', # 'cuda': what the GPU holds; 'cpu': everything (the dry run's device)
+                 seq_len:int|None=None, # longest tokenized text of a forward (default: `p.max_len`)
+                 eval_tokens:int|None=None, # tokens of one held-out corpus's evaluation texts (default: `eval_texts · seq_len`)
+                 probe_tokens:int|None=None, # rows of the dark-matter training cache (default: `p.probe_tokens`)
+                 abs_tokens:int|None=None, # rows of the larger absorption task (default: from the preset's words and parents)
+                )->dict: # stage -> bytes at its peak
+    "Peak tensor memory of each pipeline stage: weights, SAE state and the stage's largest transients"
+    p = p if isinstance(p, Preset) else get_preset(p)
+    m = MODELS[check_choice('model', model_key(p.model), MODELS)]
+    d, V, H, ff = m['d'], m['vocab'], m['heads'], m['ff']
+    s = 4 if (p.lm_dtype or ('bfloat16' if device == 'cuda' else 'float32')) == 'float32' else 2
+    cpu = device == 'cpu'; T = seq_len or p.max_len; B = p.batch_size
+    lm = m['params'] * s
+    act = lambda b, t: b * t * (4 * d + 3 * ff) * s + b * H * t * t * (2 * s + 8)    # one block's transients, eager attention
+    S = functools.partial(sae_bytes, d)
+    out = {}
+    # caching: the LM, one forward's transients; on the host the rows of a shard (fp32) and their concatenation
+    out['caching'] = lm + act(B, T) + cpu * 2 * 4 * d * min(65_536, (probe_tokens or p.probe_tokens))
+    # a training group of g SAEs: params and Adam's m and v of each; during a step one trainer's gradients, the fused step's
+    # B×F buffers and the optimiser's temporaries (CUDA's foreach Adam: one more copy of the params; on the CPU: the largest
+    # matrix); after the last step the folded copies
+    Bt, g = p.train_batch, p.group_size or len(p.target_l0s)
+    host = p.buffer_tokens * d * (2 if p.buffer_dtype != 'float32' else 4) + 4 * d * min(100_000, p.train_tokens // 10 if p.stream else 100_000)
+    out['training'] = max(lm + max(g * 3 * S(F) + S(F) + Bt * F * 9 + (4 * d * F if cpu else S(F)), g * 4 * S(F)) + g * 8 * F + cpu * host
+                          for F in p.widths)
+    # evaluation: the group's SAEs, the clean sweep (kept on the host), per batch every variant and the logits chunks,
+    # reconstruction's float64 copies of one [4096, F] latent block
+    N = eval_tokens or p.eval_texts * min(T, p.eval_max_len)
+    Te = min(T, p.eval_max_len)
+    out['evaluation'] = max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
+                            + 3 * min(128, N) * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    # specificity: the group's SAEs, their per-latent statistics, one batch's latents
+    out['specificity'] = max(lm + sum(S(F) + 64 * F for F in ws) + act(B, Te) + max(2 * B * Te * F * 4 for F in ws) for ws in _eval_groups(p))
+    # dark matter: one SAE at a time on 8192-row chunks of the probe and test caches
+    R = min(8192, (probe_tokens or p.probe_tokens))
+    out['darkmatter'] = lm + max(S(F) + R * F * 5 + R * d * 12 for F in p.widths)
+    # absorption: the probe tasks' activations; one SAE and its latents on a task (k-sparse probing keeps ~5 float32/float64
+    # copies of them); the first-letter task has a word per letter, the domain task about 50 contexts per parent (20 parents)
+    n = abs_tokens or max(26 * p.absorption_words, 50 * (p.absorption_parents or 20))
+    out['absorption'] = lm + act(B, 32) + max(S(F) + 24 * n * F for F in p.widths) + 4 * n * d * 2
+    return out
 
 def gpu_estimate(p:Preset|str, # preset (or its name)
                  gpu:str='A100-40GB', # a key of `GPUS`
                  train_util:float=0.6, # sustained fraction of matmul peak in SAE training
                  lm_util:float=0.35, # sustained fraction of bf16 peak in LM forwards
+                 measured:str|Path|dict|None=None, # a `python -m salmon.bench gpu` JSON: its measured rates replace the utilisations
                 )->dict:
-    "Estimated hours, GPU memory and disk of a preset's pipeline on `gpu` (FLOP-based; see the text)"
+    "Estimated hours, GPU memory and disk of a preset's pipeline on `gpu` (FLOP-based, or from measured rates; see the text)"
     p = p if isinstance(p, Preset) else get_preset(p)
-    g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', p.model, MODELS)]
+    g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', model_key(p.model), MODELS)]
     trained = [f for f in p.families if f != 'gemmascope']
-    n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == p.model.split('/')[-1]) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
+    n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
             for w in p.widths}   # GemmaScope SAEs per width
     n_groups = sum(-(-len(p.target_l0s) // (p.group_size or len(p.target_l0s))) for _ in p.widths) * len(trained)   # LM passes if streamed
     if p.stream: cache_tok = p.probe_tokens                # the dark-matter probe cache; training reads the LM
@@ -547,18 +655,27 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     after = (m['layers'] - p.layer - 1) / m['layers']
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
     to_layer = 2 * m['params'] * (p.layer + 1) / m['layers']   # FLOPs per token traced to the layer
-    hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=p.stream * to_layer * p.train_tokens * n_groups / lm_rate / 3600,
+    stream_tok = p.stream * p.train_tokens * n_groups
+    hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=to_layer * stream_tok / lm_rate / 3600,
                  train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
                  evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
+    source = 'estimated'
+    if measured is not None:
+        r = measured if isinstance(measured, dict) else json.loads(Path(measured).read_text())
+        if r.get('model') != model_key(p.model).split('/')[-1]:
+            raise ValueError(f"measured rates are for {r.get('model')!r}; preset {p.name!r} runs {p.model!r}")
+        if r.get('gpu') != gpu: raise ValueError(f"measured rates are from gpu={r.get('gpu')!r}; estimate asked for gpu={gpu!r}")
+        tr = {int(k): v for k, v in r['train_tok_s'].items()}
+        miss = [w for w in p.widths if w not in tr]
+        if miss: raise ValueError(f'measured rates lack SAE training at widths {miss}; they have {sorted(tr)}')
+        hours = dict(cache=cache_tok / r['lm_tok_s'] / 3600, stream=stream_tok / r['lm_tok_s'] / 3600,
+                     train=sum(p.train_tokens / tr[w] for w in p.widths) * len(trained) * len(p.target_l0s) / 3600,
+                     evaluate=eval_tok * n_sae / r['loss_recovered_tok_s'] / 3600)
+        source = 'measured'
     hours['total'] = 1.1 * sum(hours.values())
-    sae_gb = lambda w: 2 * m['d'] * w * 4 / 2**30                       # fp32 encoder + decoder
-    lm_bytes = 4 if p.lm_dtype == 'float32' else 2           # None: bf16 on CUDA
-    train_gb = max((p.group_size or len(p.target_l0s)) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
-    lm_gb = lm_bytes * m['params'] / 2**30
-    act_gb = p.batch_size * p.max_len * (12 * m['d'] + 16 * p.max_len) * lm_bytes / 2**30   # one LM batch: MLP, q/k/v, 8 heads' scores
-    if p.stream: train_gb += lm_gb + act_gb                   # the LM runs beside the training group (the buffer stays in CPU memory)
-    eval_gb = lm_gb + sum(sae_gb(w) * n for w, n in per_width.items())
-    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, lm_passes=n_groups if p.stream else len({FAMILIES[f] for f in trained}),
-                **{f'{k}_h': v for k, v in hours.items()},
+    mem = stage_memory(p, 'cuda')
+    train_gb, eval_gb = mem['training'] / 2**30, max(v for k, v in mem.items() if k != 'training') / 2**30
+    return dict(preset=p.name, gpu=gpu, source=source, n_saes=n_sae, cache_tokens=cache_tok, lm_passes=n_groups if p.stream else len({FAMILIES[f] for f in trained}), **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
-                disk_gib=cache_tok * m['d'] * 2 / 2**30)
+                disk_gib=(cache_tok * m['d'] * 2 + sum(sae_bytes(m['d'], w) * n for w, n in per_width.items())
+                          + 4 * (p.group_size or len(p.target_l0s)) * sae_bytes(m['d'], max(p.widths))) / 2**30)   # caches, SAEs, a checkpoint
