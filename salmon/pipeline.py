@@ -19,7 +19,7 @@ from .absorption import absorption_summary
 from .interp import domain_specificity_summary
 from .metrics import evaluate
 from .models import load_lm, tiny_lm
-from .plots import paper_reference, pareto
+from .plots import REASON, not_measurable, paper_reference, pareto, set_style
 from .sae import load_sae
 from .train import TrainConfig, train_saes
 from .trace import ActivationCache, cache_activations
@@ -27,9 +27,9 @@ from .trace import ActivationCache, cache_activations
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'train_configs', 'gemmascope_family', 'stage_saes', 'prepare', 'stage_eval',
-           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
-           'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
+           'stage_caches', 'train_configs', 'gemmascope_family', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes',
+           'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
+           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
                )->tuple:    # (Preset, baseline families, the paper's numbers)
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
+    set_style()                      # salmon's figure style, whatever the notebook set before
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
 
 # %% ../nbs/95_pipeline.ipynb #7e1872ce
@@ -99,7 +100,11 @@ CORPORA = dict(medical=medical_qa, general=general_text)
 @functools.lru_cache(maxsize=1)
 def load_model(p:Preset):
     "The preset's model, loaded once per process however many stages (and notebooks) need it"
-    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # a 1 s "Loading weights" bar is noise in a notebook
+    try: return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
+    finally:
+        if was: hf_logging.enable_progress_bar()
 
 def _mean_norm(cache:ActivationCache)->float:
     "Mean L2 norm of the cached activations (float64 accumulation)"
@@ -155,13 +160,17 @@ def gemmascope_family(p:Preset, width:int)->dict:
     for name, s in saes.items(): s.cfg['name'] = name
     return saes
 
+def sae_dir(out:str|Path, family:str, width:int)->Path:
+    "Where a run keeps one family's SAEs of one width: `<out>/saes/<family>/F<width>/`, one folder per SAE"
+    return Path(out)/'saes'/family/f'F{width}'
+
 def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
     "Train (or load) every family's SAE sweep at every width; return name -> SAE"
     out = Path(out); saes = {}
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
-        cfgs = train_configs(p, family, width); fdir = out/'saes'/family/f'F{width}'
+        cfgs = train_configs(p, family, width); fdir = sae_dir(out, family, width)
         if all((fdir/c.label/'config.json').exists() for c in cfgs):
             saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
         cache = ActivationCache(out/'cache'/f'{corpus}-train')
@@ -182,6 +191,19 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
     out = _run_dir(p, out)
     stage_caches(p, out, progress=progress)
     return stage_saes(p, out, progress=progress)
+
+def trained_saes(preset:str|Preset='demo', # a preset (or its name) whose run's SAEs to load
+                 out:str|Path|None=None, # results folder (default: `results_dir()`)
+                )->dict: # name -> SAE (cfg 'family' and 'name' set); {} when the run has trained none
+    "Every finished SAE a preset's run left in `<out>/<preset>/saes/<family>/F<width>/<name>/`, without tracing or training"
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    root, saes = _run_dir(p, out)/'saes', {}
+    for cfg in sorted(root.glob('*/F*/*/config.json')) if root.exists() else []:
+        d = cfg.parent; family = d.parent.parent.name
+        if not d.parent.name[1:].isdigit(): continue                 # not an F<width> folder
+        s = load_sae(d); s.cfg.setdefault('family', family); s.cfg.setdefault('name', d.name)
+        saes[d.name] = s
+    return saes
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
@@ -306,10 +328,15 @@ def check_claim(tab:pd.DataFrame, # results table (see `matched`)
     return r
 
 def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.DataFrame:
-    "Every claim the table has columns for, against every baseline family present"
-    t = tab[tab.eval_corpus == corpus]
-    rows = [claim_row(tab, k, b, corpus, preset) for b in ('gemmascope', 'broad') if (t.family == b).any()
-            for k, (_, y, _) in CLAIMS.items() if y in t.columns and t[y].notna().any()]
+    "Every claim the table has columns for, against every baseline family present (unmeasurable ones say why)"
+    t = tab[tab.eval_corpus == corpus]; rows = []
+    for b in ('gemmascope', 'broad'):
+        if not (t.family == b).any(): continue
+        for k, (statement, y, _) in CLAIMS.items():
+            if y in t.columns and t[y].notna().any(): rows.append(claim_row(tab, k, b, corpus, preset))
+            elif y + REASON in t.columns and t[y + REASON].notna().any():    # NaN with a reason: not measurable here
+                rows.append(dict(claim=k, statement=statement, metric=y, baseline=b, corpus=corpus, matched=0, favour_domain=0,
+                                 mean_gap=float('nan'), verdict=not_measurable(t, y), expected=EXPECTED.get((preset, b), {}).get(k)))
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_pipeline.ipynb #dafcec49
@@ -337,14 +364,14 @@ def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-o
 def figures(tab:pd.DataFrame, out:Path):
     "The run's figures as PNG: Pareto plots per held-out corpus, dark matter and absorption against L0"
     import matplotlib.pyplot as plt
-    def save(fig, name): fig.savefig(out/name, dpi=80, bbox_inches='tight'); plt.close(fig)
+    def save(fig, name): fig.savefig(out/name); plt.close(fig)     # dpi and bbox from `salmon.plots.STYLE`
     for corpus, d in tab.groupby('eval_corpus'):
         fig, axs = plt.subplots(1, 2, figsize=(11, 4))
         for ax, y in zip(axs, ['fve', 'loss_recovered_zero']): pareto(d, y, ax=ax, title=f'held-out {corpus} text')
         save(fig, f'pareto_{corpus}.png')
     med = tab[tab.eval_corpus == 'medical']
     for name, cols in [('darkmatter.png', ['r2_norm', 'r2_vector', 'fvu_nonlinear']), ('absorption.png', ABS_COLS)]:
-        cols = [c for c in cols if c in med and med[c].notna().any()]
+        cols = [c for c in cols if c in med and (med[c].notna().any() or (c + REASON in med and med[c + REASON].notna().any()))]
         if not cols: continue
         fig, axs = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), squeeze=False)
         for ax, y in zip(axs[0], cols): pareto(med, y, ax=ax, title='held-out medical text')
@@ -354,6 +381,7 @@ def figures(tab:pd.DataFrame, out:Path):
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path|None=None, # results folder (default: `results_dir()`)
         progress:bool=True, # progress bars
+        verbose:bool=True, # print the caches, comparison and claims tables
        )->pd.DataFrame:  # the summary table
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     p = preset if isinstance(preset, Preset) else get_preset(preset)
@@ -368,6 +396,7 @@ def run(preset:str|Preset='demo', # preset name or object
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
         with atomic_write(out/name, 'w') as f: df.to_csv(f, index=False)
     figures(tab, out)
+    if not verbose: return comp
     with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.float_format', '{:,.3f}'.format):
         print(f'\nsalmon {p.name}: {p.model}, layer {p.layer} (resid_post), BOS {p.bos}; {time.time() - t0:.0f}s\n')
         print(caches[['corpus', 'split', 'texts', 'tokens', 'tok_per_s', 'mean_norm', 'reused']].to_string(index=False))
