@@ -345,9 +345,9 @@ COMPARE = ['family', 'width', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim'
            'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
-    "The domain-vs-baseline table on one held-out corpus"
+    "The domain-vs-baseline table on one held-out corpus (with the reasons of unmeasurable metrics)"
     d = ev[ev.eval_corpus == corpus]
-    return d[[c for c in COMPARE if c in d]].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
+    return d[[c for c in COMPARE if c in d] + [c + REASON for c in COMPARE if c + REASON in d]].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
 
 def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-out corpus
                   *extra:pd.DataFrame, # per-SAE tables (dark matter, specificity, absorption)

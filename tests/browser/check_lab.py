@@ -218,15 +218,17 @@ def check_browser(page, base, token, failures:list, report:list):
     after = card_title(page)
     page.screenshot(path=str(SHOTS/'browser_2_next.png'))
     # search: a substring of a context word shown in the card after ▶
-    words = re.findall(r'[A-Za-z]{5,}', page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .salmon-card').first.inner_text())
+    lines = [l.split('│', 1)[1] for l in page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .salmon-card').first.inner_text().splitlines() if '│' in l]
+    words = re.findall(r'[A-Za-z]{5,}', ' '.join(lines))
     query = (words[len(words) // 2] if words else 'the')[1:4].lower()
     box = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) input[placeholder="token or explanation"]')
     box.fill(query); box.press('Enter')
     count = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .salmon-count')
-    try: page.wait_for_function('() => /\\d+ hits?/.test(document.querySelector(".jp-NotebookPanel:not(.lm-mod-hidden) .salmon-count").innerText)',
+    try: page.wait_for_function('() => /\\d+ hits?|no hits/.test(document.querySelector(".jp-NotebookPanel:not(.lm-mod-hidden) .salmon-count").innerText)',
                                 timeout=15_000)
     except Exception: failures.append(f'search {query!r} shows no hit count'); return
-    n_hits = int(re.search(r'([\d,]+) hits?', count.inner_text()).group(1).replace(',', ''))
+    m = re.search(r'([\d,]+) hits?', count.inner_text())
+    n_hits = int(m.group(1).replace(',', '')) if m else 0
     sel = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .salmon-bar select').first
     page.wait_for_timeout(500)
     chosen = sel.evaluate('s => s.selectedIndex')
