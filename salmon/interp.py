@@ -366,7 +366,7 @@ def card_html(stats:LatentStats, # a pass's statistics
     fields = dict(freq=f'{stats.freq[j].item():.2e}', mean=f'{stats.mean_act[j].item():.3g}', max=f'{vmax:.3g}' if top else '0',
                   generic=f'{stats.generic_share[j].item():.2f}', **{k_: (f'{v:.3g}' if isinstance(v, float) else html.escape(str(v))) for k_, v in (extra or {}).items()})
     head = (f'<b class="salmon-title">{html.escape(title or f"{stats.name} latent {j}")}</b> &nbsp; '
-            + ' &nbsp; '.join(f'{a} <b>{b}</b>' for a, b in fields.items()))
+            + ' '.join(f'<span style="white-space:nowrap;margin-right:0.8em">{a} <b>{b}</b></span>' for a, b in fields.items()))
     parts = [f'<div class="salmon-card" style="border:1px solid #ccc;border-radius:6px;padding:6px;margin:4px 0;font-size:12px">{head}']
     if explanation: parts.append(f'<div>💬 <i>{html.escape(explanation)}</i></div>')
     parts.append(f'<div>activations {_hist_svg(stats, j)}</div>')

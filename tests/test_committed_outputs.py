@@ -3,8 +3,9 @@ import json, re
 from pathlib import Path
 import pytest
 
-NBS = sorted(p for p in (Path(__file__).parents[1]/'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
-ids = [str(p.relative_to(NBS[0].parents[1] if p.parent.name == 'paper' else NBS[0].parent)) for p in NBS]
+ROOT = Path(__file__).parents[1]
+NBS = sorted(p for p in (ROOT/'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in p.parts)
+ids = [str(p.relative_to(ROOT/'nbs')) for p in NBS]
 
 
 @pytest.mark.parametrize('fn', NBS, ids=ids)
