@@ -164,9 +164,15 @@ def check_paper(page, base, token, failures:list, report:list):
         lost = {t: (v, got['tags'].get(t, 0)) for t, v in want['tags'].items() if got['tags'].get(t, 0) < v}
         if lost: probs.append(f'HTML elements sanitized away (committed, rendered): {lost}')
         if got['styled'] < want['styled']: probs.append(f"styles sanitized away: {want['styled']} styled elements committed, {got['styled']} rendered")
-        shot = SHOTS/f'paper_{f.stem}.png'
-        if want['cards']: page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .salmon-card').first.scroll_into_view_if_needed()
+        shot = SHOTS/f'paper_{f.stem}.png'      # the first card, else the first figure, else the first table
+        for sel in ('.salmon-card', '.jp-OutputArea-output img', '.jp-OutputArea-output table'):
+            loc = page.locator(f'.jp-NotebookPanel:not(.lm-mod-hidden) {sel}')
+            if loc.count(): loc.first.evaluate('e => e.scrollIntoView({block: "start"})'); page.wait_for_timeout(300); break
         page.screenshot(path=str(shot))
+        tabs = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output table')
+        if tabs.count():
+            tabs.last.evaluate('e => e.scrollIntoView({block: "start"})'); page.wait_for_timeout(300)
+            page.screenshot(path=str(SHOTS/f'paper_{f.stem}_table.png'))
         report.append(f"{f.name}: {got['images']} images, {got['cards']} cards, {sum(want['tags'].values())} HTML elements; "
                       f"{time.perf_counter() - t0:.1f}s -> {shot.relative_to(ROOT)}")
         failures += [f'{f.name}: {p}' for p in probs]
