@@ -58,8 +58,11 @@ lab: install-lab
 	$(PY) -m jupyter lab $(LAB_ARGS) $(HEADLESS) $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=nbs
 
 # JupyterLab in Debian's chromium through Playwright (whose own browser download is not used): see tests/browser/
-browser-test: install-lab
+$(ENV_DIR)/.salmon-browser: $(ENV_DIR)/.salmon-lab
 	$(PIP) -e ".[browser]"
+	@touch $@
+
+browser-test: $(ENV_DIR)/.salmon-browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) tests/browser/check_lab.py --lab-args="$(LAB_ARGS)"
 
 test: install-dev
