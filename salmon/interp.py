@@ -329,7 +329,8 @@ def _ctx_html(r:dict, vmax:float)->str:
     for i, (t, a) in enumerate(zip(r['tokens'], r['acts'])):
         s = html.escape(t).replace('\n', '⏎')
         if a > 0:
-            st_ = f'background-color:rgba(230,90,20,{min(a / vmax, 1) * 0.85 + 0.1:.2f})' + (';font-weight:bold;text-decoration:underline' if i == r['center'] else '')
+            st_ = f'background-color:rgba(230,90,20,{min(a / vmax, 1) * 0.85 + 0.1:.2f})'
+            if i == r['center']: st_ += ';font-weight:bold;text-decoration:underline'
             s = f'<span style="{st_}" title="{a:.3g}">{s}</span>'
         out.append(s)
     return f'<div style="font-family:monospace;white-space:pre-wrap;margin:2px 0"><b>{r["act"]:.3g}</b> │ {"".join(out)}</div>'
@@ -345,7 +346,8 @@ def _hist_svg(stats:LatentStats, j:int, w:int=240, h:int=50)->str:
                    for i, v in enumerate(c.tolist()) if v)
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 14}">{bars}'
            f'<text x="0" y="{h + 12}" font-size="10" font-family="sans-serif">{stats.edges[a]:.2g}</text>'
-           f'<text x="{w}" y="{h + 12}" font-size="10" font-family="sans-serif" text-anchor="end">{stats.edges[b]:.2g}</text></svg>')
+           f'<text x="{w}" y="{h + 12}" font-size="10" font-family="sans-serif" text-anchor="end">'
+           f'{stats.edges[b]:.2g}</text></svg>')
     alt = f'activation histogram, {stats.edges[a]:.2g} to {stats.edges[b]:.2g}'
     return (f'<img class="salmon-hist" width="{w}" height="{h + 14}" alt="{alt}" style="vertical-align:middle" '
             f'src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">')
@@ -366,8 +368,10 @@ def card_html(stats:LatentStats, # a pass's statistics
     fields = dict(freq=f'{stats.freq[j].item():.2e}', mean=f'{stats.mean_act[j].item():.3g}', max=f'{vmax:.3g}' if top else '0',
                   generic=f'{stats.generic_share[j].item():.2f}', **{k_: (f'{v:.3g}' if isinstance(v, float) else html.escape(str(v))) for k_, v in (extra or {}).items()})
     head = (f'<b class="salmon-title">{html.escape(title or f"{stats.name} latent {j}")}</b> &nbsp; '
-            + ' '.join(f'<span style="white-space:nowrap;margin-right:0.8em">{a} <b>{b}</b></span>' for a, b in fields.items()))
-    parts = [f'<div class="salmon-card" style="border:1px solid #ccc;border-radius:6px;padding:6px;margin:4px 0;font-size:12px">{head}']
+            + ' '.join(f'<span style="white-space:nowrap;margin-right:0.8em">{a} <b>{b}</b></span>'
+                       for a, b in fields.items()))
+    box = 'border:1px solid #ccc;border-radius:6px;padding:6px;margin:4px 0;font-size:12px'
+    parts = [f'<div class="salmon-card" style="{box}">{head}']
     if explanation: parts.append(f'<div>💬 <i>{html.escape(explanation)}</i></div>')
     parts.append(f'<div>activations {_hist_svg(stats, j)}</div>')
     if top: parts += ['<div><b>top</b></div>'] + [_ctx_html(r, vmax) for r in top]
@@ -428,9 +432,11 @@ class FeatureBrowser:
         self.near = nearest_latents(sae, other_sae, k=n_nearest) if other is not None else None
         fixed = lambda w: W.Layout(width=w, flex='0 0 auto')     # controls keep their width and wrap instead of shrinking
         self.latent = W.BoundedIntText(value=0, min=0, max=stats.d_sae - 1, description='latent', layout=fixed('160px'))
-        self.prev, self.next = W.Button(description='◀', tooltip='previous latent', layout=fixed('40px')), W.Button(description='▶', tooltip='next latent', layout=fixed('40px'))
+        self.prev = W.Button(description='◀', tooltip='previous latent', layout=fixed('40px'))
+        self.next = W.Button(description='▶', tooltip='next latent', layout=fixed('40px'))
         self.alive = W.Checkbox(value=True, description='skip dead', indent=False, layout=fixed('100px'))
-        self.query = W.Text(placeholder='token or explanation', description='search', continuous_update=False, layout=fixed('260px'))
+        self.query = W.Text(placeholder='token or explanation', description='search', continuous_update=False,
+                            layout=fixed('260px'))
         self.count = W.HTML(layout=fixed('auto')); self.count.add_class('salmon-count')
         self.hits = W.Dropdown(options=[], description='hits', layout=fixed('300px'))
         self.match = W.Dropdown(options=[], description='nearest', layout=fixed('300px'))
@@ -441,7 +447,8 @@ class FeatureBrowser:
         self.query.observe(lambda ch: self.search(ch['new']), names='value')
         self.hits.observe(lambda ch: ch['new'] is not None and self.show(ch['new']), names='value')
         self.match.observe(lambda ch: ch['new'] is not None and self._show_b(ch['new']), names='value')
-        bar = W.HBox([self.latent, self.prev, self.next, self.alive, self.query, self.count, self.hits] + ([self.match] if other is not None else []),
+        ctrls = [self.latent, self.prev, self.next, self.alive, self.query, self.count, self.hits]
+        bar = W.HBox(ctrls + ([self.match] if other is not None else []),
                      layout=W.Layout(flex_flow='row wrap', align_items='center'))
         bar.add_class('salmon-bar')
         panes = W.HBox([self.left_html, self.right_html] if other is not None else [self.left_html])
@@ -487,16 +494,17 @@ class FeatureBrowser:
         return self._texts[1]
 
     def search(self, query:str, n_top:int=5)->list[int]:
-        "Latents whose explanation or one of whose top-`n_top` contexts contains `query` (case-insensitive); a number jumps there"
+        "Latents whose explanation or top-`n_top` contexts contain `query` (case-insensitive); a number jumps there"
         q = query.strip().lower()
         if not q: self.hits.options = []; self.count.value = ''; return []
         if q.isdigit() and int(q) < self.stats.d_sae: self.show(int(q)); return [int(q)]
         hits = [j for j, e in self.expl.items() if q in e.lower()]
         texts = self._top_texts(n_top)
-        by_ctx = sorted((j for j, t in enumerate(texts) if q in t), key=lambda j: -texts[j].count(q))   # most matching windows first
+        by_ctx = sorted((j for j, t in enumerate(texts) if q in t), key=lambda j: -texts[j].count(q))  # most matches first
         hits = list(dict.fromkeys(hits + by_ctx))
         n = len(hits)
-        self.count.value = f'<b>{n:,} hit{"s" if n != 1 else ""}</b>' + (' (first 200 listed)' if n > 200 else '') if n else 'no hits'
+        more = ' (first 200 listed)' if n > 200 else ''
+        self.count.value = f'<b>{n:,} hit{"s" if n != 1 else ""}</b>{more}' if n else 'no hits'
         label = lambda j: f'latent {j}: {self.expl[j][:40]}' if self.expl.get(j) else f'latent {j}'
         self.hits.options = [(label(j), j) for j in hits[:200]]
         if hits: self.hits.value = hits[0]; self.show(hits[0])

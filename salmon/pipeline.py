@@ -101,7 +101,8 @@ CORPORA = dict(medical=medical_qa, general=general_text)
 def load_model(p:Preset):
     "The preset's model, loaded once per process however many stages (and notebooks) need it"
     from transformers.utils import logging as hf_logging
-    was = hf_logging.is_progress_bar_enabled(); hf_logging.disable_progress_bar()   # a 1 s "Loading weights" bar is noise in a notebook
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()          # a 1 s "Loading weights" bar is noise in a notebook
     try: return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
     finally:
         if was: hf_logging.enable_progress_bar()
@@ -195,7 +196,7 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
 def trained_saes(preset:str|Preset='demo', # a preset (or its name) whose run's SAEs to load
                  out:str|Path|None=None, # results folder (default: `results_dir()`)
                 )->dict: # name -> SAE (cfg 'family' and 'name' set); {} when the run has trained none
-    "Every finished SAE a preset's run left in `<out>/<preset>/saes/<family>/F<width>/<name>/`, without tracing or training"
+    "Every finished SAE of a preset's run, from `<out>/<preset>/saes/<family>/F<width>/<name>/` (nothing is trained)"
     p = preset if isinstance(preset, Preset) else get_preset(preset)
     root, saes = _run_dir(p, out)/'saes', {}
     for cfg in sorted(root.glob('*/F*/*/config.json')) if root.exists() else []:
@@ -335,8 +336,9 @@ def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.Dat
         for k, (statement, y, _) in CLAIMS.items():
             if y in t.columns and t[y].notna().any(): rows.append(claim_row(tab, k, b, corpus, preset))
             elif y + REASON in t.columns and t[y + REASON].notna().any():    # NaN with a reason: not measurable here
-                rows.append(dict(claim=k, statement=statement, metric=y, baseline=b, corpus=corpus, matched=0, favour_domain=0,
-                                 mean_gap=float('nan'), verdict=not_measurable(t, y), expected=EXPECTED.get((preset, b), {}).get(k)))
+                rows.append(dict(claim=k, statement=statement, metric=y, baseline=b, corpus=corpus, matched=0,
+                                 favour_domain=0, mean_gap=float('nan'), verdict=not_measurable(t, y),
+                                 expected=EXPECTED.get((preset, b), {}).get(k)))
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_pipeline.ipynb #dafcec49
@@ -347,7 +349,8 @@ COMPARE = ['family', 'width', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim'
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
     "The domain-vs-baseline table on one held-out corpus (with the reasons of unmeasurable metrics)"
     d = ev[ev.eval_corpus == corpus]
-    return d[[c for c in COMPARE if c in d] + [c + REASON for c in COMPARE if c + REASON in d]].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
+    cols = [c for c in COMPARE if c in d] + [c + REASON for c in COMPARE if c + REASON in d]
+    return d[cols].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
 
 def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-out corpus
                   *extra:pd.DataFrame, # per-SAE tables (dark matter, specificity, absorption)
@@ -371,7 +374,8 @@ def figures(tab:pd.DataFrame, out:Path):
         save(fig, f'pareto_{corpus}.png')
     med = tab[tab.eval_corpus == 'medical']
     for name, cols in [('darkmatter.png', ['r2_norm', 'r2_vector', 'fvu_nonlinear']), ('absorption.png', ABS_COLS)]:
-        cols = [c for c in cols if c in med and (med[c].notna().any() or (c + REASON in med and med[c + REASON].notna().any()))]
+        has_why = lambda c: c + REASON in med and med[c + REASON].notna().any()      # unmeasurable: the panel says why
+        cols = [c for c in cols if c in med and (med[c].notna().any() or has_why(c))]
         if not cols: continue
         fig, axs = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), squeeze=False)
         for ax, y in zip(axs[0], cols): pareto(med, y, ax=ax, title='held-out medical text')
