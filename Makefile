@@ -16,12 +16,13 @@ PIN := $(if $(HAS_CUDA),,-c constraints.txt)
 PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
 DEPS := settings.ini setup.py constraints.txt pyproject.toml
 
-.PHONY: help demo test check install-demo install-dev install-lab lab browser-test export clean-nbs bench
+.PHONY: help demo test check install-demo install-dev install-lab lab browser-test export clean-nbs bench floors
 help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
 	@echo "make lab    install JupyterLab and the 'salmon' kernel, then open nbs/ (prints the URL when headless)"
 	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
+	@echo "make floors install the lowest supported versions in .cache/floors and run the tiny test path"
 	@echo "make browser-test  drive JupyterLab in headless Chromium (needs /usr/bin/chromium): notebooks, cards, browser"
 
 .venv/bin/python:
@@ -82,3 +83,20 @@ export: install-dev
 
 bench: install-dev
 	$(PY) -m salmon.bench all
+
+# the lowest versions settings.ini allows, in a scratch venv, running the tiny test path. torch is the CPU build pinned in
+# constraints.txt unless FLOORS_TORCH names another (`make floors FLOORS_TORCH=2.6.0` checks torch's own floor: a CUDA build
+# from PyPI, ~3 GB, which runs on the CPU too)
+FLOORS_ENV := .cache/floors
+FLOORS_TORCH := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
+FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train"
+floors:
+	rm -rf $(FLOORS_ENV) && python3 -m venv $(FLOORS_ENV)
+	python3 -c "import configparser, re; c = configparser.ConfigParser(delimiters=['=']); c.read('settings.ini'); \
+	  pins = [re.sub(r'>=([^,]+)(,.*)?$$', r'==\1', r) for r in c['DEFAULT']['requirements'].split() if '>=' in r]; \
+	  tools = [l for l in open('constraints.txt') if l.startswith(('nbdev', 'execnb', 'fastcore', 'ghapi'))]; \
+	  open('$(FLOORS_ENV)/floors.txt', 'w').write('\n'.join(p for p in pins if not p.startswith('torch==')) + '\n' + ''.join(tools))"
+	$(FLOORS_ENV)/bin/python -m pip install -q --progress-bar off torch==$(FLOORS_TORCH)
+	$(FLOORS_ENV)/bin/python -m pip install -q --progress-bar off -c $(FLOORS_ENV)/floors.txt torch==$(FLOORS_TORCH) -e . pytest nbdev execnb fastcore ghapi
+	@echo "floor versions installed:"; $(FLOORS_ENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|nnsight|transformers|datasets|matplotlib|seaborn|ipywidgets|safetensors|tqdm|numpy|pandas|pyarrow|huggingface.hub|accelerate|tokenizers) "
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(FLOORS_ENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_TESTS)

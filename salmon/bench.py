@@ -4,18 +4,19 @@
 
 # %% ../nbs/90_bench.ipynb #15e6166b
 from __future__ import annotations
-import argparse, math, sys, time
+import argparse, dataclasses, math, sys, time
 import torch
+from torch import Tensor
 from .data import medical_qa
 from .darkmatter import bench_darkmatter
 from .metrics import loss_recovered
 from .models import block_path, d_model, load_lm, n_layers, resid_output, tiny_lm, torch_model
 from .sae import JumpReLUSAE
 from .trace import ActivationStream, _model_device, _tokenize
-from .train import SAETrainer, TrainConfig
+from .train import SAETrainer, TrainConfig, fused_grads, sparse_grads
 
 # %% auto #0
-__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_eval', 'main']
+__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_crossover', 'bench_eval', 'main']
 
 # %% ../nbs/90_bench.ipynb #a78e744f
 class _Stop(Exception): pass
@@ -70,59 +71,108 @@ def bench_trace(lm, # nnsight model
                 salmon_over_hook=tps['salmon'] / tps['hook'], **({'salmon_over_full': tps['salmon'] / tps['full']} if full else {}))
 
 # %% ../nbs/90_bench.ipynb #419f4fe1
-def _saelens_step(d:int, F:int, dtype=torch.float32):
-    "A SAELens JumpReLU training step as its trainer runs it, or None if sae-lens is missing"
+def _saelens_step(sae:JumpReLUSAE, lr:float=1e-7):
+    "A SAELens JumpReLU training step as its trainer runs it, starting from `sae`'s parameters; None if sae-lens is missing"
     try: from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     except ImportError: return None
     from sae_lens.saes.sae import TrainStepInput
-    sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, dtype=str(dtype).removeprefix('torch.'), device='cpu',
-                              apply_b_dec_to_input=False, jumprelu_init_threshold=0.001, jumprelu_bandwidth=0.001, l0_coefficient=1.0))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-4, betas=(0.0, 0.999))
-    since_fired = torch.zeros(F); act_freq = torch.zeros(F)
+    d, F, dev = sae.d_model, sae.d_sae, sae.device
+    sl = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d, d_sae=F, dtype=str(sae.dtype).removeprefix('torch.'), device=str(dev),
+                             apply_b_dec_to_input=False, jumprelu_init_threshold=0.001, jumprelu_bandwidth=sae.bandwidth, l0_coefficient=1.0))
+    with torch.no_grad():
+        for k in ('W_enc', 'W_dec', 'b_enc', 'b_dec'): getattr(sl, k).copy_(getattr(sae, k))
+        sl.threshold.copy_(sae.theta)
+    opt = torch.optim.Adam(sl.parameters(), lr=lr, betas=(0.0, 0.999))
+    since_fired = torch.zeros(F, device=dev); act_freq = torch.zeros(F, device=dev)
     def step(x, t):
-        out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={'l0': 1.0}, dead_neuron_mask=None, n_training_steps=t, is_logging_step=False))
+        out = sl.training_forward_pass(TrainStepInput(sae_in=x, coefficients={'l0': 1.0}, dead_neuron_mask=None, n_training_steps=t, is_logging_step=False))
         with torch.no_grad():
             firing = out.feature_acts.bool().float(); did_fire = firing.sum(-2).bool()
             since_fired.add_(1); since_fired[did_fire] = 0; act_freq.add_(firing.sum(0))
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(sl.parameters(), 1.0)
         opt.step(); opt.zero_grad()
+        return float(firing.sum(-1).mean())
     return step
+
+@torch.no_grad()
+def _set_l0(sae:JumpReLUSAE, x:Tensor, l0:float):
+    "One threshold for every latent such that the measured L0 on the first tokens of `x` is about `l0`"
+    h = sae.pre_acts(x[:256]).flatten().float()
+    k = max(1, min(h.numel(), round(h.numel() * (1 - l0 / sae.d_sae))))
+    sae.theta.fill_(max(float(h.kthvalue(k).values), 0.0))
+
+def _pairs(sae:JumpReLUSAE, x:Tensor)->int:
+    "Pairs the sparse step visits: (token, latent) with h > θ - ε/2"
+    with torch.no_grad(): return int(torch.count_nonzero(sae.pre_acts(x) > sae.theta - sae.bandwidth / 2))
 
 def bench_train(d:int, # activation width
                 F:int, # latents
                 B:int=4096, # batch
-                repeats:int=3, # timed steps per contender (best kept)
+                l0s:tuple=(20, 50, 100), # L0s to train at (thresholds set so the measured L0 is about these)
+                repeats:int=2, # timed steps per contender and L0 (best kept), after one warm-up step each
                 saelens:bool=True, # include SAELens if installed
-               )->dict:
-    "Tokens/s and fraction of matmul peak of salmon's and SAELens' JumpReLU training steps"
+                device:str='cpu', # where to run
+                mem_gb:float=6.0, # above this estimated footprint, salmon and SAELens are timed one after the other, not interleaved
+               )->list[dict]: # one row per L0
+    "Tokens/s and fraction of matmul peak of salmon's dense and auto (sparse when it pays) steps and SAELens's, at trained L0s"
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, d, generator=g) / math.sqrt(d)
-    W = torch.randn(d, F, generator=g)
-    tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 10_000, lr_warmup_steps=0, sparsity_warmup_steps=0), d)
+    x = (torch.randn(B, d, generator=g) / math.sqrt(d)).to(device)
+    cfg = TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 10_000, lr=1e-7, lr_warmup_steps=0, sparsity_warmup_steps=0)
+    tr = SAETrainer(cfg, d, device)
+    W = tr.sae.W_enc.detach()                                 # the mm baseline's operand (no copy: F=65536 is large)
     var = float((x - x.mean(0)).pow(2).sum())
-    runs = dict(mm=lambda t: torch.mm(x, W), salmon=lambda t: tr.step(x, t, var))
-    sl = _saelens_step(d, F) if saelens else None
-    if sl is not None: runs['saelens'] = lambda t: sl(x, t)
-    for f in runs.values(): f(0)                                    # warm-up
+    modes = dict(dense=dataclasses.replace(cfg, sparse='off'), auto=cfg)
+    seen = {}
+    def salmon(k, t):
+        tr.cfg = modes[k]; tr.step(x, t, var)
+        seen[k] = (tr.sums['sparse'], tr.sums['l0']); tr.sums = dict.fromkeys(tr.sums, 0.0)
+    interleave = 2 * 8 * d * F * 4 / 2**30 < mem_gb          # weights, gradients and Adam state of two SAEs
+    rows = []
+    for l0 in l0s:
+        _set_l0(tr.sae, x, l0)
+        if tr.opt is None: tr.opt = torch.optim.Adam(tr.params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+        runs = dict(mm=lambda t: torch.mm(x, W), dense=lambda t: salmon('dense', t), auto=lambda t: salmon('auto', t))
+        sl = _saelens_step(tr.sae) if saelens and interleave else None
+        if sl is not None: runs['saelens'] = lambda t: sl(x, t)
+        best = _best(runs, repeats)
+        n_pairs = _pairs(tr.sae, x)
+        if saelens and not interleave:
+            tr.opt = None                                       # free salmon's Adam state first
+            sl = _saelens_step(tr.sae)
+            if sl is not None: best.update(_best(dict(saelens=lambda t: sl(x, t)), repeats))
+            del sl
+        peak = 2 * B * d * F / best['mm']
+        sparse_flops = 2 * B * d * F + 8 * d * n_pairs                       # encoder, then 4 products over the pairs
+        flops = dict(dense=10 * B * d * F, auto=sparse_flops if seen['auto'][0] else 10 * B * d * F, saelens=10 * B * d * F)
+        row = dict(d=d, F=F, B=B, l0=seen['auto'][1], pair_density=n_pairs / (B * F), mm_gflops=peak / 1e9,
+                   auto_path='sparse' if seen['auto'][0] else 'dense')
+        for k in ('dense', 'auto', 'saelens'):
+            if k in best: row[f'{k}_tok_s'] = B / best[k]; row[f'{k}_frac_peak'] = flops[k] / best[k] / peak
+        row['auto_over_dense'] = best['dense'] / best['auto']
+        if 'saelens' in best: row['auto_over_saelens'] = best['saelens'] / best['auto']; row['dense_over_saelens'] = best['saelens'] / best['dense']
+        rows.append(row)
+    return rows
+
+def _best(runs:dict, repeats:int)->dict:
+    "Best time of each contender, one warm-up each, contenders interleaved"
+    for f in runs.values(): f(0)
     best = {k: float('inf') for k in runs}
     for r in range(repeats):
         for k, f in runs.items():
             t0 = time.perf_counter(); f(r + 1); best[k] = min(best[k], time.perf_counter() - t0)
-    peak = 2 * B * d * F / best['mm']
-    row = dict(d=d, F=F, B=B, mm_gflops=peak / 1e9)
-    for k in ('salmon', 'saelens'):
-        if k in best:
-            row[f'{k}_tok_s'] = B / best[k]; row[f'{k}_frac_peak'] = 10 * B * d * F / best[k] / peak
-    if 'saelens' in best: row['salmon_over_saelens'] = best['saelens'] / best['salmon']
-    return row
+    return best
 
 # %% ../nbs/90_bench.ipynb #5b0c1b12
-def bench_train_profile(d:int=64, F:int=1024, B:int=512)->dict:
+def bench_train_profile(d:int=64, F:int=1024, B:int=512,
+                        sparse:str='auto', # `TrainConfig.sparse`
+                        l0:float|None=None, # set the thresholds for this L0 (None: a fresh SAE, L0 ≈ F/2)
+                       )->dict:
     "Allocations of at least B·F bytes during one salmon training step, by op (float buffers are 4 B·F bytes)"
     from torch.profiler import profile
     x = torch.randn(B, d) / math.sqrt(d)
-    tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 100, lr_warmup_steps=0, sparsity_warmup_steps=0), d)
+    tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 100, lr_warmup_steps=0, sparsity_warmup_steps=0, sparse=sparse), d)
+    if l0 is not None: _set_l0(tr.sae, x, l0)
     tr.step(x, 0, 1.0)
     with profile(profile_memory=True, record_shapes=True) as p: tr.step(x, 1, 1.0)
     big = {}
@@ -130,6 +180,27 @@ def bench_train_profile(d:int=64, F:int=1024, B:int=512)->dict:
         if e.cpu_memory_usage >= B * F:
             big.setdefault(e.name, []).append(e.cpu_memory_usage)
     return big
+
+# %% ../nbs/90_bench.ipynb #b32cd7f0
+def bench_crossover(d:int, # activation width
+                    F:int, # latents
+                    B:int, # batch
+                    densities:tuple=(0.005, 0.02, 0.05, 0.1), # fractions of latents active (L0 / F) to time at
+                    repeats:int=3, # timed calls per path and density (best kept)
+                   )->list[dict]: # one row per density
+    "Seconds of the dense and the sparse gradient computation (`fused_grads`, `sparse_grads`) on one batch, by L0 / F"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, d, generator=g) / math.sqrt(d)
+    sae = JumpReLUSAE(d, F)
+    cfg = TrainConfig(d_sae=F, batch_size=B, n_tokens=B)
+    rows = []
+    for rho in densities:
+        _set_l0(sae, x, rho * F)
+        best = _best(dict(dense=lambda t: fused_grads(sae, x, cfg, 1.0), sparse=lambda t: sparse_grads(sae, x, cfg, 1.0)), repeats)
+        rows.append(dict(d=d, F=F, B=B, BdF=B * d * F, l0=float(sae.encode(x).gt(0).sum(1).float().mean()),
+                         pair_density=_pairs(sae, x) / (B * F), dense_s=best['dense'], sparse_s=best['sparse'],
+                         sparse_speedup=best['dense'] / best['sparse']))
+    return rows
 
 # %% ../nbs/90_bench.ipynb #f1f497db
 def _peak_mem(fn):
@@ -185,8 +256,11 @@ def main(argv:list[str]|None=None):
     p.add_argument('--model', default='gemma-3-270m', help="real model to include ('none' for the tiny model only)")
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
-    p.add_argument('--repeats', type=int, default=3, help='timed training steps per contender (train)')
-    p.add_argument('--big-batch', type=int, default=1024, help='batch of the d=2304, F=16384 training shape (train)')
+    p.add_argument('--repeats', type=int, default=2, help='timed training steps per contender and L0 (train)')
+    p.add_argument('--big-batch', type=int, default=1024, help='batch of the d=2304 training shapes (train; F=65536 uses half)')
+    p.add_argument('--shapes', default=None, help="train shapes 'dxF' or 'dxFxB', comma-separated (default: the four of the README)")
+    p.add_argument('--l0s', default='20,50,100', help='L0s to train at (train)')
+    p.add_argument('--crossover', action='store_true', help='train: also time the dense and sparse gradient paths by L0 / F')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu')
@@ -196,8 +270,12 @@ def main(argv:list[str]|None=None):
             rows.append(bench_trace(load_lm(a.model, device='cpu'), a.model, a.layer, n_texts=32, batch_size=8, repeats=3))
         _print_rows(rows)
     if a.what in ('train', 'all'):
-        shapes = [(640, 4096, 4096), (640, 16384, 4096), (2304, 16384, a.big_batch)]
-        _print_rows([bench_train(d, F, B, repeats=a.repeats) for d, F, B in shapes])
+        shapes = [(640, 4096, 4096), (640, 16384, 4096), (2304, 16384, a.big_batch), (2304, 65536, a.big_batch // 2)]
+        if a.shapes: shapes = [tuple(int(v) for v in s.split('x')) + ((4096,) if s.count('x') == 1 else ()) for s in a.shapes.split(',')]
+        l0s = tuple(float(v) for v in a.l0s.split(','))
+        if a.crossover:                                     # the demo's shape, then larger steps
+            for d, F, B in [(640, 1024, 1024), (640, 4096, 1024), (640, 4096, 4096)]: _print_rows(bench_crossover(d, F, B, repeats=a.repeats))
+        for d, F, B in shapes: _print_rows(bench_train(d, F, B, l0s=l0s, repeats=a.repeats))   # one table per shape, as it finishes
     if a.what in ('eval', 'all'):
         rows = bench_eval(tiny_lm(train_steps=40), 'tiny-gemma2', 2, d_sae=256, n_saes=(1, 4), n_texts=16)
         if a.model != 'none': rows += bench_eval(load_lm(a.model, device='cpu'), a.model, a.layer, n_saes=(1, 4), n_texts=16, batch_size=4, max_len=256)

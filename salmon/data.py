@@ -4,14 +4,15 @@
 
 # %% ../nbs/02_data.ipynb #054571be
 from __future__ import annotations
-import hashlib, itertools, json
+import functools, hashlib, itertools, json, os, random
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
-from .core import check_choice, check_range, data_dir
+from .core import atomic_write, check_choice, check_range, data_dir
 
 # %% auto #0
-__all__ = ['format_mmlu', 'FORMATTERS', 'MEDICAL_HUB', 'GENERAL_HUB', 'format_medqa', 'format_medmcqa', 'format_pubmedqa',
-           'load_records', 'is_held_out', 'medical_qa', 'general_text']
+__all__ = ['format_mmlu', 'FORMATTERS', 'MEDICAL_HUB', 'GENERAL_HUB', 'HUB_ROOT_ENV', 'HUB_FILES', 'format_medqa',
+           'format_medmcqa', 'format_pubmedqa', 'load_records', 'hub_location', 'write_hub_fixtures', 'is_held_out',
+           'medical_qa', 'mix', 'general_text']
 
 # %% ../nbs/02_data.ipynb #16c1f214
 def format_medqa(rec:dict, # a record of openlifescienceai/medqa or an MMLU subset: {'data': {'Question', 'Options', 'Correct Option'}}
@@ -71,6 +72,68 @@ def load_records(path_or_id:str|Path, # a local .jsonl/.json/.parquet/.csv/.txt 
         return load_dataset({'.json': 'json', '.txt': 'text'}.get(builder, builder[1:]), data_files=str(p), split='train', streaming=True)
     return load_dataset(str(path_or_id), split=split, streaming=streaming, **kw)
 
+# %% ../nbs/02_data.ipynb #a9e3c1d0
+HUB_ROOT_ENV = 'SALMON_HUB_ROOT'   # environment variable: a local mirror of the hub used instead of the hub
+
+def hub_location(hub_id:str, # a hub dataset id 'org/name' (a local file or folder is returned as is)
+                 root:str|Path|None=None, # a local mirror: `root/org/name/` holds the hub's data files (default: $SALMON_HUB_ROOT)
+                )->str:
+    "Where `load_records` reads `hub_id` from: the hub id itself, or its folder in a local mirror"
+    root = root if root is not None else os.environ.get(HUB_ROOT_ENV) or None
+    if root is None or Path(hub_id).expanduser().exists(): return hub_id
+    p = Path(root).expanduser()/hub_id
+    if not p.is_dir(): raise FileNotFoundError(f'root={str(root)!r}: the local hub mirror has no folder {str(p)!r} for {hub_id!r}; '
+                                               'write one with salmon.data.write_hub_fixtures or copy the hub files there')
+    return str(p)
+
+# %% ../nbs/02_data.ipynb #b7d2e4f1
+HUB_FILES = {  # hub id -> (split, data file in the hub's layout)
+    'openlifescienceai/medqa': ('train', 'data/train-00000-of-00001.parquet'),
+    'openlifescienceai/medmcqa': ('train', 'data/train-00000-of-00001.parquet'),
+    'openlifescienceai/pubmedqa': ('train', 'data/train-00000-of-00001.parquet'),
+    'openlifescienceai/mmlu_college_medicine': ('test', 'data/test-00000-of-00001.parquet'),
+    'openlifescienceai/mmlu_clinical_knowledge': ('test', 'data/test-00000-of-00001.parquet'),
+    'openlifescienceai/mmlu_professional_medicine': ('test', 'data/test-00000-of-00001.parquet'),
+    'monology/pile-uncopyrighted': ('train', 'train/00.jsonl')}
+
+_SCHEMA = dict(medqa='medqa', medmcqa='medmcqa', pubmed_qa='pubmed_qa', mmlu_college_medicine='medqa',
+               mmlu_clinical_knowledge='medqa', mmlu_professional_medicine='medqa')   # shipped records of each source's schema
+
+def _hub_record(name:str, r:dict, i:int)->dict:
+    "A shipped record in the hub schema of source `name`, made unique by a tag"
+    tag = f'[{name} {i}] '
+    if name == 'medmcqa':
+        return dict(id=f'{name}-{i}', question=tag + r['question'], opa=r['opa'], opb=r['opb'], opc=r['opc'], opd=r['opd'], cop=int(r['cop']),
+                    choice_type=r.get('choice_type', 'single'), exp=r.get('exp'), subject_name=r.get('subject_name', ''), topic_name=r.get('topic_name', ''))
+    d = dict(r['data']); d['Question'] = tag + d['Question']
+    if name != 'pubmed_qa': d['Correct Answer'] = d['Options'][d['Correct Option']]
+    return dict(id=f'{name}-{i}', data=d, subject_name=r.get('specialty', ''))
+
+def write_hub_fixtures(root:str|Path, # folder of the mirror (created)
+                       n_per_source:int=64, # records per medical source, and Pile documents
+                       seed:int=0, # which shipped records are drawn
+                      )->Path:
+    """Write a small local mirror of the paper's seven hub datasets in their exact schemas and layout; return `root`.
+
+    Use it in place of the hub: `medical_qa(source='hub', root=root)`, `general_text(source='hub', root=root)`,
+    a preset with `hub_root=str(root)`, or `SALMON_HUB_ROOT=root` in the environment."""
+    import pyarrow as pa, pyarrow.parquet as pq
+    check_range('n_per_source', n_per_source, 1)
+    root = Path(root); rng = random.Random(seed)
+    pool = {}
+    for r in load_records(data_dir()/'medical_qa.jsonl'): pool.setdefault(r['source_dataset'], []).append(r)
+    general = list(load_records(data_dir()/'general.jsonl'))
+    sets = ['Pile-CC', 'Wikipedia (en)', 'StackExchange', 'ArXiv', 'FreeLaw', 'PubMed Abstracts', 'Gutenberg (PG-19)']
+    for (name, hid, split), (sp, rel) in zip([*MEDICAL_HUB, ('pile', GENERAL_HUB[0], 'train')], [HUB_FILES[h] for h in [*(m[1] for m in MEDICAL_HUB), GENERAL_HUB[0]]]):
+        f = root/hid/rel; f.parent.mkdir(parents=True, exist_ok=True)
+        if name == 'pile':
+            docs = [dict(text=f'[pile {i}] ' + rng.choice(general)['text'], meta=dict(pile_set_name=rng.choice(sets))) for i in range(n_per_source)]
+            with atomic_write(f, 'w') as fh: fh.write(''.join(json.dumps(d) + '\n' for d in docs))
+            continue
+        recs = [_hub_record(name, rng.choice(pool[_SCHEMA[name]]), i) for i in range(n_per_source)]
+        with atomic_write(f) as fh: pq.write_table(pa.Table.from_pylist(recs), fh)
+    return root
+
 # %% ../nbs/02_data.ipynb #b4815623
 def is_held_out(text:str, # the example's text
                 frac:float=0.1, # fraction of examples held out
@@ -91,6 +154,16 @@ def _fmt(rec:dict, name:str|None=None)->dict:
     if name not in FORMATTERS: raise ValueError(f"record has source_dataset={name!r}; expected one of {list(FORMATTERS)} or a 'text' field")
     return {'text': FORMATTERS[name](rec), 'source_dataset': name}
 
+def _medical_records(source:str, path, hub:tuple, root)->Iterator[dict]:
+    "Formatted records of the whole corpus, in file / source order"
+    if source == 'local': return (_fmt(r) for r in load_records(path or data_dir()/'medical_qa.jsonl'))
+    return (_fmt(r, name) for name, hid, sp in hub for r in load_records(hub_location(hid, root), sp))
+
+@functools.lru_cache(maxsize=2)
+def _mixed_records(source:str, path, hub:tuple, root, seed:int)->tuple:
+    "The whole corpus in a seeded random order (read once per process)"
+    return tuple(mix(_medical_records(source, path, hub, root), seed))
+
 def medical_qa(split:str='train', # 'train', 'test' (held out) or 'all'
                *,
                source:str='local', # 'local' (a JSONL file) or 'hub' (the paper's six sources)
@@ -99,13 +172,24 @@ def medical_qa(split:str='train', # 'train', 'test' (held out) or 'all'
                limit:int|None=None, # stop after this many examples
                with_meta:bool=False, # yield {'text', 'source_dataset'} instead of the text
                hub:list|None=None, # override `MEDICAL_HUB` (source_dataset, id or local file, split) triples
+               root:str|Path|None=None, # a local mirror of the hub (see `hub_location`; default $SALMON_HUB_ROOT)
+               mix_seed:int|None=None, # mix the sources in a random order with this seed (None: file / source order)
               )->Iterator[str|dict]:
     "The clinical QA corpus, formatted with the paper's templates, one split of it"
     check_choice('source', source, {'local', 'hub'})
-    if source == 'local': recs = (_fmt(r) for r in load_records(path or data_dir()/'medical_qa.jsonl'))
-    else: recs = (_fmt(r, name) for name, hid, sp in (hub or MEDICAL_HUB) for r in load_records(hid, sp))
+    hub = tuple(map(tuple, hub or MEDICAL_HUB))
+    if mix_seed is None: recs = _medical_records(source, path, hub, root)
+    else: recs = iter(_mixed_records(source, None if path is None else str(path), hub, None if root is None else str(root), int(mix_seed)))
     out = itertools.islice(_split(recs, split, held_out), limit)
     return out if with_meta else (r['text'] for r in out)
+
+# %% ../nbs/02_data.ipynb #d5e9b3a7
+def mix(items:Iterable, # anything finite
+        seed:int=0, # permutation seed
+       )->list:
+    "All of `items` in a seeded random order (every prefix is a uniform sample)"
+    out = list(items); random.Random(seed).shuffle(out)
+    return out
 
 # %% ../nbs/02_data.ipynb #03588a34
 def general_text(split:str='train', # 'train', 'test' (held out) or 'all'
@@ -117,11 +201,12 @@ def general_text(split:str='train', # 'train', 'test' (held out) or 'all'
                  with_meta:bool=False, # yield dicts with the 'text' and 'topic'/'meta' fields
                  hub:tuple=GENERAL_HUB, # (hub id, split, text field)
                  min_chars:int=1, # skip shorter texts
+                 root:str|Path|None=None, # a local mirror of the hub (see `hub_location`; default $SALMON_HUB_ROOT)
                 )->Iterator[str|dict]:
     "Broad-domain text, one split of it"
     check_choice('source', source, {'local', 'hub'})
     if source == 'local': recs = load_records(path or data_dir()/'general.jsonl'); field = 'text'
-    else: recs = load_records(hub[0], hub[1]); field = hub[2]
+    else: recs = load_records(hub_location(hub[0], root), hub[1]); field = hub[2]
     recs = ({**r, 'text': r[field]} for r in recs if isinstance(r.get(field), str) and len(r[field]) >= min_chars)
     out = itertools.islice(_split(recs, split, held_out), limit)
     return out if with_meta else (r['text'] for r in out)

@@ -9,9 +9,10 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import atomic_write, check_choice, default_device, in_test
+from .core import atomic_write, check_choice, check_range, default_device, in_test
 from .data import general_text, medical_qa
 import functools, itertools, json, os
+from typing import Iterator
 import numpy as np
 from .darkmatter import dark_matter_sae
 from .gemmascope import LADDER, REPOS, load_gemmascope
@@ -22,13 +23,14 @@ from .models import load_lm, tiny_lm
 from .plots import REASON, not_measurable, paper_reference, pareto, set_style
 from .sae import load_sae
 from .train import TrainConfig, train_saes
-from .trace import ActivationCache, cache_activations
+from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_activations
 
 # %% auto #0
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
-           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'load_model',
-           'stage_caches', 'train_configs', 'gemmascope_family', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes',
-           'stage_eval', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
+           'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'salmon_source',
+           'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'gemmascope_family', 'sae_dir',
+           'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
+           'stage_sources', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
            'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
@@ -56,21 +58,34 @@ class Preset:
     buffer_tokens:int=250_000 # shuffling-buffer capacity
     eval_texts:int=200        # held-out texts per corpus for evaluation
     eval_max_len:int=1024     # tokens per evaluation text
+    hub_root:str|None=None    # a local mirror of the hub datasets (`salmon.data.write_hub_fixtures`; None: $SALMON_HUB_ROOT, else the hub)
+    mix_seed:int|None=None    # mix the medical sources in a seeded random order (None: file / source order)
+    stream:bool=False         # train straight from the LM through the shuffling buffer (no training cache on disk)
+    lm_dtype:str|None=None    # LM weights and compute dtype (None: bf16 on CUDA, fp32 on CPU)
+    group_size:int|None=None  # SAEs trained at once on one stream (None: all target L0s of a width together)
+    buffer_dtype:str='float32' # dtype of the streamed shuffling buffer (and of its state in checkpoints)
+    probe_tokens:int=64_800   # streamed runs: medical training tokens cached for the dark-matter probes (the paper's 60 % of 108k rows)
+    eval_per_source:int=0     # held-out medical texts per source for the per-source table (0: none)
 
     def __post_init__(self):
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
         if 'domain' not in self.families: raise ValueError(f'families={self.families!r} has no domain family; every comparison is against it')
         if not self.widths or not self.target_l0s: raise ValueError(f'widths={self.widths!r} and target_l0s={self.target_l0s!r} must not be empty')
+        if self.lm_dtype is not None: check_choice('lm_dtype', self.lm_dtype, ('float32', 'bfloat16', 'float16'))
+        check_choice('buffer_dtype', self.buffer_dtype, ('float32', 'bfloat16', 'float16'))
+        if self.group_size is not None: check_range('group_size', self.group_size, 1)
+
+_PAPER_DATA = dict(source='hub', mix_seed=0, stream=True, batch_size=4, cache_dtype='bfloat16', buffer_dtype='bfloat16', eval_per_source=50)
 
 PRESETS = {p.name: p for p in [
     Preset('tiny', 'tiny', 2, max_len=128, train_texts=48, widths=(256,), target_l0s=(8, 16), train_tokens=40_960, train_batch=256,
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
     Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', widths=(1024,), target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
-    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
-           general_texts=4_000, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, source='hub', batch_size=4, train_texts=20_000, cache_dtype='bfloat16',
-           general_texts=4_000, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
+           widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
 ]}
 
 def get_preset(name:str)->Preset:
@@ -94,6 +109,26 @@ def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
     set_style()                      # salmon's figure style, whatever the notebook set before
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
 
+# %% ../nbs/95_pipeline.ipynb #b6c7d8e9
+def salmon_source()->str:
+    "Which salmon runs: version, import location, and its install (git URL and commit, or a checkout's commit)"
+    import subprocess, salmon
+    from importlib import metadata
+    here = Path(salmon.__file__).resolve().parent
+    try: info = json.loads(metadata.distribution('salmon').read_text('direct_url.json') or 'null')
+    except metadata.PackageNotFoundError: info = None
+    vcs = (info or {}).get('vcs_info')
+    if vcs: how = f"installed from {info['url']}@{vcs.get('requested_revision') or 'HEAD'}, commit {vcs['commit_id'][:12]}"
+    else:
+        git = lambda *a: subprocess.run(['git', '-C', str(here), *a], capture_output=True, text=True)
+        try: head, dirty = git('rev-parse', '--short=12', 'HEAD'), git('status', '--porcelain', '--', '.')
+        except OSError: head = dirty = None
+        url = (info or {}).get('url', '')
+        if head is not None and head.returncode == 0: how = f"checkout at commit {head.stdout.strip()}{'+modified' if dirty.stdout.strip() else ''}"
+        elif url.startswith('file://') and not here.is_relative_to(Path(url[7:]).resolve()): how = f'on the path, not the installed {url}'
+        else: how = f'installed from {url}' if url else 'installed from a package index'
+    return f'salmon {salmon.__version__} from {here} ({how})'
+
 # %% ../nbs/95_pipeline.ipynb #7e1872ce
 CORPORA = dict(medical=medical_qa, general=general_text)
 
@@ -103,7 +138,7 @@ def load_model(p:Preset):
     from transformers.utils import logging as hf_logging
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()          # a 1 s "Loading weights" bar is noise in a notebook
-    try: return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model)
+    try: return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model, dtype=getattr(torch, p.lm_dtype) if p.lm_dtype else None)
     finally:
         if was: hf_logging.enable_progress_bar()
 
@@ -120,12 +155,16 @@ def stage_caches(p:Preset, # the run's preset
     "Trace each corpus's training split into a cache (reusing finished caches); summarise them"
     out = Path(out); rows = []; lm = None
     for (corpus, fn), split in itertools.product(CORPORA.items(), ('train', 'test')):
+        if p.stream and split == 'train':    # streamed runs train from the LM; only the dark-matter probes need training rows
+            if corpus != 'medical': continue
+            split = 'probe'
         path = out/'cache'/f'{corpus}-{split}'
         try: reused = ActivationCache(path).complete
         except FileNotFoundError: reused = False
         if not reused and lm is None: lm = load_model(p)
         n_train = p.general_texts if corpus == 'general' and p.general_texts else p.train_texts
-        texts = fn(split, source=p.source, limit=n_train if split == 'train' else p.eval_texts * 4)
+        texts = (probe_texts(p, lambda: lm) if split == 'probe' else
+                 preset_texts(p, corpus, split, limit=n_train if split == 'train' else p.eval_texts * 4))
         c = cache_activations(lm, texts, p.layer, path, model=p.model, corpus=corpus, split=split, max_len=p.max_len,
                               batch_size=p.batch_size, bos=p.bos, dtype=getattr(torch, p.cache_dtype), progress=progress)
         m = c.manifest
@@ -133,6 +172,29 @@ def stage_caches(p:Preset, # the run's preset
                          truncated=m['n_truncated'], seconds=m['seconds'], tok_per_s=m['n_tokens'] / max(m['seconds'], 1e-9),
                          mean_norm=_mean_norm(c), reused=reused))
     return pd.DataFrame(rows)
+
+# %% ../nbs/95_pipeline.ipynb #f1a7c3e5
+def preset_texts(p:Preset, # the run's preset
+                 corpus:str, # 'medical' or 'general'
+                 split:str, # 'train', 'test' or 'all'
+                 limit:int|None=None, # stop after this many texts
+                 with_meta:bool=False, # yield dicts with 'text' (and 'source_dataset' for the medical corpus)
+                ):
+    "The texts of one corpus split as the preset reads them"
+    fn = CORPORA[check_choice('corpus', corpus, CORPORA)]
+    kw = dict(mix_seed=p.mix_seed) if corpus == 'medical' else {}
+    return fn(split, source=p.source, limit=limit, with_meta=with_meta, root=p.hub_root, **kw)
+
+def probe_texts(p:Preset, # a streamed preset
+                lm, # a function returning the LM (its tokenizer counts the tokens; called only when iterated)
+               )->Iterator[str]:
+    "The first medical training texts holding `p.probe_tokens` tokens as traced (truncated to `max_len`, BOS per `p.bos`)"
+    got = 0
+    for t in preset_texts(p, 'medical', 'train'):
+        if got >= p.probe_tokens: return
+        tok = lm().tokenizer; ids = tok(t, add_special_tokens=True)['input_ids'][:p.max_len]
+        got += len(ids) - int(p.bos == 'drop' and tok.bos_token_id is not None and ids[0] == tok.bos_token_id)
+        yield t
 
 # %% ../nbs/95_pipeline.ipynb #44f90790
 FAMILIES = dict(domain='medical', broad='general')
@@ -171,14 +233,21 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->dict:
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
-        cfgs = train_configs(p, family, width); fdir = sae_dir(out, family, width)
-        if all((fdir/c.label/'config.json').exists() for c in cfgs):
-            saes.update({c.label: load_sae(fdir/c.label) for c in cfgs}); continue
-        cache = ActivationCache(out/'cache'/f'{corpus}-train')
+        n_pass = pass_tokens(p, corpus, out) if p.stream else None
+        q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
+        cfgs = train_configs(q, family, width); fdir = sae_dir(out, family, width)
+        groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
-        res = train_saes(cfgs, _epochs(cache, p.train_batch, p.buffer_tokens), out_dir=fdir, resume=True, meta=meta,
-                         ckpt_every=max(1, cfgs[0].n_steps // 5), log_every=max(1, cfgs[0].n_steps // 50), progress=progress)
-        saes.update({c.label: s.cpu() for c, (s, _) in zip(cfgs, res)})   # off the GPU while the next group trains
+        for g, grp in enumerate(groups):
+            if all((fdir/c.label/'config.json').exists() for c in grp):
+                saes.update({c.label: load_sae(fdir/c.label) for c in grp}); continue
+            src = (stream_batches(p, corpus, load_model(p)) if p.stream else
+                   _epochs(ActivationCache(out/'cache'/f'{corpus}-train'), p.train_batch, p.buffer_tokens))
+            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=dict(meta, **({'streamed': True} if p.stream else {})), progress=progress,
+                             ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                             ckpt_dir=fdir/('checkpoint' if len(groups) == 1 else f'checkpoint_{g}'),
+                             **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
+            saes.update({c.label: s.cpu() for c, (s, _) in zip(grp, res)})   # off the GPU while the next group trains
     dev = default_device()
     for name, s in saes.items(): s.cfg.setdefault('name', name); s.to(dev)
     return saes
@@ -206,6 +275,33 @@ def trained_saes(preset:str|Preset='demo', # a preset (or its name) whose run's 
         saes[d.name] = s
     return saes
 
+# %% ../nbs/95_pipeline.ipynb #d2e3f4a5
+def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
+                   corpus:str, # 'medical' or 'general'
+                   lm, # the preset's LM
+                   seed:int=0, # buffer seed
+                  )->ActivationBuffer:
+    "Training batches traced on the fly: the corpus's training split, one example per context, through the shuffling buffer"
+    stream = ActivationStream(lm, preset_texts(p, corpus, 'train'), p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
+                              progress=False, desc=f'streaming {corpus}')
+    return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
+
+def pass_tokens(p:Preset, # a streamed preset
+                corpus:str, # 'medical' (counted) or 'general' (open-ended: None)
+                out:str|Path, # results folder (the count is kept in `cache/<corpus>-train-tokens.json`)
+               )->int|None:
+    "Tokens of one pass over the corpus's training split as traced (truncated, BOS per policy); a run never trains past it"
+    if corpus != 'medical': return None
+    key = dict(model=p.model, source=p.source, hub_root=p.hub_root, mix_seed=p.mix_seed, max_len=p.max_len, bos=p.bos)
+    f = Path(out)/'cache'/f'{corpus}-train-tokens.json'
+    if f.exists() and (d := json.loads(f.read_text()))['made_from'] == key: return d['tokens']
+    tok, n = load_model(p).tokenizer, 0
+    for texts in iter(lambda it=iter(preset_texts(p, corpus, 'train')): list(itertools.islice(it, 1024)), []):
+        for ids in tok(texts, add_special_tokens=True)['input_ids']:
+            ids = ids[:p.max_len]; n += len(ids) - int(p.bos == 'drop' and tok.bos_token_id is not None and ids[0] == tok.bos_token_id)
+    with atomic_write(f, 'w') as fh: json.dump(dict(made_from=key, tokens=n), fh)
+    return n
+
 # %% ../nbs/95_pipeline.ipynb #52d72972
 def _per_sae_csv(f:Path, saes:dict, compute)->pd.DataFrame:
     "Reuse the table at `f` if it has a row for exactly these SAEs; else `compute()` it and write it atomically"
@@ -223,18 +319,41 @@ def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->
                               target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
                          for k, s in saes.items()])
     def compute(corpus, fn):
-        df = evaluate(saes, lm or load_model(p), list(fn('test', source=p.source, limit=p.eval_texts)), p.layer, max_len=p.eval_max_len,
+        df = evaluate(saes, lm or load_model(p), list(preset_texts(p, corpus, 'test', p.eval_texts)), p.layer, max_len=p.eval_max_len,
                       bos=p.bos, progress=progress, eval_corpus=corpus)
         return meta.merge(df, on='name')
     return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn))
                       for corpus, fn in CORPORA.items()], ignore_index=True)
+
+# %% ../nbs/95_pipeline.ipynb #e3f4a5b6
+def held_out_by_source(p:Preset, # the run's preset
+                       n:int, # texts per source
+                      )->dict:
+    "source_dataset -> the first `n` held-out medical texts of that source, in the preset's order"
+    by = {}
+    for r in preset_texts(p, 'medical', 'test', with_meta=True):
+        got = by.setdefault(r['source_dataset'], [])
+        if len(got) < n: got.append(r['text'])
+    return by
+
+def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True)->pd.DataFrame:
+    "Every SAE on each medical source's held-out texts; one row per SAE and source (`source_dataset`)"
+    check_range('eval_per_source', p.eval_per_source, 1)
+    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
+    def compute():
+        rows = [evaluate(saes, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                         eval_corpus='medical', source_dataset=src, n_texts=len(texts))
+                for src, texts in held_out_by_source(p, p.eval_per_source).items()]
+        return meta.merge(pd.concat(rows, ignore_index=True), on='name')
+    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict)->pd.DataFrame:
     "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
     out = Path(out)
     def compute():
-        tr, te = ActivationCache(out/'cache'/'medical-train'), ActivationCache(out/'cache'/'medical-test')
+        tr, te = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train')), ActivationCache(out/'cache'/'medical-test')
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
         rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
                                                   split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
@@ -248,7 +367,7 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
     return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
-        saes, lm or load_model(p), medical_qa('test', source=p.source, limit=n), general_text('test', source=p.source, limit=n),
+        saes, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n),
         p.layer, max_len=p.eval_max_len, bos=p.bos))
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
@@ -395,6 +514,7 @@ def run(preset:str|Preset='demo', # preset name or object
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
     saes = stage_saes(p, out, progress=progress)
     ev = stage_eval(p, out, saes, progress=progress)
+    by_src = stage_sources(p, out, saes, progress=progress) if p.eval_per_source else None
     tab = results_table(ev, stage_darkmatter(p, out, saes), stage_specificity(p, out, saes), stage_absorption(p, out, saes))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
@@ -408,6 +528,9 @@ def run(preset:str|Preset='demo', # preset name or object
         print(comp.to_string(index=False))
         print('\nthe paper\'s claims at matched L0 on held-out medical text:\n')
         print(cl[['claim', 'baseline', 'metric', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
+        if by_src is not None:
+            print('\nFVE on each source\'s held-out texts (eval/medical-test-by-source.csv):\n')
+            print(by_src.pivot_table(index=['width', 'family', 'target_l0'], columns='source_dataset', values='fve').to_string())
     print(f'\nresults in {out}')
     return comp
 
@@ -431,20 +554,27 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     trained = [f for f in p.families if f != 'gemmascope']
     n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == p.model.split('/')[-1]) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
             for w in p.widths}   # GemmaScope SAEs per width
-    cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
-    eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len))
+    n_groups = sum(-(-len(p.target_l0s) // (p.group_size or len(p.target_l0s))) for _ in p.widths) * len(trained)   # LM passes if streamed
+    if p.stream: cache_tok = p.probe_tokens                # the dark-matter probe cache; training reads the LM
+    else: cache_tok = (p.train_texts or 0) * MEDICAL_TOKENS_PER_TEXT + ('broad' in trained) * (p.general_texts or p.train_texts or 0) * p.max_len
+    eval_tok = p.eval_texts * (MEDICAL_TOKENS_PER_TEXT + min(p.max_len, p.eval_max_len)) + p.eval_per_source * 6 * MEDICAL_TOKENS_PER_TEXT
     per_width = {w: len(trained) * len(p.target_l0s) + n_gs[w] for w in p.widths}   # SAEs evaluated per width
     n_sae = sum(per_width.values())
     after = (m['layers'] - p.layer - 1) / m['layers']
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
-    hours = dict(cache=2 * m['params'] * (p.layer + 1) / m['layers'] * cache_tok / lm_rate / 3600,
+    to_layer = 2 * m['params'] * (p.layer + 1) / m['layers']   # FLOPs per token traced to the layer
+    hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=p.stream * to_layer * p.train_tokens * n_groups / lm_rate / 3600,
                  train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
                  evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
     hours['total'] = 1.1 * sum(hours.values())
     sae_gb = lambda w: 2 * m['d'] * w * 4 / 2**30                       # fp32 encoder + decoder
-    train_gb = max(len(p.target_l0s) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
-    lm_gb = 2 * m['params'] / 2**30
+    lm_bytes = 4 if p.lm_dtype == 'float32' else 2           # None: bf16 on CUDA
+    train_gb = max((p.group_size or len(p.target_l0s)) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
+    lm_gb = lm_bytes * m['params'] / 2**30
+    act_gb = p.batch_size * p.max_len * (12 * m['d'] + 16 * p.max_len) * lm_bytes / 2**30   # one LM batch: MLP, q/k/v, 8 heads' scores
+    if p.stream: train_gb += lm_gb + act_gb                   # the LM runs beside the training group (the buffer stays in CPU memory)
     eval_gb = lm_gb + sum(sae_gb(w) * n for w, n in per_width.items())
-    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, **{f'{k}_h': v for k, v in hours.items()},
+    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, lm_passes=n_groups if p.stream else len({FAMILIES[f] for f in trained}),
+                **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
                 disk_gib=cache_tok * m['d'] * 2 / 2**30)

@@ -147,6 +147,18 @@ def _l0(self:JumpReLUSAE,
 JumpReLUSAE.pre_acts, JumpReLUSAE.encode_with_pre, JumpReLUSAE.encode = _pre, _encode_with_pre, _encode
 JumpReLUSAE.decode, JumpReLUSAE.forward, JumpReLUSAE.l0 = _decode, _forward, _l0
 
+# %% ../nbs/04_sae.ipynb #36c58884
+def _decode_sparse(self:JumpReLUSAE,
+                   ptr:Tensor, # CSR row pointer [n_tokens + 1]: token b's pairs are `ptr[b]:ptr[b+1]`
+                   cols:Tensor, # latent of each pair (int64)
+                   vals:Tensor, # value of each pair
+                  )->Tensor: # reconstruction [n_tokens, d_model]
+    "`decode` of latents given as a CSR list of (token, latent, value): a weighted sum of decoder rows, O(L0·d) per token"
+    out = torch.nn.functional.embedding_bag(cols, self.W_dec, ptr[:-1], mode='sum', per_sample_weights=vals.to(self.dtype))
+    return out.add_(self.b_dec)
+
+JumpReLUSAE.decode_sparse = _decode_sparse
+
 # %% ../nbs/04_sae.ipynb #03759748
 @torch.no_grad()
 def fold_norm(sae:JumpReLUSAE, # SAE trained on activations divided by `c` (possibly with a pre-encoder bias)

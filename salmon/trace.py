@@ -16,8 +16,8 @@ from .core import atomic_write, check_choice, check_range
 from .models import resid_module, resid_output, torch_model, d_model
 
 # %% auto #0
-__all__ = ['TraceStats', 'ActivationStream', 'trace_activations', 'ActivationBuffer', 'model_name', 'ActivationCache',
-           'cache_activations']
+__all__ = ['TraceStats', 'ActivationStream', 'add_method', 'state_dict', 'load_state_dict', 'trace_activations',
+           'ActivationBuffer', 'model_name', 'ActivationCache', 'cache_activations']
 
 # %% ../nbs/03_trace.ipynb #f389b7c5
 @dataclass
@@ -63,10 +63,10 @@ class ActivationStream:
         resid_module(lm, layer)    # validates the layer
         self.lm, self.texts, self.layer, self.batch_size, self.max_len, self.bos = lm, texts, layer, batch_size, max_len, bos
         self.out_dtype, self.out_device, self.progress, self.desc = out_dtype, torch.device(out_device), progress, desc
-        self.stats = TraceStats()
+        self.stats = TraceStats(); self._skip = 0
 
     def _batches(self)->Iterator[list[str]]:
-        it = iter(self.texts); i = 0
+        it = itertools.islice(iter(self.texts), self._skip, None); i = self._skip
         while batch := list(itertools.islice(it, self.batch_size)):
             for j, t in enumerate(batch):
                 if not isinstance(t, str): raise TypeError(f'texts[{i+j}] is {type(t).__name__}; expected str')
@@ -103,6 +103,24 @@ class ActivationStream:
         "All activations as one `[n_tokens, d]` tensor"
         return torch.cat(list(self))
 
+# %% ../nbs/03_trace.ipynb #a8b1c2d3
+def add_method(cls:type):
+    "Decorator: attach the function to `cls` as a method (fastcore's `patch`, without a runtime dependency)"
+    def deco(f): setattr(cls, f.__name__, f); return f
+    return deco
+
+@add_method(ActivationStream)
+def state_dict(self:ActivationStream)->dict:
+    "Position in the text stream: texts consumed, tokens produced, truncations"
+    return dict(n_texts=self.stats.n_texts, n_tokens=self.stats.n_tokens, n_truncated=self.stats.n_truncated)
+
+@add_method(ActivationStream)
+def load_state_dict(self:ActivationStream, state:dict):
+    "Continue after the first `state['n_texts']` texts (call before iterating)"
+    check_range('n_texts', state['n_texts'], 0)
+    self._skip = int(state['n_texts'])
+    self.stats = TraceStats(n_texts=self._skip, n_tokens=int(state['n_tokens']), n_truncated=int(state['n_truncated']))
+
 # %% ../nbs/03_trace.ipynb #3656e6a6
 def trace_activations(lm, # an nnsight model
                       texts:Iterable[str], # the corpus
@@ -128,29 +146,69 @@ class ActivationBuffer:
         self.source, self.capacity, self.batch_tokens, self.seed = source, capacity, batch_tokens, seed
         self.device, self.dtype, self.drop_last = torch.device(device), dtype, drop_last
 
+    @property
+    def resumable(self)->bool:
+        "Whether `state_dict` can record this buffer (its source knows its position, like an `ActivationStream`)"
+        return callable(getattr(self.source, 'state_dict', None)) and callable(getattr(self.source, 'load_state_dict', None))
+
+    def _start(self):
+        self._g = torch.Generator().manual_seed(self.seed)
+        self._src, self._pending, self._buf = iter(self.source), None, None
+        self._order, self._pos, self._exhausted = torch.empty(0, dtype=torch.long), 0, False
+
     def __iter__(self)->Iterator[torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed)
-        src, pending, buf = iter(self.source), None, None
-        order, pos, exhausted = torch.empty(0, dtype=torch.long), 0, False
+        if not getattr(self, '_loaded', False): self._start()
+        self._loaded = False
         while True:
-            if len(order) - pos < self.capacity // 2 and not exhausted:
-                keep = order[pos:]
-                free = torch.ones(self.capacity, dtype=torch.bool); free[keep] = False
-                free = free.nonzero().squeeze(1); n = 0
-                while n < len(free):
-                    if pending is None:
-                        try: pending = next(src)
-                        except StopIteration: exhausted = True; break
-                    if buf is None: buf = torch.empty(self.capacity, pending.shape[-1], device=self.device, dtype=self.dtype)
-                    k = min(len(pending), len(free) - n)
-                    buf[free[n:n+k].to(self.device)] = pending[:k].to(self.device, self.dtype)
-                    pending = pending[k:] if k < len(pending) else None; n += k
-                both = torch.cat([keep, free[:n]])
-                order, pos = both[torch.randperm(len(both), generator=g)], 0
-            left = len(order) - pos
+            if len(self._order) - self._pos < self.capacity // 2 and not self._exhausted: self._refill()
+            left = len(self._order) - self._pos
             if left == 0 or (left < self.batch_tokens and self.drop_last): return
-            idx = order[pos:pos + self.batch_tokens]; pos += len(idx)
-            yield buf[idx.to(self.device)]
+            idx = self._order[self._pos:self._pos + self.batch_tokens]; self._pos += len(idx)
+            yield self._buf[idx.to(self.device)]
+
+    def _refill(self):
+        keep = self._order[self._pos:]
+        free = torch.ones(self.capacity, dtype=torch.bool); free[keep] = False
+        free = free.nonzero().squeeze(1); n = 0
+        while n < len(free):
+            if self._pending is None:
+                try: self._pending = next(self._src)
+                except StopIteration: self._exhausted = True; break
+            if self._buf is None: self._alloc(self._pending.shape[-1])
+            k = min(len(self._pending), len(free) - n)
+            self._buf[free[n:n+k].to(self.device)] = self._pending[:k].to(self.device, self.dtype)
+            self._pending = self._pending[k:] if k < len(self._pending) else None; n += k
+        both = torch.cat([keep, free[:n]])
+        self._order, self._pos = both[torch.randperm(len(both), generator=self._g)], 0
+
+    def _alloc(self, d:int): self._buf = torch.empty(self.capacity, d, device=self.device, dtype=self.dtype)
+
+
+# %% ../nbs/03_trace.ipynb #b9c2d3e4
+@add_method(ActivationBuffer)
+def state_dict(self:ActivationBuffer)->dict:
+    "Everything needed to continue this buffer's batches elsewhere: unread rows, their slots, RNG, pending rows, source position"
+    if not self.resumable: raise TypeError(f'the buffer\'s source ({type(self.source).__name__}) has no state_dict; only a buffer over a '
+                                           'resumable source (an ActivationStream) can be checkpointed')
+    if not hasattr(self, '_g'): raise RuntimeError('the buffer has not started; nothing to save')
+    slots = self._order[self._pos:].clone()
+    rows = self._buf[slots.to(self.device)].cpu() if self._buf is not None else torch.empty(0)
+    return dict(slots=slots, rows=rows, d=-1 if self._buf is None else self._buf.shape[1], rng=self._g.get_state(),
+                exhausted=self._exhausted, pending=self._pending.cpu() if self._pending is not None else torch.empty(0),
+                has_pending=self._pending is not None, source=self.source.state_dict(),
+                config=dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed, dtype=str(self.dtype)))
+
+@add_method(ActivationBuffer)
+def load_state_dict(self:ActivationBuffer, state:dict):
+    "Continue where `state` was saved: the next batch is the one the saved buffer would have served (call before iterating)"
+    want = dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed, dtype=str(self.dtype))
+    if state['config'] != want: raise ValueError(f'buffer state was saved with {state["config"]}; this buffer has {want}')
+    self.source.load_state_dict(state['source'])
+    self._start(); self._g.set_state(state['rng']); self._exhausted = bool(state['exhausted'])
+    self._pending = state['pending'] if state['has_pending'] else None
+    if state['d'] >= 0:
+        self._alloc(state['d']); self._buf[state['slots'].to(self.device)] = state['rows'].to(self.device, self.dtype)
+    self._order, self._pos, self._loaded = state['slots'], 0, True
 
 # %% ../nbs/03_trace.ipynb #a4c26993
 def model_name(lm)->str:

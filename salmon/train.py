@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_train.ipynb #adfb0d89
 from __future__ import annotations
-import dataclasses, itertools, json, math, time, warnings
+import collections, dataclasses, itertools, json, math, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable
@@ -18,16 +18,17 @@ from .core import atomic_dir, atomic_write, check_choice, check_range
 from .sae import JumpReLUSAE, fold_norm, save_sae, _window
 
 # %% auto #0
-__all__ = ['PRESETS', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads', 'SAETrainer', 'train_saes',
-           'plot_history']
+__all__ = ['PRESETS', 'SPARSE_AUTO', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads', 'sparse_grads',
+           'train_grads', 'SAETrainer', 'train_saes', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #83741bb5
 @dataclass
 class TrainConfig:
     "Everything that defines one SAE's training run"
     d_sae:int=16384 # number of latents F
-    penalty:str='target_l0' # 'target_l0': λ(L0/target − 1)² (paper's code); 'l0': λ·L0 (GemmaScope)
-    target_l0:float|None=80.0 # target L0 of the 'target_l0' penalty
+    penalty:str='target_l0' # 'target_l0': λ(L0/target − 1)² (paper's code); 'l0': λ·L0 (GemmaScope); 'tanh' (Anthropic); 'quadratic' (GemmaScope 2)
+    target_l0:float|None=80.0 # target L0 of the 'target_l0' and 'quadratic' penalties
+    tanh_scale:float=4.0 # c of the 'tanh' penalty λ·Σᵢ tanh(c·fᵢ·‖dᵢ‖)
     sparsity_coeff:float=1.0 # λ
     sparsity_warmup_steps:int=5000 # λ ramps linearly from 0 over this many steps
     lr:float=3e-4 # peak Adam learning rate
@@ -41,23 +42,30 @@ class TrainConfig:
     n_tokens:int=49_000_000 # training tokens; steps = n_tokens // batch_size
     bandwidth:float=0.001 # STE kernel width ε (normalised units)
     theta0:float=0.001 # initial threshold θ₀ (normalised units)
+    theta_param:str='linear' # Adam updates θ ('linear') or log θ ('log': JumpReLU paper App. J, SAELens ≤ 6.47)
     pre_enc_bias:bool=False # subtract b_dec before encoding while training (folded at save)
     step_on:str='pre' # L0 STE on pre-activations ('pre', correct) or post-activations ('post', the paper's code)
     unit_norm_decoder:bool=True # remove the gradient parallel to decoder rows and renormalise them every step
     dtype:str='float32' # SAE weight dtype ('float32' or 'bfloat16'); θ is always fp32
+    sparse:str='auto' # training step: 'auto' (sparse when few (token, latent) pairs are active; `SPARSE_AUTO`), 'on' or 'off' (dense)
+    sparse_max_density:float|None=None # 'auto' crossover: largest fraction of pairs active or in the STE window (None: the device's)
     seed:int=0 # initialisation seed
     name:str|None=None # output sub-folder (default: derived from the fields)
 
     def __post_init__(self):
-        check_choice('penalty', self.penalty, {'target_l0', 'l0'}); check_choice('lr_warmup', self.lr_warmup, {'linear', 'cosine'})
+        check_choice('penalty', self.penalty, {'target_l0', 'l0', 'tanh', 'quadratic'}); check_choice('lr_warmup', self.lr_warmup, {'linear', 'cosine'})
         check_choice('step_on', self.step_on, {'pre', 'post'}); check_choice('dtype', self.dtype, {'float32', 'bfloat16', 'float16'})
         check_range('d_sae', self.d_sae, 1); check_range('batch_size', self.batch_size, 1); check_range('n_tokens', self.n_tokens, self.batch_size)
         check_range('lr', self.lr, 0.0); check_range('bandwidth', self.bandwidth, 1e-12); check_range('theta0', self.theta0, 0.0)
         check_range('sparsity_coeff', self.sparsity_coeff, 0.0)
         for k in ('sparsity_warmup_steps', 'lr_warmup_steps'): check_range(k, getattr(self, k), 0)
-        if self.penalty == 'target_l0' and (self.target_l0 is None or self.target_l0 <= 0):
-            raise ValueError(f"target_l0={self.target_l0!r}: the 'target_l0' penalty needs a positive target")
+        if self.penalty in ('target_l0', 'quadratic') and (self.target_l0 is None or self.target_l0 <= 0):
+            raise ValueError(f"target_l0={self.target_l0!r}: the {self.penalty!r} penalty needs a positive target")
         if self.lr_decay_start is not None: check_range('lr_decay_start', self.lr_decay_start, 0.0, 1.0)
+        check_choice('sparse', self.sparse, {'auto', 'on', 'off'}); check_choice('theta_param', self.theta_param, {'linear', 'log'})
+        check_range('tanh_scale', self.tanh_scale, 0.0)
+        if self.theta_param == 'log' and self.theta0 <= 0: raise ValueError(f"theta0={self.theta0!r}: theta_param='log' needs a positive θ₀")
+        if self.sparse_max_density is not None: check_range('sparse_max_density', self.sparse_max_density, 0.0, 1.0)
         self.betas = tuple(self.betas)
 
     @property
@@ -67,6 +75,7 @@ class TrainConfig:
         "Output folder name"
         if self.name: return self.name
         sp = f'l0target{self.target_l0:g}' if self.penalty == 'target_l0' else f'lambda{self.sparsity_coeff:g}'
+        if self.penalty in ('tanh', 'quadratic'): sp = f'{self.penalty}_' + (f'l0target{self.target_l0:g}_' if self.penalty == 'quadratic' else '') + sp
         return f'F{self.d_sae}_{sp}'
 
     @classmethod
@@ -120,8 +129,12 @@ def reference_loss(sae:JumpReLUSAE, # SAE on normalised inputs
     f, h = sae.encode_with_pre(x)
     x_hat = sae.decode(f)
     mse = (x_hat - x.to(x_hat.dtype)).pow(2).sum(-1).mean()
-    l0 = sae.l0(h, f).float().mean()
-    sp = coeff * l0 if cfg.penalty == 'l0' else coeff * (l0 / cfg.target_l0 - 1) ** 2
+    l0_tok = sae.l0(h, f).float()
+    l0 = l0_tok.mean()
+    if cfg.penalty == 'l0': sp = coeff * l0
+    elif cfg.penalty == 'target_l0': sp = coeff * (l0 / cfg.target_l0 - 1) ** 2
+    elif cfg.penalty == 'quadratic': sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+    else: sp = coeff * torch.tanh(cfg.tanh_scale * f * sae.W_dec.norm(dim=1)).sum(-1).mean()
     return mse + sp, dict(mse=mse, l0=l0, sparsity=sp)
 
 # %% ../nbs/06_train.ipynb #5750c0f2
@@ -130,13 +143,14 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
                 cfg:TrainConfig, # penalty settings
                 coeff:float, # effective λ (after warm-up)
+                h:Tensor|None=None, # pre-activations if already computed (used as the buffer: overwritten)
                )->dict: # grads per parameter name, plus batch statistics
     "Loss and gradients of `reference_loss`, computed by hand with one B×F buffer"
     B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
     theta = sae.theta
     W_enc, W_dec = sae.W_enc, sae.W_dec
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    buf = torch.addmm(sae.b_enc, xin, W_enc)                     # h
+    buf = torch.addmm(sae.b_enc, xin, W_enc) if h is None else h  # h
     win = _window(buf, theta, eps).nonzero()                     # (token, latent) pairs in the STE window
     rows, cols = win[:, 0], win[:, 1]
     mask = buf > theta
@@ -153,7 +167,14 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     g_out = err.mul_(2.0 / B)                                    # ∂L/∂x̂
     g_W_dec = buf.t() @ g_out
     g_b_dec = g_out.sum(0)
+    if cfg.penalty == 'tanh':                                    # λ/B Σ tanh(c‖dᵢ‖f): a second B×F buffer
+        c, n = cfg.tanh_scale, W_dec.norm(dim=1)
+        s = torch.tanh(buf * (c * n))
+        sp_tanh = coeff * s.sum(dtype=torch.float64) / B
+        s.mul_(s).neg_().add_(1)                                 # sech²
+        g_W_dec += (coeff * c / B) * ((s * buf).sum(0) / n).unsqueeze(1) * W_dec
     torch.mm(g_out, W_dec.t(), out=buf)                          # ∂L/∂f
+    if cfg.penalty == 'tanh': buf.add_(s.mul_((coeff * c / B) * n))
     g_theta = torch.zeros(F, dtype=torch.float32, device=x.device)
     g_theta.index_add_(0, cols, buf[rows, cols].float())
     g_theta.mul_(-theta / eps)
@@ -161,21 +182,153 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     g_b_enc = buf.sum(0)
     g_W_enc = xin.t() @ buf
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
-    if sae.step_on == 'pre': cnt = torch.bincount(cols, minlength=F)
+    if cfg.penalty == 'tanh': sp = sp_tanh
+    elif cfg.penalty == 'quadratic':                             # per-token weights ∂L/∂L0_b
+        l0_tok = mask.sum(1, dtype=torch.float64)
+        sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+        w = (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)
+        acc = torch.zeros(F, dtype=torch.float64, device=x.device)
+        if sae.step_on == 'pre': acc.index_add_(0, cols, w[rows])
+        else:
+            up = h_win > theta[cols]
+            acc.index_add_(0, cols[up], w[rows[up]])
+            zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)
+            if len(zero_in): acc[zero_in] += w @ (~mask[:, zero_in]).double()
+        g_theta -= (acc / eps).float()
     else:
-        up = h_win > theta[cols]
-        cnt = torch.bincount(cols[up], minlength=F)
-        zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
-        if len(zero_in): cnt[zero_in] += B - mask[:, zero_in].sum(0)
-    if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
-    else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
-    g_theta -= (float(dl0) / (B * eps)) * cnt.float()
+        if sae.step_on == 'pre': cnt = torch.bincount(cols, minlength=F)
+        else:
+            up = h_win > theta[cols]
+            cnt = torch.bincount(cols[up], minlength=F)
+            zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
+            if len(zero_in): cnt[zero_in] += B - mask[:, zero_in].sum(0)
+        if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
+        else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
+        g_theta -= (float(dl0) / (B * eps)) * cnt.float()
     return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
                 loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=fired, n_window=len(rows))
 
+# %% ../nbs/06_train.ipynb #f0e39366
+def _row_ptr(rows:Tensor, n:int)->Tensor:
+    "CSR row pointer (n + 1 entries) of sorted row indices"
+    cnt = torch.bincount(rows, minlength=n)
+    return torch.cat([cnt.new_zeros(1), cnt.cumsum(0)])
+
+def _sddmm(ptr:Tensor, cols:Tensor, A:Tensor, W:Tensor)->Tensor:
+    "A[b]·W[i] for every pair (b, i) of the CSR pattern (ptr, cols), without gathering rows (fp32 for half dtypes)"
+    dt = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        pat = torch.sparse_csr_tensor(ptr, cols, torch.zeros(len(cols), dtype=dt, device=A.device), size=(A.shape[0], W.shape[0]),
+                                      check_invariants=False)
+    return torch.sparse.sampled_addmm(pat, A.to(dt), W.to(dt).t(), beta=0.0).values().to(A.dtype)
+
+@torch.no_grad()
+def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
+                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
+                 cfg:TrainConfig, # penalty settings
+                 coeff:float, # effective λ (after warm-up)
+                 h:Tensor|None=None, # pre-activations, if already computed
+                 cand:Tensor|None=None, # `h > θ - ε/2`, if already computed
+                )->dict: # the same as `fused_grads`
+    "`fused_grads` over the (token, latent) pairs that are active or in the STE window only"
+    B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
+    theta, W_enc = sae.theta, sae.W_enc
+    xin = x - sae.b_dec if sae.pre_enc_bias else x
+    if h is None: h = torch.addmm(sae.b_enc, xin, W_enc)                    # the one dense product
+    if cand is None: cand = h > theta - eps / 2
+    flat = cand.view(-1).nonzero().squeeze(1)                                 # row-major: sorted by token
+    rows, cols = flat.div(F, rounding_mode='floor'), flat.remainder(F)
+    v = h.view(-1).index_select(0, flat)
+    act = v > theta.index_select(0, cols)
+    win = v < (theta + eps / 2).index_select(0, cols)
+    if bool((theta < 0).any()):                                               # then h ≤ 0 is inactive, and may be neither
+        act &= v > 0
+        keep = (act | win).nonzero().squeeze(1)
+        rows, cols, v, act, win = (t.index_select(0, keep) for t in (rows, cols, v, act, win))
+    f = v * act
+    l0 = act.sum().double() / B
+    ptr = _row_ptr(rows, B)
+    err = sae.decode_sparse(ptr, cols, f).sub_(x)                             # x̂ - x
+    sq = err.float().pow(2).sum(1)
+    mse = sq.mean()
+    g_out = err.mul_(2.0 / B)                                                 # ∂L/∂x̂
+    g_b_dec = g_out.sum(0)
+    g_f = _sddmm(ptr, cols, g_out, sae.W_dec)                                 # ∂L/∂f on the pairs
+    if cfg.penalty == 'tanh':
+        c, n = cfg.tanh_scale, sae.W_dec.norm(dim=1)
+        n_p = n.index_select(0, cols)
+        s = torch.tanh(f * (c * n_p))
+        sp_tanh = coeff * s.sum(dtype=torch.float64) / B
+        s.mul_(s).neg_().add_(1)                                              # sech²
+        q = torch.zeros(F, dtype=f.dtype, device=x.device).index_add_(0, cols, s * f)
+        g_f.add_(s.mul_((coeff * c / B) * n_p))
+    winf = win.float()
+    g_theta = torch.zeros(F, dtype=torch.float32, device=x.device).index_add_(0, cols, g_f.float() * winf)
+    g_theta.mul_(-theta / eps)
+    g_h = g_f * act                                                           # ∂L/∂h
+    g_b_enc = torch.zeros(F, dtype=g_h.dtype, device=x.device).index_add_(0, cols, g_h)
+    key, perm = torch.sort(cols * B + rows)                                   # the pairs by latent, then token
+    n_pair = torch.bincount(cols, minlength=F)
+    by_tok, off = key.remainder(B), n_pair.cumsum(0) - n_pair
+    bag = lambda src, w: torch.nn.functional.embedding_bag(by_tok, src, off, mode='sum', per_sample_weights=w.index_select(0, perm))
+    g_W_dec = bag(g_out, f)
+    if cfg.penalty == 'tanh': g_W_dec += (coeff * c / B) * (q / n).unsqueeze(1) * sae.W_dec
+    g_W_enc = bag(xin, g_h).t().contiguous()
+    if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
+    n_act = torch.zeros(F, dtype=torch.long, device=x.device).index_add_(0, cols, act.long())
+    zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
+    in_win = winf if sae.step_on == 'pre' else (win & act).float()          # pairs inside the L0 STE's window
+    if cfg.penalty == 'tanh': sp = sp_tanh
+    elif cfg.penalty == 'quadratic':                                          # per-token weights ∂L/∂L0_b
+        l0_tok = torch.zeros(B, dtype=torch.float64, device=x.device).index_add_(0, rows, act.double())
+        sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+        w = ((coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)).index_select(0, rows)
+        acc = torch.zeros(F, dtype=torch.float64, device=x.device).index_add_(0, cols, w * in_win)
+        if sae.step_on == 'post' and len(zero_in):
+            on = torch.zeros(F, dtype=torch.float64, device=x.device).index_add_(0, cols, w * act)
+            acc[zero_in] += (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0).sum() - on[zero_in]
+        g_theta -= (acc / eps).float()
+    else:
+        cnt = torch.zeros(F, dtype=torch.float32, device=x.device).index_add_(0, cols, in_win)
+        if sae.step_on == 'post' and len(zero_in): cnt[zero_in] += (B - n_act[zero_in]).float()
+        if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
+        else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
+        g_theta -= (float(dl0) / (B * eps)) * cnt
+    return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
+                loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=n_act > 0, n_window=int(win.sum()))
+
+# %% ../nbs/06_train.ipynb #889fe8cd
+SPARSE_AUTO = dict(cpu=(0.05, 2**31), cuda=(0.01, 2**28))   # device type -> (largest density of pairs, smallest B·d·F) for 'auto'
+
+@torch.no_grad()
+def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
+                x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
+                cfg:TrainConfig, # penalty settings and `sparse` mode
+                coeff:float, # effective λ (after warm-up)
+               )->dict: # `fused_grads`'s output plus `sparse`: which path ran; with log-θ the gradient is `log_theta`'s
+    "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch by `cfg.sparse`"
+    out = _path_grads(sae, x, cfg, coeff)
+    if cfg.theta_param == 'log': out['grads']['log_theta'] = out['grads'].pop('theta') * sae.theta     # ∂L/∂log θ = θ ∂L/∂θ
+    return out
+
+def _path_grads(sae, x, cfg, coeff):
+    B, F = x.shape[0], sae.d_sae
+    max_density, min_work = SPARSE_AUTO.get(x.device.type, SPARSE_AUTO['cuda'])
+    if cfg.sparse_max_density is not None: max_density = cfg.sparse_max_density
+    if cfg.sparse == 'off' or (cfg.sparse == 'auto' and B * sae.d_model * F < min_work):
+        return dict(fused_grads(sae, x, cfg, coeff), sparse=False)
+    xin = x - sae.b_dec if sae.pre_enc_bias else x
+    h = torch.addmm(sae.b_enc, xin, sae.W_enc)
+    cand = h > sae.theta - sae.bandwidth / 2                   # active or in the STE window (θ ≥ 0)
+    if cfg.sparse == 'on' or int(torch.count_nonzero(cand)) <= max_density * B * F:
+        return dict(sparse_grads(sae, x, cfg, coeff, h=h, cand=cand), sparse=True)
+    del cand
+    return dict(fused_grads(sae, x, cfg, coeff, h=h), sparse=False)
+
 # %% ../nbs/06_train.ipynb #1daf2308
 _DT = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
-_SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'n')
+_SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'sparse', 'n')
 
 class SAETrainer:
     "One SAE with its optimiser, schedule and statistics"
@@ -190,6 +343,8 @@ class SAETrainer:
             self.sae = JumpReLUSAE(d_model, cfg.d_sae, theta0=cfg.theta0, bandwidth=cfg.bandwidth, pre_enc_bias=cfg.pre_enc_bias,
                                    step_on=cfg.step_on, dtype=_DT[cfg.dtype], device=self.device)
         self.params = dict(self.sae.named_parameters())
+        if cfg.theta_param == 'log':                           # Adam moves log θ; θ = exp(log θ) is derived from it
+            self.params['log_theta'] = torch.nn.Parameter(self.params.pop('theta').detach().log())
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
@@ -199,7 +354,8 @@ class SAETrainer:
         "One optimiser step on the normalised batch `x` at step `t`; returns the loss (a 0-d tensor)"
         cfg, sae = self.cfg, self.sae
         coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
-        out = fused_grads(sae, x, cfg, coeff)
+        if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())   # also right after a resume
+        out = train_grads(sae, x, cfg, coeff)
         if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
         g = out['grads']
         if cfg.unit_norm_decoder:
@@ -210,11 +366,13 @@ class SAETrainer:
         self.opt.step()
         for p in self.params.values(): p.grad = None
         if cfg.unit_norm_decoder: sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+        if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())
         sae.theta.clamp_(min=0)
         self.last_fired[out['fired']] = t
         s = self.sums
         s['loss'] += float(out['loss']); s['mse'] += float(out['mse']); s['l0'] += float(out['l0'])
-        s['sq_err'] += float(out['sq_err']); s['var'] += var; s['window'] += out['n_window'] / (x.shape[0] * cfg.d_sae); s['n'] += 1
+        s['sq_err'] += float(out['sq_err']); s['var'] += var; s['window'] += out['n_window'] / (x.shape[0] * cfg.d_sae)
+        s['sparse'] = s.get('sparse', 0.0) + out['sparse']; s['n'] += 1
         return out['loss']
 
     def log_row(self, t:int, tokens:int, dead_window:int)->dict:
@@ -226,7 +384,7 @@ class SAETrainer:
                    fve=1 - s['sq_err'] / s['var'] if s['var'] else float('nan'),
                    dead_frac=((t - self.last_fired) >= win_steps).double().mean().item(),
                    theta_mean=th.mean().item(), theta_q10=q[0].item(), theta_q50=q[1].item(), theta_q90=q[2].item(),
-                   ste_window_frac=s['window'] / n, lr=lr_at(cfg, t), sparsity_coeff=sparsity_at(cfg, t))
+                   ste_window_frac=s['window'] / n, sparse_frac=s.get('sparse', 0.0) / n, lr=lr_at(cfg, t), sparsity_coeff=sparsity_at(cfg, t))
         self.sums = dict.fromkeys(_SUMS, 0.0)
         return row
 
@@ -237,13 +395,14 @@ def _norm_factor(batches:list[Tensor])->float:
     if not math.isfinite(c) or c == 0: raise ValueError(f'cannot normalise: mean squared norm of the first {n} activations is {s / n!r}')
     return c
 
-def _ckpt_save(path:Path, trainers:list[SAETrainer], state:dict, history:list[list[dict]]):
+def _ckpt_save(path:Path, trainers:list[SAETrainer], state:dict, history:list[list[dict]], stream:dict|None=None):
     with atomic_dir(path, overwrite=True) as tmp:
         for i, tr in enumerate(trainers):
             (tmp/f'sae_{i}.safetensors').write_bytes(st_save({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}))
         torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
                         rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), tmp/'state.pt')
         (tmp/'state.json').write_text(json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)))
+        if stream is not None: torch.save(stream, tmp/'stream.pt')       # a resumable source's position (see `train_saes`)
 
 def _ckpt_load(path:Path, trainers:list[SAETrainer], configs:list[TrainConfig])->tuple[dict, list]:
     meta = json.loads((path/'state.json').read_text())
@@ -263,6 +422,12 @@ def _ckpt_load(path:Path, trainers:list[SAETrainer], configs:list[TrainConfig])-
     return meta, meta['history']
 
 # %% ../nbs/06_train.ipynb #08ece4aa
+class _Lookahead:
+    "Iterator: the batches in `look` first (read ahead, or saved in a checkpoint), then the source's"
+    def __init__(self, look:collections.deque, src): self.look, self.src = look, src
+    def __iter__(self): return self
+    def __next__(self): return self.look.popleft() if self.look else next(self.src)
+
 @torch.enable_grad()                      # trains even when called under torch.no_grad()
 def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_tokens)
                activations:Iterable[Tensor], # batches [batch_size, d] (an `ActivationBuffer`, `ActivationCache.batches(...)`, ...)
@@ -278,6 +443,7 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                device:str|torch.device|None=None, # training device (default: CUDA if available)
                max_steps:int|None=None, # stop after this many steps (the schedule still spans n_tokens)
                progress:bool=True, # tqdm bar with tokens/s
+               ckpt_dir:str|Path|None=None, # checkpoint folder (default: `out_dir/checkpoint`)
               )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
     "Train one SAE per config on a single pass over `activations`; every batch is read once and used by all"
     if isinstance(configs, TrainConfig): configs = [configs]
@@ -295,9 +461,14 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
     if max_steps is not None: n_steps = min(n_steps, max_steps)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt = out_dir/'checkpoint' if out_dir is not None else None
+    ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoint') if out_dir is not None else None
 
-    it = iter(activations)
+    stateful = bool(getattr(activations, 'resumable', False))   # the source records its position (a streamed buffer)
+    look = collections.deque()                                   # batches read but not yet trained on (C's head, a resumed run's)
+    if resume and stateful and ckpt is not None and (ckpt/'stream.pt').exists():
+        ss = torch.load(ckpt/'stream.pt', weights_only=True)
+        activations.load_state_dict(ss['source']); look.extend(ss['lookahead'])
+    it = _Lookahead(look, iter(activations))
     first = next(it, None)
     if first is None: raise ValueError('activations is empty')
     if not isinstance(first, Tensor) or first.ndim != 2: raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {type(first).__name__} {getattr(first, "shape", "")}')
@@ -310,18 +481,20 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
         st, history = _ckpt_load(ckpt, trainers, configs)
         C, t0_step = st['norm_factor'], st['step']
         if st['d_model'] != d: raise ValueError(f'checkpoint is for d_model={st["d_model"]}, the stream has {d}')
-        stream = itertools.chain([first], it)
-        for _ in range(t0_step):
-            if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
+        look.appendleft(first); stream = it
+        if not (stateful and (ckpt/'stream.pt').exists()):        # a source without a saved position is re-read up to the checkpoint
+            for _ in range(t0_step):
+                if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
     else:
         if norm_factor == 'auto':
             head = [first] + list(itertools.islice(it, max(0, math.ceil(norm_tokens / B) - 1)))
             C = _norm_factor(head)
-            stream = itertools.chain(head, it)
+            look.extend(head)
         else:
             C = float(norm_factor)
             if not math.isfinite(C) or C <= 0: raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
-            stream = itertools.chain([first], it)
+            look.appendleft(first)
+        stream = it
     inv_c = 1.0 / C
     state = dict(step=t0_step, d_model=d, norm_factor=C, configs=json.loads(json.dumps([asdict(c) for c in configs])))
     dtypes = sorted({tr.sae.dtype for tr in trainers}, key=str)
@@ -346,7 +519,8 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                 for h, tr in zip(history, trainers): h.append(tr.log_row(t, (t + 1) * B, dead_window))
                 r = history[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
             if ckpt is not None and ((t + 1) % ckpt_every == 0 or t + 1 == n_steps):
-                state['step'] = t + 1; _ckpt_save(ckpt, trainers, state, history)
+                state['step'] = t + 1
+                _ckpt_save(ckpt, trainers, state, history, dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None)
         else: t = n_steps
     finally: bar.close()
     results = []
