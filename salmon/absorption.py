@@ -569,13 +569,17 @@ def plot_absorption_vs_l0(summary:pd.DataFrame, # from `absorption_summary`
                          ):                      # a matplotlib Figure
     "Absorption and fragmentation against L0, one series per SAE family"
     import matplotlib.pyplot as plt
+    from salmon.plots import not_measurable
     miss = [c for c in ('l0', 'family', *cols) if c not in summary.columns]
     if miss: raise ValueError(f'summary lacks column(s) {miss}; expected the output of absorption_summary')
     fig, axs = plt.subplots(1, len(cols), figsize=figsize, squeeze=False)
     for ax, c in zip(axs[0], cols):
+        why = not_measurable(summary, c)      # a metric without a finite value says why instead of drawing a line
+        if why: ax.text(0.5, 0.5, why.replace(' (', '\n('), ha='center', va='center', transform=ax.transAxes, wrap=True,
+                        color='0.35')
         for fam, g in summary.sort_values('l0').groupby('family', sort=True):
-            ax.plot(g.l0, g[c], marker='o', label=str(fam))
+            if not why: ax.plot(g.l0, g[c], marker='o', label=str(fam))
         ax.set_xlabel('L0 (probe tokens)'); ax.set_title(c.replace('_', ' '), fontsize=10); ax.grid(alpha=0.3)
-    axs[0][0].legend(fontsize=8)
+    if any(ax.lines for ax in axs[0]): next(ax for ax in axs[0] if ax.lines).legend()
     fig.tight_layout(); plt.close(fig)
     return fig

@@ -21,7 +21,7 @@ from .absorption import absorption_summary
 from .interp import domain_specificity_summary
 from .metrics import CONVENTIONS, evaluate
 from .models import load_lm, tiny_lm
-from .plots import paper_reference, pareto
+from .plots import REASON, not_measurable, paper_reference, pareto, set_style
 from .sae import load_sae
 from .train import TrainConfig, train_saes
 from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_activations
@@ -30,10 +30,10 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'paper_setup', 'salmon_source',
            'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs', 'base_model',
-           'gemmascope_family', 'SAEStore', 'sae_groups', 'per_group', 'stage_saes', 'prepare', 'stream_batches',
-           'pass_tokens', 'stage_eval', 'held_out_by_source', 'stage_sources', 'stage_darkmatter', 'stage_specificity',
-           'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table',
-           'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
+           'gemmascope_family', 'SAEStore', 'sae_groups', 'per_group', 'sae_dir', 'stage_saes', 'prepare',
+           'trained_saes', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source', 'stage_sources',
+           'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims',
+           'comparison', 'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
                )->tuple:    # (Preset, baseline families, the paper's numbers)
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
+    set_style()                      # salmon's figure style, whatever the notebook set before
     if dry_run and not in_test():
         from salmon.dryrun import dry_run_preset
         p = dry_run_preset(p)
@@ -146,7 +147,12 @@ CORPORA = dict(medical=medical_qa, general=general_text)
 @functools.lru_cache(maxsize=1)
 def load_model(p:Preset):
     "The preset's model, loaded once per process however many stages (and notebooks) need it"
-    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model, dtype=getattr(torch, p.lm_dtype) if p.lm_dtype else None)
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()          # a 1 s "Loading weights" bar is noise in a notebook
+    try: return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model, dtype=getattr(torch, p.lm_dtype) if p.lm_dtype else None)
+    finally:
+        if was: hf_logging.enable_progress_bar()
 
 def _mean_norm(cache:ActivationCache)->float:
     "Mean L2 norm of the cached activations (float64 accumulation)"
@@ -262,6 +268,10 @@ def per_group(saes:Mapping, n:int|None, fn)->pd.DataFrame:
         parts.append(fn(grp)); del grp
     return pd.concat(parts, ignore_index=True)
 
+def sae_dir(out:str|Path, family:str, width:int)->Path:
+    "Where a run keeps one family's SAEs of one width: `<out>/saes/<family>/F<width>/`, one folder per SAE"
+    return Path(out)/'saes'/family/f'F{width}'
+
 def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
     "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused); return them by name, on disk"
     out = Path(out); loaders = {}
@@ -270,7 +280,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True)->SAEStore:
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         n_pass = pass_tokens(p, corpus, out) if p.stream else None
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
-        cfgs = train_configs(q, family, width); fdir = out/'saes'/family/f'F{width}'
+        cfgs = train_configs(q, family, width); fdir = sae_dir(out, family, width)
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos)
         loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
@@ -294,6 +304,19 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True)->dict:
     out = _run_dir(p, out)
     stage_caches(p, out, progress=progress)
     return stage_saes(p, out, progress=progress)
+
+def trained_saes(preset:str|Preset='demo', # a preset (or its name) whose run's SAEs to load
+                 out:str|Path|None=None, # results folder (default: `results_dir()`)
+                )->dict: # name -> SAE (cfg 'family' and 'name' set); {} when the run has trained none
+    "Every finished SAE of a preset's run, from `<out>/<preset>/saes/<family>/F<width>/<name>/` (nothing is trained)"
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    root, saes = _run_dir(p, out)/'saes', {}
+    for cfg in sorted(root.glob('*/F*/*/config.json')) if root.exists() else []:
+        d = cfg.parent; family = d.parent.parent.name
+        if not d.parent.name[1:].isdigit(): continue                 # not an F<width> folder
+        s = load_sae(d); s.cfg.setdefault('family', family); s.cfg.setdefault('name', d.name)
+        saes[d.name] = s
+    return saes
 
 # %% ../nbs/95_pipeline.ipynb #d2e3f4a5
 def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
@@ -489,10 +512,16 @@ def check_claim(tab:pd.DataFrame, # results table (see `matched`)
     return r
 
 def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.DataFrame:
-    "Every claim the table has columns for, against every baseline family present"
-    t = tab[tab.eval_corpus == corpus]
-    rows = [claim_row(tab, k, b, corpus, preset) for b in ('gemmascope', 'broad') if (t.family == b).any()
-            for k, (_, y, _) in CLAIMS.items() if y in t.columns and t[y].notna().any()]
+    "Every claim the table has columns for, against every baseline family present (unmeasurable ones say why)"
+    t = tab[tab.eval_corpus == corpus]; rows = []
+    for b in ('gemmascope', 'broad'):
+        if not (t.family == b).any(): continue
+        for k, (statement, y, _) in CLAIMS.items():
+            if y in t.columns and t[y].notna().any(): rows.append(claim_row(tab, k, b, corpus, preset))
+            elif y + REASON in t.columns and t[y + REASON].notna().any():    # NaN with a reason: not measurable here
+                rows.append(dict(claim=k, statement=statement, metric=y, baseline=b, corpus=corpus, matched=0,
+                                 favour_domain=0, mean_gap=float('nan'), verdict=not_measurable(t, y),
+                                 expected=EXPECTED.get((preset, b), {}).get(k)))
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_pipeline.ipynb #dafcec49
@@ -501,9 +530,10 @@ COMPARE = ['family', 'width', 'target_l0', 'convention', 'l0', 'fve', 'fve_cente
            'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
-    "The domain-vs-baseline table on one held-out corpus"
+    "The domain-vs-baseline table on one held-out corpus (with the reasons of unmeasurable metrics)"
     d = ev[ev.eval_corpus == corpus]
-    return d[[c for c in COMPARE if c in d]].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
+    cols = [c for c in COMPARE if c in d] + [c + REASON for c in COMPARE if c + REASON in d]
+    return d[cols].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
 
 def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-out corpus
                   *extra:pd.DataFrame, # per-SAE tables (dark matter, specificity, absorption)
@@ -520,14 +550,15 @@ def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-o
 def figures(tab:pd.DataFrame, out:Path):
     "The run's figures as PNG: Pareto plots per held-out corpus, dark matter and absorption against L0"
     import matplotlib.pyplot as plt
-    def save(fig, name): fig.savefig(out/name, dpi=80, bbox_inches='tight'); plt.close(fig)
+    def save(fig, name): fig.savefig(out/name); plt.close(fig)     # dpi and bbox from `salmon.plots.STYLE`
     for corpus, d in tab.groupby('eval_corpus'):
         fig, axs = plt.subplots(1, 2, figsize=(11, 4))
         for ax, y in zip(axs, ['fve', 'loss_recovered_zero']): pareto(d, y, ax=ax, title=f'held-out {corpus} text')
         save(fig, f'pareto_{corpus}.png')
     med = tab[tab.eval_corpus == 'medical']
     for name, cols in [('darkmatter.png', ['r2_norm', 'r2_vector', 'fvu_nonlinear']), ('absorption.png', ABS_COLS)]:
-        cols = [c for c in cols if c in med and med[c].notna().any()]
+        has_why = lambda c: c + REASON in med and med[c + REASON].notna().any()      # unmeasurable: the panel says why
+        cols = [c for c in cols if c in med and (med[c].notna().any() or has_why(c))]
         if not cols: continue
         fig, axs = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), squeeze=False)
         for ax, y in zip(axs[0], cols): pareto(med, y, ax=ax, title='held-out medical text')
@@ -537,6 +568,7 @@ def figures(tab:pd.DataFrame, out:Path):
 def run(preset:str|Preset='demo', # preset name or object
         out:str|Path|None=None, # results folder (default: `results_dir()`)
         progress:bool=True, # progress bars
+        verbose:bool=True, # print the caches, comparison and claims tables
        )->pd.DataFrame:  # the summary table
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     p = preset if isinstance(preset, Preset) else get_preset(preset)
@@ -552,6 +584,7 @@ def run(preset:str|Preset='demo', # preset name or object
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
         with atomic_write(out/name, 'w') as f: df.to_csv(f, index=False)
     figures(tab, out)
+    if not verbose: return comp
     with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.float_format', '{:,.3f}'.format):
         print(f'\nsalmon {p.name}: {p.model}, layer {p.layer} (resid_post), BOS {p.bos}; {time.time() - t0:.0f}s\n')
         print(caches[['corpus', 'split', 'texts', 'tokens', 'tok_per_s', 'mean_norm', 'reused']].to_string(index=False))
