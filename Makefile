@@ -1,5 +1,5 @@
-# salmon: `make demo` runs the main job on the embedded default, `make test` runs the tests.
-# Both install what they need first: into .venv, or into the active environment on Colab / in a venv.
+# salmon: `make demo` runs the main job on the embedded default, `make test` runs the tests, `make lab` opens the
+# notebooks in JupyterLab. Each installs what it needs first: into .venv, or into the active environment on Colab / in a venv.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -16,12 +16,16 @@ PIN := $(if $(HAS_CUDA),,-c constraints.txt)
 PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
 DEPS := settings.ini setup.py constraints.txt pyproject.toml
 
-.PHONY: help demo test check install-demo install-dev export clean-nbs bench floors
+.PHONY: help demo test check install-demo install-dev install-lab lab browser-test export clean-nbs bench dryrun floors compare
 help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
+	@echo "make lab    install JupyterLab and the 'salmon' kernel, then open nbs/ (prints the URL when headless)"
 	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
+	@echo "make compare  salmon against SAELens and SAEBench (their own code, a side venv) on a demo SAE (after make demo)"
+	@echo "make dryrun the gemma-2-2b preset on CPU with no hub: random-weight Gemma-2 2B, true shapes (~12 GiB RAM)"
 	@echo "make floors install the lowest supported versions in .cache/floors and run the tiny test path"
+	@echo "make browser-test  drive JupyterLab in headless Chromium (needs /usr/bin/chromium): notebooks, cards, browser"
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -37,11 +41,32 @@ $(ENV_DIR)/.salmon-dev: $(ENV_DIR)/.salmon-demo
 	$(PIP) -e ".[dev]"
 	@touch $@
 
+# JupyterLab and a kernel named `salmon` for this environment (installed into it: --sys-prefix)
+$(ENV_DIR)/.salmon-lab: $(ENV_DIR)/.salmon-demo
+	$(PIP) -e ".[lab]"
+	$(PY) -m ipykernel install --sys-prefix --name salmon --display-name salmon >/dev/null
+	@touch $@
+
 install-demo: $(ENV_DIR)/.salmon-demo
 install-dev: $(ENV_DIR)/.salmon-dev
+install-lab: $(ENV_DIR)/.salmon-lab
 
 demo: install-demo
 	$(PY) -m salmon demo
+
+# saving a notebook runs nbdev_clean on it first (settings.ini: jupyter_hooks), so open-and-save leaves git clean
+LAB_ARGS := --ServerApp.ip=127.0.0.1 --ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter
+HEADLESS := $(if $(or $(DISPLAY),$(WAYLAND_DISPLAY),$(filter Darwin,$(shell uname -s))),,--no-browser)
+lab: install-lab
+	$(PY) -m jupyter lab $(LAB_ARGS) $(HEADLESS) $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=nbs
+
+# JupyterLab in Debian's chromium through Playwright (whose own browser download is not used): see tests/browser/
+$(ENV_DIR)/.salmon-browser: $(ENV_DIR)/.salmon-lab
+	$(PIP) -e ".[browser]"
+	@touch $@
+
+browser-test: $(ENV_DIR)/.salmon-browser
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) tests/browser/check_lab.py --lab-args="$(LAB_ARGS)"
 
 test: install-dev
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest
@@ -61,12 +86,32 @@ export: install-dev
 bench: install-dev
 	$(PY) -m salmon.bench all
 
+# salmon against SAELens 6.x and SAEBench 0.6 run as they install themselves, in their own venv (sae-bench pins datasets<4, which
+# salmon's constraints do not allow, so only the torch pin is shared; torchvision, which sae-bench never imports, breaks transformer_lens).
+COMPARE_ENV := .cache/compare-venv
+COMPARE_OUT ?= results/compare
+$(COMPARE_ENV)/.ready:
+	python3 -m venv $(COMPARE_ENV)
+	@grep '^torch==' constraints.txt > $(COMPARE_ENV)/torch-pin.txt
+	$(COMPARE_ENV)/bin/python -m pip install -q --progress-bar off $(if $(HAS_CUDA),,-c $(COMPARE_ENV)/torch-pin.txt) sae-bench==0.6.0 transformer-lens
+	$(COMPARE_ENV)/bin/python -m pip uninstall -y -q torchvision
+	@touch $@
+
+compare: install-dev $(COMPARE_ENV)/.ready
+	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare prepare --out $(COMPARE_OUT) $(if $(SAE),--sae $(SAE))
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(COMPARE_ENV)/bin/python tools/external_evals.py $(COMPARE_OUT)
+	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare report --out $(COMPARE_OUT)
+# every stage of the gemma-2-2b paper preset on CPU, no hub, at the true shapes; prints time and peak memory per stage
+DRYRUN_PRESET ?= gemma-2-2b
+dryrun: install-demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m salmon reproduce --preset $(DRYRUN_PRESET) --dry-run --no-progress
+
 # the lowest versions settings.ini allows, in a scratch venv, running the tiny test path. torch is the CPU build pinned in
-# constraints.txt unless FLOORS_TORCH names another (`make floors FLOORS_TORCH=2.6.0` checks torch's own floor: a CUDA build
-# from PyPI, ~3 GB, which runs on the CPU too)
+# constraints.txt (settings.ini's floor) unless FLOORS_TORCH names another: to try a lower torch floor, lower it in
+# settings.ini and run `make floors FLOORS_TORCH=<version>` (PyPI's CUDA build, ~3 GB, runs on the CPU too)
 FLOORS_ENV := .cache/floors
 FLOORS_TORCH := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
-FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train"
+FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train or 09_plots"
 floors:
 	rm -rf $(FLOORS_ENV) && python3 -m venv $(FLOORS_ENV)
 	python3 -c "import configparser, re; c = configparser.ConfigParser(delimiters=['=']); c.read('settings.ini'); \

@@ -25,6 +25,8 @@ def parse_args(argv:list[str]|None=None)->argparse.Namespace:
     d = sub.add_parser('demo', help='run the whole pipeline on the embedded Gemma 3 270M and the shipped corpora')
     r = sub.add_parser('reproduce', help='run the pipeline for a preset')
     r.add_argument('--preset', choices=list(PRESETS), default='demo', help='scale: tiny (tests), demo (this machine), gemma-2-2b / gemma-2-9b (GPU + hub)')
+    r.add_argument('--dry-run', action='store_true', help='a paper preset on CPU with no hub: random-weight Gemma-2 at its true shapes, '
+                   'local hub-schema data and GemmaScope mirror, token counts reduced; prints time and peak memory per stage')
     for s in (d, r):
         s.add_argument('--out', default=None, type=_folder, help='results folder (default: $SALMON_RESULTS, else results/ of this checkout)')
         s.add_argument('--no-progress', action='store_true', help='hide progress bars')
@@ -38,6 +40,9 @@ def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon` and the `salmon` command"
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    if a.cmd == 'reproduce' and a.dry_run:
+        from salmon.dryrun import dry_run
+        return dry_run(a.preset, a.out, progress=not a.no_progress)
     try: return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale, verify=not a.no_verify)
     except StaleArtefactError as e: raise SystemExit(f'salmon: {e}') from None    # the message says what changed and how to go on
 

@@ -15,10 +15,10 @@ from .models import resid_module, resid_output, torch_model
 from .sae import JumpReLUSAE
 
 # %% auto #0
-__all__ = ['LETTERS', 'single_token_words', 'first_letter_prompts', 'trace_spans', 'ProbeTask', 'first_letter_task',
-           'medical_concepts', 'domain_task', 'fit_probe', 'f1_scores', 'fit_probes', 'k_sparse_probing',
-           'token_absorption', 'Absorption', 'absorption_eval', 'toy_hierarchy', 'train_toy_sae', 'toy_task',
-           'absorption_summary', 'plot_absorption_vs_l0']
+__all__ = ['LETTERS', 'single_token_words', 'first_letter_prompts', 'trace_spans', 'ProbeTask', 'saebench_words',
+           'first_letter_task', 'medical_concepts', 'domain_task', 'fit_probe', 'f1_scores', 'fit_probes',
+           'k_sparse_probing', 'token_absorption', 'Absorption', 'absorption_eval', 'toy_hierarchy', 'train_toy_sae',
+           'toy_task', 'absorption_summary', 'plot_absorption_vs_l0']
 
 # %% ../nbs/11_absorption.ipynb #3f8b744a
 _MARKS = ('▁', 'Ġ')   # SentencePiece and byte-level-BPE leading-space markers
@@ -44,16 +44,20 @@ def first_letter_prompts(words:list[str], # the query words
                          n_icl:int=3, # solved examples before each query (drawn from `words`, never the query)
                          template:str='{word} has the first letter:', # SAEBench's prompt; must contain '{word}'
                          seed:int=0, # seed of the example draw
+                         sep:str=' ', # between examples and before the query (SAEBench: '\\n')
+                         pool:list[str]|None=None, # words the examples are drawn from (default: `words`)
                         )->tuple[list[str], list[tuple[int, int]]]: # prompts and the character span of each query word
     "In-context first-letter prompts and where the queried word sits in each"
     if '{word}' not in template: raise ValueError(f'template={template!r} must contain {{word}}')
     check_range('n_icl', n_icl, 0)
     words = list(words)
     if len(words) <= n_icl: raise ValueError(f'{len(words)} words cannot give {n_icl} in-context examples plus a query; pass more words or lower n_icl')
+    pool = list(pool or words)
+    if len(pool) <= n_icl: raise ValueError(f'{len(pool)} example words cannot give {n_icl} in-context examples; pass more or lower n_icl')
     g = random.Random(seed); texts, spans = [], []
     for w in words:
-        ex = [e for e in g.sample(words, n_icl + 1) if e != w][:n_icl]
-        pre = ''.join(' ' + template.format(word=e) + ' ' + e[0].upper() for e in ex) + ' '
+        ex = [e for e in g.sample(pool, n_icl + 1) if e != w][:n_icl]
+        pre = ''.join(sep + template.format(word=e) + ' ' + e.strip()[0].upper() for e in ex) + sep
         head, _, _ = template.partition('{word}')
         s = len(pre) + len(head)
         texts.append(pre + template.format(word=w)); spans.append((s, s + len(w)))
@@ -113,6 +117,8 @@ class ProbeTask:
     items:pd.DataFrame # per-row metadata (item, class, text, ...)
     seconds:float=0.0 # time spent building (tracing) the task
     probe:dict|None=None # set by `fit_probes`: W [d, C], b [C], f1 [C]
+    X_eval:Tensor|None=None # activations of the same items in fresh prompts, scored for absorption (SAEBench); None: `X`
+    protocol:str='salmon' # 'salmon' or 'saebench'
 
     def __post_init__(self):
         n, C = self.Y.shape
@@ -120,34 +126,69 @@ class ProbeTask:
         if len(self.classes) != C: raise ValueError(f'{len(self.classes)} class names for Y with {C} columns')
         if self.train.shape != (n,): raise ValueError(f'train mask has shape {tuple(self.train.shape)}; expected ({n},)')
         if len(self.items) != n: raise ValueError(f'items has {len(self.items)} rows; expected {n}')
+        if self.X_eval is not None and self.X_eval.shape != self.X.shape: raise ValueError(f'X_eval has shape {tuple(self.X_eval.shape)}; expected {tuple(self.X.shape)}')
         self.Y, self.train = self.Y.bool(), self.train.bool()
     def __repr__(self): return f'ProbeTask({self.name!r}, {len(self.X)} tokens ({int(self.train.sum())} train), {len(self.classes)} classes, d={self.X.shape[1]})'
 
 # %% ../nbs/11_absorption.ipynb #250a09bd
 LETTERS = list('abcdefghijklmnopqrstuvwxyz')
 
+def saebench_words(tok, # a Hugging Face tokenizer
+                   max_per_letter:int|None=None, # cap per first letter (None: all, as SAEBench)
+                   seed:int=0, # sampling seed for the cap
+                  )->pd.DataFrame: # columns word (leading space kept), token_id, letter
+    "SAEBench's vocabulary: every token that is alphabetic after an optional leading space (`get_alpha_tokens`)"
+    rows = []
+    for t, i in tok.get_vocab().items():
+        w = tok.convert_tokens_to_string([t])
+        if t.startswith('▁') and not w.startswith(' '): w = ' ' + w
+        core = w[1:] if w.startswith(' ') else w
+        if core and core.isascii() and core.isalpha(): rows.append((w, i, core[0].lower()))
+    df = pd.DataFrame(rows, columns=['word', 'token_id', 'letter']).drop_duplicates('word')
+    if max_per_letter is not None:
+        df = pd.concat([g.sample(min(len(g), max_per_letter), random_state=seed) for _, g in df.groupby('letter')])
+    return df.sort_values(['letter', 'word']).reset_index(drop=True)
+
 def first_letter_task(lm, # an nnsight model
                       layer:int, # block whose output is read
-                      max_per_letter:int=60, # words per letter (`single_token_words`)
+                      max_per_letter:int|None=60, # words per letter (`single_token_words`; None: all)
                       n_icl:int=3, # in-context examples per prompt
                       test_frac:float=0.2, # fraction of words held out
                       seed:int=0, # seed of the word sample, the examples and the split
                       batch_size:int=32, # prompts per forward pass
+                      protocol:str='salmon', # 'salmon' or 'saebench' (10 examples joined by '\\n', SAEBench's vocabulary, fresh prompts)
                      )->ProbeTask:
     "Trace the first-letter task: the residual stream at each single-token word in its ICL prompt"
-    check_range('test_frac', test_frac, 0.01, 1.0)
+    check_range('test_frac', test_frac, 0.01, 1.0); check_choice('protocol', protocol, {'salmon', 'saebench'})
     t0 = time.perf_counter()
-    w = single_token_words(lm.tokenizer, max_per_letter=max_per_letter, seed=seed)
-    texts, spans = first_letter_prompts(list(w.word), n_icl=n_icl, seed=seed)
-    X, m = trace_spans(lm, texts, spans, layer, batch_size=batch_size)
-    ok = torch.tensor(((m.n_span_tokens == 1) & (m.token_id.values == w.token_id.values)).values)
-    if not ok.any(): raise ValueError('no word tokenised to its own vocabulary token inside the prompt')
-    w = w.assign(text=texts)[ok.numpy()].reset_index(drop=True); X = X[ok]
-    Y = torch.tensor(np.array([[l == c for c in LETTERS] for l in w.letter]), dtype=torch.bool)
+    sb = protocol == 'saebench'
+    w = (saebench_words if sb else single_token_words)(lm.tokenizer, max_per_letter=max_per_letter, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    train = torch.rand(len(w), generator=g) >= test_frac
+    train = (torch.rand(len(w), generator=g) >= test_frac).numpy() if sb else None   # SAEBench splits words before prompting
+    kw = dict(n_icl=10, sep='\n') if sb else dict(n_icl=n_icl)
+    if sb:   # examples drawn within each split (SAEBench's probe data), the queried word's own text kept (leading space)
+        words = list(w.word); texts, spans = [None] * len(w), [None] * len(w)
+        for part in (train, ~train):
+            idx = np.flatnonzero(part)
+            if not len(idx): continue
+            tx, sp = first_letter_prompts([words[j] for j in idx], seed=seed, **kw)
+            for j, t_, s_ in zip(idx, tx, sp): texts[j], spans[j] = t_, s_
+    else: texts, spans = first_letter_prompts(list(w.word), seed=seed, **kw)
+    X, m = trace_spans(lm, texts, spans, layer, batch_size=batch_size)
+    ok = np.array((m.n_span_tokens == 1) & (m.token_id.values == w.token_id.values))   # words that are not one token are dropped
+    if not ok.any(): raise ValueError('no word tokenised to its own vocabulary token inside the prompt')
+    X_eval = None
+    if sb:   # fresh prompts for the absorption step: new examples from the whole vocabulary (SAEBench's calculator)
+        tx, sp = first_letter_prompts(list(w.word), seed=seed + 1, pool=list(w.word), **kw)
+        Xe, me = trace_spans(lm, tx, sp, layer, batch_size=batch_size)
+        ok = ok & np.array((me.n_span_tokens == 1) & (me.token_id.values == w.token_id.values))
+        X_eval = Xe[torch.tensor(ok)]
+    w = w.assign(text=texts)[ok].reset_index(drop=True); X = X[torch.tensor(ok)]
+    if not sb: train = (torch.rand(len(w), generator=g) >= test_frac).numpy()      # salmon splits the words kept
+    else: train = train[ok]
+    Y = torch.tensor(np.array([[l == c for c in LETTERS] for l in w.letter]), dtype=torch.bool)
     items = w.rename(columns={'word': 'item', 'letter': 'class'})
-    return ProbeTask('first_letter', LETTERS, X, Y, train, items, time.perf_counter() - t0)
+    return ProbeTask('first_letter', LETTERS, X, Y, torch.tensor(train), items, time.perf_counter() - t0, X_eval=X_eval, protocol=protocol)
 
 # %% ../nbs/11_absorption.ipynb #a0fa0921
 def medical_concepts(path=None, # a JSON file in the shipped format (default: `data/medical_concepts.json`)
@@ -356,12 +397,17 @@ class Absorption:
     l0:float # mean number of active latents on the task's tokens
     seconds:float # time for this SAE
 
-    def summary(self)->dict:
-        "Means over the kept classes"
+    def summary(self, min_classes:int=1)->dict:
+        "Means over the kept classes; NaN with a reason when fewer than `min_classes` are kept (SAEBench: 20 letters)"
         k = self.classes[self.classes.kept]
-        return dict(n_classes=len(k), mean_absorption=k.mean_absorption.mean(), std_absorption=k.mean_absorption.std(),
-                    full_absorption_rate=k.full_absorption_rate.mean(), mean_num_split_features=k.n_split.mean(),
-                    fragmentation_neff=k.frag_neff.mean(), frag_n90=k.frag_n90.mean(), l0=self.l0)
+        r = dict(n_classes=len(k), mean_absorption=k.mean_absorption.mean(), std_absorption=k.mean_absorption.std(),
+                 full_absorption_rate=k.full_absorption_rate.mean(), mean_num_split_features=k.n_split.mean(),
+                 fragmentation_neff=k.frag_neff.mean(), frag_n90=k.frag_n90.mean(), l0=self.l0, note='')
+        if len(k) < min_classes:
+            r.update({c: float('nan') for c in ('mean_absorption', 'std_absorption', 'full_absorption_rate', 'mean_num_split_features',
+                                                 'fragmentation_neff', 'frag_n90')},
+                     note=f'not measurable: {len(k)} of {len(self.classes)} classes pass the probe filter, {min_classes} needed')
+        return r
 
     def by_item(self)->pd.DataFrame:
         "Per word / child term: tokens scored, mean absorption, full-absorption rate, most frequent absorber, fragmentation"
@@ -404,6 +450,8 @@ def absorption_eval(sae:JumpReLUSAE, # the SAE (reads the task's layer)
     f1k, splits = k_sparse_probing(Fa[tr], task.Y[tr], Fa[te], task.Y[te], k_max=k_max, tau=tau)
     Xte, Fte, Yte, items = task.X[te], Fa[te], task.Y[te], task.items[te.numpy()].reset_index(drop=True)
     score = Xte @ W + b
+    if task.X_eval is not None:   # probe true positives as above; their absorption read in fresh prompts (SAEBench)
+        Xte = task.X_eval[te]; Fte = _encode(sae, Xte)
     rows, toks = [], []
     for c, name in enumerate(task.classes):
         tp = Yte[:, c] & (score[:, c] > 0)
@@ -484,6 +532,7 @@ def absorption_summary(saes:dict[str, JumpReLUSAE], # name -> SAE, all reading `
                        max_parents:int|None=None, # parents of the concept hierarchy used (None: all)
                        min_probe_f1:float=0.6, # probe F1 a class needs to be scored
                        k_max:int=10, # k-sparse probing up to k latents
+                       min_letters:int=20, # first-letter classes needed for a first-letter result (SAEBench's `min_feats_for_eval`)
                        details:dict|None=None, # if given, filled with {name: {task: Absorption}}
                       )->pd.DataFrame: # one row per SAE
     "Mean first-letter absorption, domain absorption and fragmentation of each SAE"
@@ -500,14 +549,15 @@ def absorption_summary(saes:dict[str, JumpReLUSAE], # name -> SAE, all reading `
         t0 = time.perf_counter()
         r = {k: absorption_eval(sae, tasks[k], min_probe_f1=min_probe_f1, k_max=k_max) for k in ('first_letter', 'domain')}
         if details is not None: details[name] = r
-        fl, dm = r['first_letter'].summary(), r['domain'].summary()
+        fl, dm = r['first_letter'].summary(min_letters), r['domain'].summary()
         rows.append(dict(name=name, family=sae.cfg.get('family') or name.split('/')[0], d_sae=sae.d_sae,
                          l0=(r['first_letter'].l0 * len(tasks['first_letter'].X) + r['domain'].l0 * len(tasks['domain'].X))
                             / (len(tasks['first_letter'].X) + len(tasks['domain'].X)),
                          first_letter_absorption=fl['mean_absorption'], first_letter_full_absorption=fl['full_absorption_rate'],
-                         first_letter_split=fl['mean_num_split_features'], first_letter_classes=fl['n_classes'],
+                         first_letter_split=fl['mean_num_split_features'], first_letter_classes=fl['n_classes'], first_letter_note=fl['note'],
+                         first_letter_protocol=tasks['first_letter'].protocol,
                          domain_absorption=dm['mean_absorption'], domain_full_absorption=dm['full_absorption_rate'],
-                         domain_split=dm['mean_num_split_features'], domain_classes=dm['n_classes'],
+                         domain_split=dm['mean_num_split_features'], domain_classes=dm['n_classes'], domain_note=dm['note'],
                          fragmentation_neff=dm['fragmentation_neff'], first_letter_fragmentation_neff=fl['fragmentation_neff'],
                          seconds=time.perf_counter() - t0))
     return pd.DataFrame(rows)
@@ -519,13 +569,17 @@ def plot_absorption_vs_l0(summary:pd.DataFrame, # from `absorption_summary`
                          ):                      # a matplotlib Figure
     "Absorption and fragmentation against L0, one series per SAE family"
     import matplotlib.pyplot as plt
+    from salmon.plots import not_measurable
     miss = [c for c in ('l0', 'family', *cols) if c not in summary.columns]
     if miss: raise ValueError(f'summary lacks column(s) {miss}; expected the output of absorption_summary')
     fig, axs = plt.subplots(1, len(cols), figsize=figsize, squeeze=False)
     for ax, c in zip(axs[0], cols):
+        why = not_measurable(summary, c)      # a metric without a finite value says why instead of drawing a line
+        if why: ax.text(0.5, 0.5, why.replace(' (', '\n('), ha='center', va='center', transform=ax.transAxes, wrap=True,
+                        color='0.35')
         for fam, g in summary.sort_values('l0').groupby('family', sort=True):
-            ax.plot(g.l0, g[c], marker='o', label=str(fam))
+            if not why: ax.plot(g.l0, g[c], marker='o', label=str(fam))
         ax.set_xlabel('L0 (probe tokens)'); ax.set_title(c.replace('_', ' '), fontsize=10); ax.grid(alpha=0.3)
-    axs[0][0].legend(fontsize=8)
+    if any(ax.lines for ax in axs[0]): next(ax for ax in axs[0] if ax.lines).legend()
     fig.tight_layout(); plt.close(fig)
     return fig

@@ -4,7 +4,8 @@
 
 # %% ../nbs/90_bench.ipynb #15e6166b
 from __future__ import annotations
-import argparse, dataclasses, math, sys, time
+import argparse, dataclasses, json, math, sys, time
+from pathlib import Path
 import torch
 from torch import Tensor
 from .data import medical_qa
@@ -16,7 +17,7 @@ from .trace import ActivationStream, _model_device, _tokenize
 from .train import SAETrainer, TrainConfig, fused_grads, sparse_grads
 
 # %% auto #0
-__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_crossover', 'bench_eval', 'main']
+__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_crossover', 'bench_eval', 'bench_gpu', 'main']
 
 # %% ../nbs/90_bench.ipynb #a78e744f
 class _Stop(Exception): pass
@@ -243,6 +244,80 @@ def bench_eval(lm, # nnsight model
                          ratio=n * t_p / t_lr, salmon_peak_mb=m_lr, three_forwards_peak_mb=m_p))
     return rows
 
+# %% ../nbs/90_bench.ipynb #1285bf66
+def _gpu_key(name:str)->str:
+    "The `salmon.pipeline.GPUS` key of a CUDA device name ('NVIDIA A100-SXM4-40GB' -> 'A100-40GB'), or the name itself"
+    n = name.upper()
+    for k, pats in {'T4': ['T4'], 'L4': ['L4'], 'A100-40GB': ['A100-SXM4-40GB', 'A100-PCIE-40GB'], 'A100-80GB': ['A100-SXM4-80GB', 'A100 80GB', 'A100-PCIE-80GB'],
+                    'H100-80GB': ['H100']}.items():
+        if any(p in n for p in pats): return k
+    return name
+
+def _timed(fn, device:torch.device, repeats:int)->tuple:
+    "Best-of-`repeats` seconds of `fn()` (after one warm-up) and the peak memory allocated on `device` (GiB; NaN on CPU)"
+    fn(); cuda = device.type == 'cuda'
+    if cuda: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter(); fn()
+        if cuda: torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, (torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan'))
+
+def bench_gpu(preset:str='gemma-2-2b', # a Gemma-2 paper preset: its model, layer, batch, widths and group size
+              device:str|None=None, # default: CUDA
+              lm=None, # a model to use instead of the preset's random-weight Gemma-2 (lessons use the tiny one)
+              layer:int|None=None, # with `lm`: its layer
+              widths:tuple|None=None, # SAE widths (default: the preset's)
+              n_texts:int=16, # texts per LM measurement
+              train_batch:int|None=None, # SAE training batch (default: the preset's)
+              eval_saes:int=4, # SAEs in the loss-recovered sweep
+              repeats:int=3, # timed repeats (best kept)
+              out:str|Path|None=None, # write the JSON here
+             )->dict:
+    "Measured LM, SAE-training and loss-recovered throughput and peak memory of a preset on this device"
+    from salmon.models import random_lm
+    from salmon.pipeline import get_preset, base_model
+    p = get_preset(preset); dev = torch.device(device or 'cuda')
+    model = base_model(p.model)
+    lm = lm if lm is not None else random_lm(model, dtype=torch.bfloat16, device=dev)
+    layer = p.layer if layer is None else layer
+    texts = list(medical_qa('train', limit=n_texts)); d = d_model(lm)
+    stream = ActivationStream(lm, [], layer, batch_size=p.batch_size, max_len=p.max_len, bos='keep', progress=False, out_device=dev)
+    batches = [texts[i:i + p.batch_size] for i in range(0, len(texts), p.batch_size)]
+    n_tok = sum(len(stream.trace_batch(b)) for b in batches)
+    t_lm, m_lm = _timed(lambda: [stream.trace_batch(b) for b in batches], dev, repeats)
+    B, g = train_batch or p.train_batch, p.group_size or len(p.target_l0s)
+    x = torch.randn(B, d, device=dev) / math.sqrt(d)
+    tr_rate, tr_mem = {}, {}
+    for F in widths or p.widths:
+        trs = [SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 10_000, target_l0=float(t), lr_warmup_steps=0, sparsity_warmup_steps=0),
+                          d, dev) for t in p.target_l0s[:g]]
+        step = [0]
+        def steps():
+            step[0] += 1
+            for t in trs: t.step(x, step[0], 1.0)
+        t, mem = _timed(steps, dev, repeats)
+        tr_rate[int(F)], tr_mem[int(F)] = len(trs) * B / t, mem
+        del trs
+        if dev.type == 'cuda': torch.cuda.empty_cache()
+    saes = {f'sae{i}': JumpReLUSAE(d, (widths or p.widths)[0], device=dev).requires_grad_(False) for i in range(eval_saes)}
+    ev_texts = texts[:max(p.batch_size, 4)]
+    toks = sum(min(len(lm.tokenizer(t)['input_ids']), p.eval_max_len) - 1 for t in ev_texts)
+    t_ev, m_ev = _timed(lambda: loss_recovered(lm, saes, ev_texts, layer, batch_size=p.batch_size, max_len=p.eval_max_len, progress=False),
+                        dev, repeats)
+    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'
+    r = dict(model=model, preset=p.name, gpu=_gpu_key(name), device_name=name, torch=torch.__version__, layer=layer, d_model=d,
+             lm_batch=p.batch_size, lm_max_len=p.max_len, lm_tok_s=n_tok / t_lm, lm_peak_gib=m_lm,
+             train_batch=B, train_group=g, train_tok_s=tr_rate, train_peak_gib=tr_mem,
+             eval_saes=eval_saes, eval_width=int((widths or p.widths)[0]), loss_recovered_tok_s=eval_saes * toks / t_ev, loss_recovered_peak_gib=m_ev,
+             measured_at=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+    if out is not None:
+        from salmon.core import atomic_write
+        import json
+        with atomic_write(out, 'w') as f: json.dump(r, f, indent=1)
+    return r
+
 # %% ../nbs/90_bench.ipynb #0785ed1a
 def _print_rows(rows:list[dict]):
     import pandas as pd
@@ -252,7 +327,7 @@ def _print_rows(rows:list[dict]):
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon.bench`"
     p = argparse.ArgumentParser('python -m salmon.bench', description='salmon benchmarks (ratios against baselines in the same run)')
-    p.add_argument('what', choices=['trace', 'train', 'eval', 'darkmatter', 'all'], help='which benchmark')
+    p.add_argument('what', choices=['trace', 'train', 'eval', 'darkmatter', 'gpu', 'all'], help='which benchmark (gpu: on a CUDA machine)')
     p.add_argument('--model', default='gemma-3-270m', help="real model to include ('none' for the tiny model only)")
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
@@ -261,7 +336,19 @@ def main(argv:list[str]|None=None):
     p.add_argument('--shapes', default=None, help="train shapes 'dxF' or 'dxFxB', comma-separated (default: the four of the README)")
     p.add_argument('--l0s', default='20,50,100', help='L0s to train at (train)')
     p.add_argument('--crossover', action='store_true', help='train: also time the dense and sparse gradient paths by L0 / F')
+    p.add_argument('--preset', default='gemma-2-2b', help='paper preset whose model, batch and widths the gpu benchmark uses (gpu)')
+    p.add_argument('--json', default=None, help='where the gpu benchmark writes its JSON (default: results/bench/gpu-<gpu>-<model>.json)')
     a = p.parse_args(argv)
+    if a.what == 'gpu':
+        if not torch.cuda.is_available():
+            raise SystemExit('salmon.bench gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine')
+        from salmon.pipeline import results_dir
+        r = bench_gpu(a.preset)
+        f = Path(a.json or results_dir()/'bench'/f"gpu-{r['gpu']}-{r['model']}.json")
+        from salmon.core import atomic_write
+        with atomic_write(f, 'w') as fh: json.dump(r, fh, indent=1)
+        print(json.dumps(r, indent=1)); print(f'written to {f}')
+        return r
     if a.threads: torch.set_num_threads(a.threads)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu')
     if a.what in ('trace', 'all'):

@@ -13,7 +13,8 @@ from .sae import load_gemmascope_npz
 from .trace import trace_activations
 
 # %% auto #0
-__all__ = ['WIDTHS', 'REPOS', 'LADDER', 'gemmascope_entry', 'load_gemmascope', 'sanity_check']
+__all__ = ['WIDTHS', 'REPOS', 'LADDER', 'D_MODEL', 'gemmascope_entry', 'load_gemmascope', 'gemmascope_shapes',
+           'write_gemmascope_mirror', 'sanity_check']
 
 # %% ../nbs/08_gemmascope.ipynb #aae26f84
 WIDTHS = {'16k': 16_384, '32k': 32_768, '65k': 65_536, '131k': 131_072, '262k': 262_144, '524k': 524_288, '1m': 1_048_576}
@@ -69,6 +70,67 @@ def load_gemmascope(model:str, # 'gemma-2-2b' or 'gemma-2-9b'
     sae.cfg.update(name=f'gemmascope-{model}-L{layer}-{e.width}-l0_{l0}', family='gemmascope', model=f'google/{model}', layer=layer,
                    hook=f'blocks.{layer}.hook_resid_post', width=int(e.d_sae), l0_nominal=int(l0), source=str(path))
     return sae
+
+# %% ../nbs/08_gemmascope.ipynb #33686f51
+D_MODEL = {'gemma-2-2b': 2304, 'gemma-2-9b': 3584}   # residual width of each model (GemmaScope's d_in)
+
+def gemmascope_shapes(model:str, # 'gemma-2-2b' or 'gemma-2-9b'
+                      width, # '16k', ... or the number of latents
+                     )->dict: # array name -> (shape, numpy dtype) of `params.npz`
+    "Shapes and dtypes of a GemmaScope `params.npz`"
+    d, F = D_MODEL[check_choice('model', model, REPOS)], WIDTHS[_width_key(width)]
+    return dict(W_enc=((d, F), 'float32'), W_dec=((F, d), 'float32'), b_enc=((F,), 'float32'), b_dec=((d,), 'float32'),
+                threshold=((F,), 'float32'))
+
+def _npz_ok(path:Path, shapes:dict)->bool:
+    "Whether `path` is a params.npz with exactly these arrays, shapes and dtypes (read from the headers only)"
+    import zipfile
+    from numpy.lib import format as npf
+    try:
+        with zipfile.ZipFile(path) as z:
+            got = {}
+            for n in z.namelist():
+                with z.open(n) as f:
+                    v = npf.read_magic(f)
+                    shape, _, dt = (npf.read_array_header_1_0 if v == (1, 0) else npf.read_array_header_2_0)(f)
+                got[n.removesuffix('.npy')] = (tuple(shape), str(dt))
+    except (OSError, zipfile.BadZipFile, ValueError): return False
+    return got == {k: (tuple(s), dt) for k, (s, dt) in shapes.items()}
+
+def write_gemmascope_mirror(root:str|Path, # folder to hold the repository layout
+                            model:str='gemma-2-2b', # 'gemma-2-2b' or 'gemma-2-9b'
+                            widths=None, # widths to write (default: every width of the ladder for `model`)
+                            l0s:dict|None=None, # width -> average_l0 folders (default: every folder of the ladder)
+                            layer:int=20, # the ladder's layer
+                            seed:int=0, # random seed
+                           )->pd.DataFrame: # one row per file: width, average_l0, path, bytes, written (False: kept)
+    "Write GemmaScope `params.npz` files with true names, shapes and dtypes and random values"
+    import numpy as np
+    from salmon.core import atomic_write
+    root = Path(root); check_choice('model', model, REPOS)
+    rows = LADDER[(LADDER.model == model) & (LADDER.layer == layer)]
+    if rows.empty: raise ValueError(f'no GemmaScope ladder for {model} layer {layer}')
+    if widths is not None:
+        keys = [_width_key(w) for w in widths]
+        miss = set(keys) - set(rows.width)
+        if miss: raise ValueError(f'widths {sorted(miss)} are not in the {model} layer-{layer} ladder; it has {sorted(set(rows.width), key=WIDTHS.get)}')
+        rows = rows[rows.width.isin(keys)]
+    if l0s is not None: rows = rows[[r.average_l0 in l0s.get(r.width, l0s.get(r.d_sae, [])) for r in rows.itertuples()]]
+    out = []
+    for r in rows.itertuples():
+        f, shapes = root/r.path, gemmascope_shapes(model, r.width)
+        written = not _npz_ok(f, shapes)
+        if written:
+            rng = np.random.default_rng([seed, r.d_sae, r.average_l0])
+            d, F = shapes['b_dec'][0][0], r.d_sae
+            W_dec = rng.standard_normal((F, d), dtype=np.float32)
+            W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
+            arrs = dict(W_enc=np.ascontiguousarray(W_dec.T), W_dec=W_dec, b_enc=np.zeros(F, np.float32), b_dec=np.zeros(d, np.float32),
+                        threshold=rng.uniform(0.5, 1.5, F).astype(np.float32))
+            with atomic_write(f) as fh: np.savez(fh, **arrs)
+            del W_dec, arrs
+        out.append(dict(width=r.width, d_sae=r.d_sae, average_l0=r.average_l0, path=str(f), bytes=f.stat().st_size, written=written))
+    return pd.DataFrame(out)
 
 # %% ../nbs/08_gemmascope.ipynb #bf9ef4b5
 def sanity_check(sae, # SAE to check (GemmaScope or salmon)

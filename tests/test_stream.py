@@ -67,13 +67,12 @@ def test_kill_and_resume_is_bit_identical(hub, tmp_path, monkeypatch):
     log = tracing(monkeypatch)
     whole = stage_saes(p, tmp_path/'whole', progress=False)
     whole_log = list(log)
-    orig = pl.preset_texts
-    def dying(p, corpus, split, *a, **kw):
-        for i, t in enumerate(orig(p, corpus, split, *a, **kw)):
-            if split == 'train' and i == 40: raise RuntimeError('killed')
-            yield t
-    pl.pass_tokens(p, 'medical', tmp_path/'killed')             # the pass is counted first: the kill hits the training stream
-    monkeypatch.setattr(pl, 'preset_texts', dying)
+    monkeypatch.undo()
+    orig, kill_at, seen = pl.ActivationStream.trace_batch, len(whole_log) * 3 // 4, []   # past the first buffer refill
+    def dying(self, batch):                                      # the process dies in the LM pass that reaches text `kill_at`
+        if len(seen) + len(batch) > kill_at: raise RuntimeError('killed')
+        seen.extend(batch); return orig(self, batch)
+    monkeypatch.setattr(pl.ActivationStream, 'trace_batch', dying)
     with pytest.raises(RuntimeError, match='killed'): stage_saes(p, tmp_path/'killed', progress=False)
     ckpt = sorted((tmp_path/'killed'/'saes'/'domain'/'F256'/'checkpoints').glob('step_*'))[-1]   # the newest checkpoint
     assert 'stream.pt' in json.loads((ckpt/'manifest.json').read_text())['files']   # the source's position is saved and hashed
