@@ -110,7 +110,7 @@ PRESETS = {p.name: p for p in [
            eval_group=12),   # 12 SAEs on the card at once: evaluation fits an A100 40 GB (`stage_memory`)
     Preset('gemma-2-9b', 'google/gemma-2-9b', 20, **_PAPER_DATA, widths=(16_384, 32_768), families=('domain', 'broad', 'gemmascope'),
            eval_group=12),
-    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'eval_per_source': 25}, lm_dtype='float32', group_size=1,
+    Preset('gemma-2-2b-t4', 'google/gemma-2-2b', 20, **{**_PAPER_DATA, 'eval_per_source': 25}, lm_dtype='float32', group_size=3,
            widths=(16_384,), families=('domain', 'gemmascope'), target_l0s=(20, 80, 320), train_tokens=4_096_000, eval_texts=100,
            eval_group=1),   # one SAE beside the float32 LM in evaluation: 13.1 GiB of a T4's 15 (`stage_memory`)
 ]}
