@@ -560,7 +560,15 @@ def absorption_summary(saes:dict[str, JumpReLUSAE], # name -> SAE, all reading `
                          domain_split=dm['mean_num_split_features'], domain_classes=dm['n_classes'], domain_note=dm['note'],
                          fragmentation_neff=dm['fragmentation_neff'], first_letter_fragmentation_neff=fl['fragmentation_neff'],
                          seconds=time.perf_counter() - t0))
+        rows[-1].update(_reasons(rows[-1]))
     return pd.DataFrame(rows)
+
+def _reasons(row:dict)->dict:
+    "`<metric>_reason` beside each task's metrics: why they are NaN (the task's note), NaN when measured (as a CSV reads back)"
+    tasks = dict(first_letter=('first_letter_absorption', 'first_letter_full_absorption', 'first_letter_split',
+                               'first_letter_fragmentation_neff'),
+                 domain=('domain_absorption', 'domain_full_absorption', 'domain_split', 'fragmentation_neff'))
+    return {m + '_reason': row[f'{t}_note'] or float('nan') for t, ms in tasks.items() for m in ms}
 
 # %% ../nbs/11_absorption.ipynb #2f751e94
 def plot_absorption_vs_l0(summary:pd.DataFrame, # from `absorption_summary`
