@@ -51,7 +51,7 @@ class ReconStats:
         self.cos += F.cosine_similarity(x, xh, dim=-1).sum(); self.l2r += (nh / nx).sum(); self.err += ne2.sqrt().sum()
         self.nmse += (ne2 / nx.pow(2)).sum(); self.legacy += (1 - ne2 / (x - x.mean(0)).pow(2).sum(-1)).sum()
         active = f != 0
-        self.l0 += active.sum(); self.l1 += f.double().abs().sum()
+        self.l0 += active.sum(); self.l1 += f.abs().sum(dtype=torch.float64)
         if self.fired is not None: self.fired += active.sum(0).cpu()
 
     def result(self, **labels)->dict:
