@@ -421,7 +421,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
             ckpt = fdir/('checkpoints' if len(groups) == 1 else f'checkpoints_{g}')
             train_saes(grp, src, out_dir=fdir, resume=True, meta=meta, progress=progress, ckpt_dir=ckpt,
                        ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
-                       **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
+                       **({'norm_tokens': max(1, min(100_000, p.train_tokens // 10))} if p.stream else {}))
             shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
     return SAEStore(loaders, fingerprints=fps)   # tables are stamped with these without reading 17 GB of weights
 
