@@ -35,9 +35,10 @@ __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 
            'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
            'base_model', 'gemmascope_family', 'sae_provenance', 'SAEStore', 'sae_groups', 'per_group', 'sae_dir',
            'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
-           'stage_sources', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
-           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'model_key', 'sae_bytes',
-           'stage_memory', 'gpu_estimate', 'disk_estimate']
+           'by_source', 'each_source', 'sae_meta', 'stage_sources', 'stage_darkmatter', 'stage_darkmatter_sources',
+           'stage_specificity', 'stage_specificity_sources', 'stage_absorption', 'stage_by_source', 'matched',
+           'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'model_key',
+           'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -521,18 +522,53 @@ def held_out_by_source(p:Preset, # the run's preset
         if len(got) < n: got.append(r['text'])
     return by
 
-def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True)->pd.DataFrame:
-    "Every SAE on each medical source's held-out texts; one row per SAE and source (`source_dataset`)"
+def by_source(p:Preset, # the run's preset (`eval_per_source` held-out texts of each source)
+              out:str|Path, # results folder
+              table:str, # the table's path in `out` without '.csv' (e.g. 'darkmatter'): it writes `<table>-by-source.csv`
+              saes:Mapping, # the SAEs the table scores
+              compute, # texts (source_dataset -> held-out texts) -> one row per SAE and source, with `source_dataset`
+              settings:dict, # what the table depends on besides the SAEs, the texts and the LM settings
+              on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "A table broken down by `source_dataset`: its computation on each source's held-out texts, every source present (cached)"
     check_range('eval_per_source', p.eval_per_source, 1)
-    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+    def run():
+        by = held_out_by_source(p, p.eval_per_source)
+        df = compute(by)
+        if miss := sorted(set(by) - set(df.source_dataset)):
+            raise RuntimeError(f'{table}-by-source has no rows for source(s) {miss} of the held-out split')
+        n = df.source_dataset.map({s: len(t) for s, t in by.items()})
+        df.insert(df.columns.get_loc('source_dataset') + 1, 'n_texts', n)
+        return df
+    settings = dict(settings, eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p))
+    return _per_sae_csv(Path(out)/f'{table}-by-source.csv', saes, run, settings, on_stale, verify)
+
+def each_source(texts:dict, # source_dataset -> texts
+                fn, # texts -> rows (a DataFrame)
+               )->pd.DataFrame:
+    "`fn` on each source's texts, its rows labelled with `source_dataset` (after `name`)"
+    parts = []
+    for s, t in texts.items():
+        df = fn(t); df.insert(int('name' in df), 'source_dataset', s); parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+def sae_meta(saes:Mapping)->pd.DataFrame:
+    "name, family, width and target L0 of each SAE (its config only)"
+    return pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
                               target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
-    def compute():
-        rows = [evaluate(saes, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
-                         eval_corpus='medical', source_dataset=src, n_texts=len(texts))
-                for src, texts in held_out_by_source(p, p.eval_per_source).items()]
-        return meta.merge(pd.concat(rows, ignore_index=True), on='name')
-    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute,
-                        dict(stage='sources', eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p)), on_stale, verify)
+
+def stage_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True,
+                  convention:str='salmon', # evaluation convention, as `stage_eval`'s
+                  on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "Every SAE (`p.eval_group` at a time) on each source's held-out texts; one row per SAE and `source_dataset`"
+    check_choice('convention', convention, CONVENTIONS)
+    def one(texts, grp):
+        ev = lambda t: evaluate(grp, lm or load_model(p), t, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                                convention=convention, eval_corpus='medical')
+        return sae_meta(grp).merge(each_source(texts, ev), on='name')
+    sfx = '' if convention == 'salmon' else f'-{convention}'
+    settings = dict(stage='sources', **({} if convention == 'salmon' else dict(convention=convention)))
+    return by_source(p, out, f'eval/medical-test{sfx}', saes, lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts)),
+                     settings, on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
@@ -563,6 +599,27 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
                       compute if protocol == 'salmon' else compute_paper, settings, on_stale, verify)
     return df.assign(darkmatter_protocol=protocol)
 
+# %% ../nbs/95_pipeline.ipynb #b8d2e3f4
+def stage_darkmatter_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
+                            )->pd.DataFrame:
+    "Salmon-protocol dark matter of every SAE on each source's held-out texts (probes fitted once on the training rows)"
+    out = Path(out)
+    def compute(texts):
+        tr = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train'), verify)
+        acts = [ActivationStream(lm or load_model(p), t, p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
+                                 out_dtype=getattr(torch, p.cache_dtype), progress=False).collect() for t in texts.values()]
+        labels = np.concatenate([np.full(tr.n_tokens, -1)] + [np.full(len(a), i) for i, a in enumerate(acts)])
+        groups = (labels >= 0).astype(np.int64)                           # group 0 (the training rows) fits, group 1 scores
+        rows = []
+        for name, sae in saes.items():
+            res = dark_matter_sae(sae, itertools.chain(tr.chunks(), acts), n_rows=len(labels), groups=groups, split='sequential',
+                                  train_frac=0.5, labels=labels)
+            rows += [dict(name=name, source_dataset=s, **res.row(f'test:{i}')) for i, s in enumerate(texts)]
+        return pd.DataFrame(rows)
+    probe = fingerprint(cache_provenance(p, 'medical', 'probe' if p.stream else 'train'))
+    settings = dict(stage='darkmatter', probe_cache=probe, max_len=p.max_len, dtype=p.cache_dtype)
+    return by_source(p, out, 'darkmatter', saes, compute, settings, on_stale, verify).assign(darkmatter_protocol='salmon')
+
 # %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
@@ -574,6 +631,23 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='
         max_len=p.eval_max_len, bos=p.bos)),
         dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p)), on_stale, verify)
 
+# %% ../nbs/95_pipeline.ipynb #d0f4a5b6
+from .interp import SPEC_STATS, latent_stats
+
+def stage_specificity_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
+                             )->pd.DataFrame:
+    "Domain-specificity summary of every SAE with each medical source's held-out texts as the domain corpus"
+    kw = dict(SPEC_STATS, max_len=p.eval_max_len, bos=p.bos)
+    def one(texts, grp):
+        gen = latent_stats(grp, lm or load_model(p), preset_texts(p, 'general', 'test', p.eval_texts * 4), p.layer, **kw)
+        def per(t):
+            dom = latent_stats(grp, lm or load_model(p), t, p.layer, **kw)
+            df = domain_specificity_summary(grp, None, None, None, p.layer, stats=(dom, gen))
+            return df.assign(tokens=[dom[k].n_tokens for k in df.name])
+        return each_source(texts, per)
+    return by_source(p, out, 'specificity', saes, lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts)),
+                     dict(stage='specificity', general=_data_fp(p, 'general')), on_stale, verify)
+
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
@@ -583,6 +657,14 @@ def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='e
         saes, lm or load_model(p), p.layer, max_per_letter=p.absorption_words, max_parents=p.absorption_parents),
         dict(stage='absorption', model=p.model, layer=p.layer, concepts=_data_fp(p, 'concepts'), absorption_words=p.absorption_words,
              absorption_parents=p.absorption_parents), on_stale, verify)
+
+# %% ../nbs/95_pipeline.ipynb #f2b6c7d8
+def stage_by_source(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True
+                   )->dict: # table -> its by-source rows
+    "Every held-out-text evaluation table broken down by `source_dataset` (the preset's `eval_per_source` texts of each source)"
+    kw = dict(lm=lm, on_stale=on_stale, verify=verify)
+    return dict(eval=stage_sources(p, out, saes, progress=progress, **kw), darkmatter=stage_darkmatter_sources(p, out, saes, **kw),
+                specificity=stage_specificity_sources(p, out, saes, **kw))
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
@@ -727,7 +809,7 @@ def run(preset:str|Preset='demo', # preset name or object
     with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
     saes = stage_saes(p, out, progress=progress, **kw)
     ev = stage_eval(p, out, saes, progress=progress, **kw)
-    by_src = stage_sources(p, out, saes, progress=progress, **kw) if p.eval_per_source else None
+    by_src = stage_by_source(p, out, saes, progress=progress, **kw)['eval'] if p.eval_per_source else None
     tab = results_table(ev, stage_darkmatter(p, out, saes, **kw), stage_specificity(p, out, saes, **kw), stage_absorption(p, out, saes, **kw))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
