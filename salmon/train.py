@@ -279,7 +279,7 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     f = v * act
     l0 = act.sum().double() / B
     ptr = _row_ptr(rows, B)
-    err = sae.decode_sparse(ptr, cols, f).sub_(x)                             # x̂ - x
+    err = _csr_mm(ptr, cols, f, sae.W_dec, None).add_(sae.b_dec).sub_(x)     # x̂ - x: CSR [B, F] @ W_dec
     sq = err.float().pow(2).sum(1)
     mse = sq.mean()
     g_out = err.mul_(2.0 / B)                                                 # ∂L/∂x̂
@@ -365,9 +365,10 @@ FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch'
 
 def remove_parallel_(g:Tensor, # decoder gradient [F, d], changed in place
                      W:Tensor, # unit-norm decoder rows [F, d]
-                     rows:int=1024, # rows per block
+                     rows:int|None=None, # rows per block (default: under 2¹⁵ entries, which stay in cache and run on one thread)
                     )->Tensor:
     "gᵢ ← gᵢ - (gᵢ·dᵢ) dᵢ for every row, by blocks of rows (no F×d temporary; the same bits as in one go)"
+    rows = rows or max(1, (2**15 - 1) // g.shape[1])
     for i in range(0, len(g), rows):
         gi, wi = g[i:i + rows], W[i:i + rows]
         gi -= (gi * wi).sum(1, keepdim=True) * wi
