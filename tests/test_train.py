@@ -215,6 +215,11 @@ def test_work_buffers_carry_nothing_over():
         out = train_grads(sae, x, c, 0.3, bufs=bufs)
         assert out['sparse'] == (sparse == 'on') and out['grads']['W_enc'].data_ptr() == bufs['W_enc'].data_ptr()
         _assert_same(ref, out, 1e-5)
+    with torch.no_grad(): sae.theta.fill_(50.0)                       # no pair at all: the CSR products are empty
+    for b in bufs.values(): b.fill_(float('nan'))
+    out, ref = sparse_grads(sae, x, cfg, 0.3, bufs=bufs), fused_grads(sae, x, cfg, 0.3)
+    assert out['n_window'] == 0 and out['l0'].item() == 0
+    _assert_same(ref, out, 1e-5)
 
 
 def test_remove_parallel_blocks_same_bits():
