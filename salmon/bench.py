@@ -168,7 +168,7 @@ def _best(runs:dict, repeats:int)->dict:
 def bench_train_profile(d:int=64, F:int=1024, B:int=512,
                         sparse:str='auto', # `TrainConfig.sparse`
                         l0:float|None=None, # set the thresholds for this L0 (None: a fresh SAE, L0 ≈ F/2)
-                        reuse:bool=False, # profile a step that reuses the trainer's work buffers (else one that allocates them)
+                        reuse:bool=False, # profile a later step, reusing the trainer's buffers (else one making them)
                        )->dict:
     "Allocations of at least B·F bytes during one salmon training step, by op (float buffers are 4 B·F bytes)"
     from torch.profiler import profile
@@ -342,11 +342,11 @@ def main(argv:list[str]|None=None):
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     p.add_argument('--repeats', type=int, default=2, help='timed training steps per contender and L0 (train)')
-    p.add_argument('--batch', type=int, default=2048, help="tokens per training step (train; 2048: the paper presets' train_batch)")
+    p.add_argument('--batch', type=int, default=2048, help="tokens per training step (train; the paper presets' 2048)")
     p.add_argument('--shapes', default=None, help="train shapes 'dxF' or 'dxFxB', comma-separated (default: the four of the README)")
     p.add_argument('--l0s', default='20,50,100', help='L0s to train at (train)')
     p.add_argument('--crossover', action='store_true', help='train: also time the dense and sparse gradient paths by L0 / F')
-    p.add_argument('--profile', action='store_true', help='train: list the large allocations of a sparse step (torch.profiler)')
+    p.add_argument('--profile', action='store_true', help='train: large allocations of a sparse step (torch.profiler)')
     p.add_argument('--preset', default='gemma-2-2b', help='paper preset whose model, batch and widths the gpu benchmark uses (gpu)')
     p.add_argument('--json', default=None, help='where the gpu benchmark writes its JSON (default: results/bench/gpu-<gpu>-<model>.json)')
     a = p.parse_args(argv)
@@ -369,7 +369,9 @@ def main(argv:list[str]|None=None):
         _print_rows(rows)
     if a.what in ('train', 'all'):
         shapes = [(640, 4096, a.batch), (640, 16384, a.batch), (2304, 16384, a.batch), (2304, 65536, a.batch)]
-        if a.shapes: shapes = [tuple(int(v) for v in s.split('x')) + ((a.batch,) if s.count('x') == 1 else ()) for s in a.shapes.split(',')]
+        if a.shapes:
+            parse = lambda s: tuple(int(v) for v in s.split('x')) + ((a.batch,) if s.count('x') == 1 else ())
+            shapes = [parse(s) for s in a.shapes.split(',')]
         l0s = tuple(float(v) for v in a.l0s.split(','))
         if a.crossover:                                     # the demo's shape, then larger steps
             for d, F, B in [(640, 1024, 1024), (640, 4096, 1024), (640, 4096, 4096)]: _print_rows(bench_crossover(d, F, B, repeats=a.repeats))
@@ -380,8 +382,9 @@ def main(argv:list[str]|None=None):
             d, F, B = shapes[-1] if a.shapes else (2304, 16384, a.batch)
             for reuse in (False, True):
                 big = bench_train_profile(d, F, B, sparse='on', l0=50, reuse=reuse)
-                print(f"allocations >= B*F bytes in one sparse step at d={d} F={F} B={B} L0~50, {'buffers reused' if reuse else 'fresh buffers'}"
-                      f" (B*F float = 4 B*F bytes): " + (', '.join(f'{k}: {[f"{m / (B * F):.2f} B*F" for m in v]}' for k, v in big.items()) or 'none'), flush=True)
+                sizes = ', '.join(f'{k}: {[f"{m / (B * F):.2f} B*F" for m in v]}' for k, v in big.items()) or 'none'
+                print(f"allocations >= B*F bytes in one sparse step at d={d} F={F} B={B} L0~50 (a B*F float: 4 B*F), "
+                      f"{'buffers reused' if reuse else 'fresh buffers'}: {sizes}", flush=True)
     if a.what in ('eval', 'all'):
         rows = bench_eval(tiny_lm(train_steps=40), 'tiny-gemma2', 2, d_sae=256, n_saes=(1, 4), n_texts=16)
         if a.model != 'none': rows += bench_eval(load_lm(a.model, device='cpu'), a.model, a.layer, n_saes=(1, 4), n_texts=16, batch_size=4, max_len=256)

@@ -163,7 +163,7 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
                 cfg:TrainConfig, # penalty settings
                 coeff:float, # effective λ (after warm-up)
                 h:Tensor|None=None, # pre-activations if already computed (used as the buffer: overwritten)
-                bufs:dict|None=None, # work buffers reused between calls (`SAETrainer` keeps them on CPU); filled on first use
+                bufs:dict|None=None, # work buffers kept between calls (`SAETrainer`'s, on CPU)
                )->dict: # grads per parameter name, plus batch statistics
     "Loss and gradients of `reference_loss`, computed by hand with one B×F buffer"
     B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
@@ -249,7 +249,8 @@ def _csr_mm(ptr:Tensor, idx:Tensor, vals:Tensor, A:Tensor, out:Tensor|None)->Ten
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
         S = torch.sparse_csr_tensor(ptr, idx, vals.to(dt), size=(len(ptr) - 1, A.shape[0]), check_invariants=False)
-        if out is None or out.dtype != dt: return torch.sparse.mm(S, A.to(dt)).to(A.dtype) if out is None else out.copy_(torch.sparse.mm(S, A.to(dt)))
+        if out is None: return torch.sparse.mm(S, A.to(dt)).to(A.dtype)
+        if out.dtype != dt: return out.copy_(torch.sparse.mm(S, A.to(dt)))
         return torch.addmm(out, S, A, beta=0.0, out=out)
 
 @torch.no_grad()
@@ -301,11 +302,13 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     key, perm = torch.sort(cols * B + rows)                                   # the pairs by latent, then token
     n_pair = torch.bincount(cols, minlength=F)
     by_tok, ptr_lat = key.remainder(B), torch.cat([n_pair.new_zeros(1), n_pair.cumsum(0)])
-    by_lat = lambda w, src, name: _csr_mm(ptr_lat, by_tok, w.index_select(0, perm), src, work_buf(bufs, name, (F, src.shape[1]), src))
-    g_W_dec = by_lat(f, g_out, 'W_dec')                                      # CSR [F, B] @ [B, d]
+    def by_lat(w, src, name):                                                 # CSR [F, B] @ src [B, ·]
+        return _csr_mm(ptr_lat, by_tok, w.index_select(0, perm), src, work_buf(bufs, name, (F, src.shape[1]), src))
+    g_W_dec = by_lat(f, g_out, 'W_dec')
     if cfg.penalty == 'tanh': g_W_dec += (coeff * c / B) * (q / n).unsqueeze(1) * sae.W_dec
     g_W_enc_t = by_lat(g_h, xin, 'W_enc_t')
-    g_W_enc = g_W_enc_t.t().contiguous() if bufs is None else work_buf(bufs, 'W_enc', W_enc.shape, W_enc).copy_(g_W_enc_t.t())
+    if bufs is None: g_W_enc = g_W_enc_t.t().contiguous()
+    else: g_W_enc = work_buf(bufs, 'W_enc', W_enc.shape, W_enc).copy_(g_W_enc_t.t())
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
     n_act = torch.zeros(F, dtype=torch.long, device=x.device).index_add_(0, cols, act.long())
     zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
@@ -361,11 +364,11 @@ def _path_grads(sae, x, cfg, coeff, bufs=None):
 # %% ../nbs/06_train.ipynb #1daf2308
 _DT = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
 _SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'sparse', 'n')
-FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch's fused kernel (smaller SAEs keep the per-tensor loop)
+FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch's fused kernel
 
 def remove_parallel_(g:Tensor, # decoder gradient [F, d], changed in place
                      W:Tensor, # unit-norm decoder rows [F, d]
-                     rows:int|None=None, # rows per block (default: under 2¹⁵ entries, which stay in cache and run on one thread)
+                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries: in cache, on one thread)
                     )->Tensor:
     "gᵢ ← gᵢ - (gᵢ·dᵢ) dᵢ for every row, by blocks of rows (no F×d temporary; the same bits as in one go)"
     rows = rows or max(1, (2**15 - 1) // g.shape[1])
@@ -390,14 +393,15 @@ class SAETrainer:
         if cfg.theta_param == 'log':                           # Adam moves log θ; θ = exp(log θ) is derived from it
             self.params['log_theta'] = torch.nn.Parameter(self.params.pop('theta').detach().log())
         self.opt = self.new_optimizer()
-        self.bufs = {} if self.device.type == 'cpu' else None   # CPU work buffers kept between steps (CUDA's allocator caches its own)
+        self.bufs = {} if self.device.type == 'cpu' else None   # CPU work buffers kept between steps (CUDA caches)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
 
     def new_optimizer(self)->torch.optim.Adam:
-        "Adam over `params`: torch's fused kernel (one pass per tensor) from `FUSED_ADAM_MIN` weights per matrix, else its loop"
-        fused = True if self.sae.d_model * self.cfg.d_sae >= FUSED_ADAM_MIN else None
-        return torch.optim.Adam(self.params.values(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps, fused=fused)
+        "Adam over `params`: torch's fused kernel from `FUSED_ADAM_MIN` weights per matrix, else its per-tensor loop"
+        c = self.cfg
+        fused = True if self.sae.d_model * c.d_sae >= FUSED_ADAM_MIN else None
+        return torch.optim.Adam(self.params.values(), lr=c.lr, betas=c.betas, eps=c.adam_eps, fused=fused)
 
     @torch.no_grad()
     def step(self, x:Tensor, t:int, var:float)->Tensor:
