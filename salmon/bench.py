@@ -109,7 +109,7 @@ def _pairs(sae:JumpReLUSAE, x:Tensor)->int:
 
 def bench_train(d:int, # activation width
                 F:int, # latents
-                B:int=4096, # batch
+                B:int=2048, # batch (the paper's and its presets' `train_batch`)
                 l0s:tuple=(20, 50, 100), # L0s to train at (thresholds set so the measured L0 is about these)
                 repeats:int=2, # timed steps per contender and L0 (best kept), after one warm-up step each
                 saelens:bool=True, # include SAELens if installed
@@ -132,14 +132,14 @@ def bench_train(d:int, # activation width
     rows = []
     for l0 in l0s:
         _set_l0(tr.sae, x, l0)
-        if tr.opt is None: tr.opt = torch.optim.Adam(tr.params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+        if tr.opt is None: tr.opt = tr.new_optimizer()
         runs = dict(mm=lambda t: torch.mm(x, W), dense=lambda t: salmon('dense', t), auto=lambda t: salmon('auto', t))
         sl = _saelens_step(tr.sae) if saelens and interleave else None
         if sl is not None: runs['saelens'] = lambda t: sl(x, t)
         best = _best(runs, repeats)
         n_pairs = _pairs(tr.sae, x)
         if saelens and not interleave:
-            tr.opt = None                                       # free salmon's Adam state first
+            tr.opt = None; tr.bufs.clear()                      # free salmon's Adam state and work buffers first
             sl = _saelens_step(tr.sae)
             if sl is not None: best.update(_best(dict(saelens=lambda t: sl(x, t)), repeats))
             del sl
@@ -168,6 +168,7 @@ def _best(runs:dict, repeats:int)->dict:
 def bench_train_profile(d:int=64, F:int=1024, B:int=512,
                         sparse:str='auto', # `TrainConfig.sparse`
                         l0:float|None=None, # set the thresholds for this L0 (None: a fresh SAE, L0 ≈ F/2)
+                        reuse:bool=False, # profile a later step, reusing the trainer's buffers (else one making them)
                        )->dict:
     "Allocations of at least B·F bytes during one salmon training step, by op (float buffers are 4 B·F bytes)"
     from torch.profiler import profile
@@ -175,6 +176,7 @@ def bench_train_profile(d:int=64, F:int=1024, B:int=512,
     tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 100, lr_warmup_steps=0, sparsity_warmup_steps=0, sparse=sparse), d)
     if l0 is not None: _set_l0(tr.sae, x, l0)
     tr.step(x, 0, 1.0)
+    if not reuse: tr.bufs.clear()
     with profile(profile_memory=True, record_shapes=True) as p: tr.step(x, 1, 1.0)
     big = {}
     for e in p.events():
@@ -324,6 +326,14 @@ def _print_rows(rows:list[dict]):
     with pd.option_context('display.width', 200, 'display.max_columns', 50, 'display.float_format', '{:,.2f}'.format):
         print(pd.DataFrame(rows).to_string(index=False))
 
+def _machine()->str:
+    "CPU model, cores, load average and UTC time, for the benchmark's header lines"
+    import os, platform
+    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): cpu = platform.processor() or platform.machine()
+    load = ' / '.join(f'{v:.1f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
+    return f"{cpu}, {os.cpu_count()} cores, load average {load}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon.bench`"
     p = argparse.ArgumentParser('python -m salmon.bench', description='salmon benchmarks (ratios against baselines in the same run)')
@@ -332,10 +342,11 @@ def main(argv:list[str]|None=None):
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     p.add_argument('--repeats', type=int, default=2, help='timed training steps per contender and L0 (train)')
-    p.add_argument('--big-batch', type=int, default=1024, help='batch of the d=2304 training shapes (train; F=65536 uses half)')
+    p.add_argument('--batch', type=int, default=2048, help="tokens per training step (train; the paper presets' 2048)")
     p.add_argument('--shapes', default=None, help="train shapes 'dxF' or 'dxFxB', comma-separated (default: the four of the README)")
     p.add_argument('--l0s', default='20,50,100', help='L0s to train at (train)')
     p.add_argument('--crossover', action='store_true', help='train: also time the dense and sparse gradient paths by L0 / F')
+    p.add_argument('--profile', action='store_true', help='train: large allocations of a sparse step (torch.profiler)')
     p.add_argument('--preset', default='gemma-2-2b', help='paper preset whose model, batch and widths the gpu benchmark uses (gpu)')
     p.add_argument('--json', default=None, help='where the gpu benchmark writes its JSON (default: results/bench/gpu-<gpu>-<model>.json)')
     a = p.parse_args(argv)
@@ -350,19 +361,30 @@ def main(argv:list[str]|None=None):
         print(json.dumps(r, indent=1)); print(f'written to {f}')
         return r
     if a.threads: torch.set_num_threads(a.threads)
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu')
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu ({_machine()})')
     if a.what in ('trace', 'all'):
         rows = [bench_trace(tiny_lm(), 'tiny-gemma2', 2, n_texts=64, batch_size=16)]
         if a.model != 'none':
             rows.append(bench_trace(load_lm(a.model, device='cpu'), a.model, a.layer, n_texts=32, batch_size=8, repeats=3))
         _print_rows(rows)
     if a.what in ('train', 'all'):
-        shapes = [(640, 4096, 4096), (640, 16384, 4096), (2304, 16384, a.big_batch), (2304, 65536, a.big_batch // 2)]
-        if a.shapes: shapes = [tuple(int(v) for v in s.split('x')) + ((4096,) if s.count('x') == 1 else ()) for s in a.shapes.split(',')]
+        shapes = [(640, 4096, a.batch), (640, 16384, a.batch), (2304, 16384, a.batch), (2304, 65536, a.batch)]
+        if a.shapes:
+            parse = lambda s: tuple(int(v) for v in s.split('x')) + ((a.batch,) if s.count('x') == 1 else ())
+            shapes = [parse(s) for s in a.shapes.split(',')]
         l0s = tuple(float(v) for v in a.l0s.split(','))
         if a.crossover:                                     # the demo's shape, then larger steps
             for d, F, B in [(640, 1024, 1024), (640, 4096, 1024), (640, 4096, 4096)]: _print_rows(bench_crossover(d, F, B, repeats=a.repeats))
-        for d, F, B in shapes: _print_rows(bench_train(d, F, B, l0s=l0s, repeats=a.repeats))   # one table per shape, as it finishes
+        for d, F, B in shapes:                              # one table per shape, as it finishes
+            print(f'd={d} F={F}: batch B={B} tokens per step; {_machine()}', flush=True)
+            _print_rows(bench_train(d, F, B, l0s=l0s, repeats=a.repeats))
+        if a.profile:
+            d, F, B = shapes[-1] if a.shapes else (2304, 16384, a.batch)
+            for reuse in (False, True):
+                big = bench_train_profile(d, F, B, sparse='on', l0=50, reuse=reuse)
+                sizes = ', '.join(f'{k}: {[f"{m / (B * F):.2f} B*F" for m in v]}' for k, v in big.items()) or 'none'
+                print(f"allocations >= B*F bytes in one sparse step at d={d} F={F} B={B} L0~50 (a B*F float: 4 B*F), "
+                      f"{'buffers reused' if reuse else 'fresh buffers'}: {sizes}", flush=True)
     if a.what in ('eval', 'all'):
         rows = bench_eval(tiny_lm(train_steps=40), 'tiny-gemma2', 2, d_sae=256, n_saes=(1, 4), n_texts=16)
         if a.model != 'none': rows += bench_eval(load_lm(a.model, device='cpu'), a.model, a.layer, n_saes=(1, 4), n_texts=16, batch_size=4, max_len=256)

@@ -19,8 +19,9 @@ from .store import FORMAT_VERSION, CorruptArtefactError, file_record, read_json,
 from .sae import JumpReLUSAE, fold_norm, save_sae, _window
 
 # %% auto #0
-__all__ = ['PRESETS', 'SPARSE_AUTO', 'SPEED_ONLY', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads',
-           'sparse_grads', 'train_grads', 'SAETrainer', 'results_settings', 'train_saes', 'plot_history']
+__all__ = ['PRESETS', 'SPARSE_AUTO', 'FUSED_ADAM_MIN', 'SPEED_ONLY', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss',
+           'work_buf', 'fused_grads', 'sparse_grads', 'train_grads', 'remove_parallel_', 'SAETrainer',
+           'results_settings', 'train_saes', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #83741bb5
 @dataclass
@@ -144,19 +145,32 @@ def reference_loss(sae:JumpReLUSAE, # SAE on normalised inputs
     return mse + sp, dict(mse=mse, l0=l0, sparsity=sp)
 
 # %% ../nbs/06_train.ipynb #5750c0f2
+def work_buf(bufs:dict|None, # buffers by name, or None (then nothing is kept)
+             name:str, # which buffer
+             shape:tuple, # its shape
+             like:Tensor, # its dtype and device
+            )->Tensor|None: # the buffer (uninitialised when new), or None without `bufs`
+    "A buffer of `bufs` reused from call to call: a fresh large CPU tensor costs a page fault per 4 kB on first write"
+    if bufs is None: return None
+    b = bufs.get(name)
+    if b is None or b.shape != tuple(shape) or b.dtype != like.dtype or b.device != like.device:
+        b = bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return b
+
 @torch.no_grad()
 def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
                 cfg:TrainConfig, # penalty settings
                 coeff:float, # effective λ (after warm-up)
                 h:Tensor|None=None, # pre-activations if already computed (used as the buffer: overwritten)
+                bufs:dict|None=None, # work buffers kept between calls (`SAETrainer`'s, on CPU)
                )->dict: # grads per parameter name, plus batch statistics
     "Loss and gradients of `reference_loss`, computed by hand with one B×F buffer"
     B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
     theta = sae.theta
     W_enc, W_dec = sae.W_enc, sae.W_dec
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    buf = torch.addmm(sae.b_enc, xin, W_enc) if h is None else h  # h
+    buf = torch.addmm(sae.b_enc, xin, W_enc, out=work_buf(bufs, 'h', (B, F), x)) if h is None else h  # h
     win = _window(buf, theta, eps).nonzero()                     # (token, latent) pairs in the STE window
     rows, cols = win[:, 0], win[:, 1]
     mask = buf > theta
@@ -171,7 +185,7 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     sq = err.float().pow(2).sum(1)
     mse = sq.mean()
     g_out = err.mul_(2.0 / B)                                    # ∂L/∂x̂
-    g_W_dec = buf.t() @ g_out
+    g_W_dec = torch.mm(buf.t(), g_out, out=work_buf(bufs, 'W_dec', W_dec.shape, W_dec))
     g_b_dec = g_out.sum(0)
     if cfg.penalty == 'tanh':                                    # λ/B Σ tanh(c‖dᵢ‖f): a second B×F buffer
         c, n = cfg.tanh_scale, W_dec.norm(dim=1)
@@ -186,7 +200,7 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     g_theta.mul_(-theta / eps)
     torch.where(mask, buf, zero, out=buf)                        # ∂L/∂h
     g_b_enc = buf.sum(0)
-    g_W_enc = xin.t() @ buf
+    g_W_enc = torch.mm(xin.t(), buf, out=work_buf(bufs, 'W_enc', W_enc.shape, W_enc))
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
     if cfg.penalty == 'tanh': sp = sp_tanh
     elif cfg.penalty == 'quadratic':                             # per-token weights ∂L/∂L0_b
@@ -229,6 +243,16 @@ def _sddmm(ptr:Tensor, cols:Tensor, A:Tensor, W:Tensor)->Tensor:
                                       check_invariants=False)
     return torch.sparse.sampled_addmm(pat, A.to(dt), W.to(dt).t(), beta=0.0).values().to(A.dtype)
 
+def _csr_mm(ptr:Tensor, idx:Tensor, vals:Tensor, A:Tensor, out:Tensor|None)->Tensor:
+    "CSR(ptr, idx, vals) @ A, into `out` if given (fp32 for half dtypes)"
+    dt = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        S = torch.sparse_csr_tensor(ptr, idx, vals.to(dt), size=(len(ptr) - 1, A.shape[0]), check_invariants=False)
+        if out is None: return torch.sparse.mm(S, A.to(dt)).to(A.dtype)
+        if out.dtype != dt: return out.copy_(torch.sparse.mm(S, A.to(dt)))
+        return torch.addmm(out, S, A, beta=0.0, out=out)
+
 @torch.no_grad()
 def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                  x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
@@ -236,12 +260,13 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                  coeff:float, # effective λ (after warm-up)
                  h:Tensor|None=None, # pre-activations, if already computed
                  cand:Tensor|None=None, # `h > θ - ε/2`, if already computed
+                 bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
                 )->dict: # the same as `fused_grads`
     "`fused_grads` over the (token, latent) pairs that are active or in the STE window only"
     B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
     theta, W_enc = sae.theta, sae.W_enc
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    if h is None: h = torch.addmm(sae.b_enc, xin, W_enc)                    # the one dense product
+    if h is None: h = torch.addmm(sae.b_enc, xin, W_enc, out=work_buf(bufs, 'h', (B, F), x))   # the one dense product
     if cand is None: cand = h > theta - eps / 2
     flat = cand.view(-1).nonzero().squeeze(1)                                 # row-major: sorted by token
     rows, cols = flat.div(F, rounding_mode='floor'), flat.remainder(F)
@@ -255,7 +280,7 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     f = v * act
     l0 = act.sum().double() / B
     ptr = _row_ptr(rows, B)
-    err = sae.decode_sparse(ptr, cols, f).sub_(x)                             # x̂ - x
+    err = _csr_mm(ptr, cols, f, sae.W_dec, None).add_(sae.b_dec).sub_(x)     # x̂ - x: CSR [B, F] @ W_dec
     sq = err.float().pow(2).sum(1)
     mse = sq.mean()
     g_out = err.mul_(2.0 / B)                                                 # ∂L/∂x̂
@@ -276,11 +301,14 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     g_b_enc = torch.zeros(F, dtype=g_h.dtype, device=x.device).index_add_(0, cols, g_h)
     key, perm = torch.sort(cols * B + rows)                                   # the pairs by latent, then token
     n_pair = torch.bincount(cols, minlength=F)
-    by_tok, off = key.remainder(B), n_pair.cumsum(0) - n_pair
-    bag = lambda src, w: torch.nn.functional.embedding_bag(by_tok, src, off, mode='sum', per_sample_weights=w.index_select(0, perm))
-    g_W_dec = bag(g_out, f)
+    by_tok, ptr_lat = key.remainder(B), torch.cat([n_pair.new_zeros(1), n_pair.cumsum(0)])
+    def by_lat(w, src, name):                                                 # CSR [F, B] @ src [B, ·]
+        return _csr_mm(ptr_lat, by_tok, w.index_select(0, perm), src, work_buf(bufs, name, (F, src.shape[1]), src))
+    g_W_dec = by_lat(f, g_out, 'W_dec')
     if cfg.penalty == 'tanh': g_W_dec += (coeff * c / B) * (q / n).unsqueeze(1) * sae.W_dec
-    g_W_enc = bag(xin, g_h).t().contiguous()
+    g_W_enc_t = by_lat(g_h, xin, 'W_enc_t')
+    if bufs is None: g_W_enc = g_W_enc_t.t().contiguous()
+    else: g_W_enc = work_buf(bufs, 'W_enc', W_enc.shape, W_enc).copy_(g_W_enc_t.t())
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
     n_act = torch.zeros(F, dtype=torch.long, device=x.device).index_add_(0, cols, act.long())
     zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
@@ -312,29 +340,42 @@ def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
                 cfg:TrainConfig, # penalty settings and `sparse` mode
                 coeff:float, # effective λ (after warm-up)
+                bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
                )->dict: # `fused_grads`'s output plus `sparse`: which path ran; with log-θ the gradient is `log_theta`'s
     "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch by `cfg.sparse`"
-    out = _path_grads(sae, x, cfg, coeff)
+    out = _path_grads(sae, x, cfg, coeff, bufs)
     if cfg.theta_param == 'log': out['grads']['log_theta'] = out['grads'].pop('theta') * sae.theta     # ∂L/∂log θ = θ ∂L/∂θ
     return out
 
-def _path_grads(sae, x, cfg, coeff):
+def _path_grads(sae, x, cfg, coeff, bufs=None):
     B, F = x.shape[0], sae.d_sae
     max_density, min_work = SPARSE_AUTO.get(x.device.type, SPARSE_AUTO['cuda'])
     if cfg.sparse_max_density is not None: max_density = cfg.sparse_max_density
     if cfg.sparse == 'off' or (cfg.sparse == 'auto' and B * sae.d_model * F < min_work):
-        return dict(fused_grads(sae, x, cfg, coeff), sparse=False)
+        return dict(fused_grads(sae, x, cfg, coeff, bufs=bufs), sparse=False)
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    h = torch.addmm(sae.b_enc, xin, sae.W_enc)
+    h = torch.addmm(sae.b_enc, xin, sae.W_enc, out=work_buf(bufs, 'h', (B, F), x))
     cand = h > sae.theta - sae.bandwidth / 2                   # active or in the STE window (θ ≥ 0)
     if cfg.sparse == 'on' or int(torch.count_nonzero(cand)) <= max_density * B * F:
-        return dict(sparse_grads(sae, x, cfg, coeff, h=h, cand=cand), sparse=True)
+        return dict(sparse_grads(sae, x, cfg, coeff, h=h, cand=cand, bufs=bufs), sparse=True)
     del cand
-    return dict(fused_grads(sae, x, cfg, coeff, h=h), sparse=False)
+    return dict(fused_grads(sae, x, cfg, coeff, h=h, bufs=bufs), sparse=False)
 
 # %% ../nbs/06_train.ipynb #1daf2308
 _DT = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
 _SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'sparse', 'n')
+FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch's fused kernel
+
+def remove_parallel_(g:Tensor, # decoder gradient [F, d], changed in place
+                     W:Tensor, # unit-norm decoder rows [F, d]
+                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries: in cache, on one thread)
+                    )->Tensor:
+    "gᵢ ← gᵢ - (gᵢ·dᵢ) dᵢ for every row, by blocks of rows (no F×d temporary; the same bits as in one go)"
+    rows = rows or max(1, (2**15 - 1) // g.shape[1])
+    for i in range(0, len(g), rows):
+        gi, wi = g[i:i + rows], W[i:i + rows]
+        gi -= (gi * wi).sum(1, keepdim=True) * wi
+    return g
 
 class SAETrainer:
     "One SAE with its optimiser, schedule and statistics"
@@ -351,9 +392,16 @@ class SAETrainer:
         self.params = dict(self.sae.named_parameters())
         if cfg.theta_param == 'log':                           # Adam moves log θ; θ = exp(log θ) is derived from it
             self.params['log_theta'] = torch.nn.Parameter(self.params.pop('theta').detach().log())
-        self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+        self.opt = self.new_optimizer()
+        self.bufs = {} if self.device.type == 'cpu' else None   # CPU work buffers kept between steps (CUDA caches)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
+
+    def new_optimizer(self)->torch.optim.Adam:
+        "Adam over `params`: torch's fused kernel from `FUSED_ADAM_MIN` weights per matrix, else its per-tensor loop"
+        c = self.cfg
+        fused = True if self.sae.d_model * c.d_sae >= FUSED_ADAM_MIN else None
+        return torch.optim.Adam(self.params.values(), lr=c.lr, betas=c.betas, eps=c.adam_eps, fused=fused)
 
     @torch.no_grad()
     def step(self, x:Tensor, t:int, var:float)->Tensor:
@@ -361,11 +409,10 @@ class SAETrainer:
         cfg, sae = self.cfg, self.sae
         coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
         if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())   # also right after a resume
-        out = train_grads(sae, x, cfg, coeff)
+        out = train_grads(sae, x, cfg, coeff, bufs=self.bufs)
         if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
         g = out['grads']
-        if cfg.unit_norm_decoder:
-            g['W_dec'] -= (g['W_dec'] * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
+        if cfg.unit_norm_decoder: remove_parallel_(g['W_dec'], sae.W_dec)
         for k, p in self.params.items(): p.grad = g[k]
         if cfg.grad_clip is not None: torch.nn.utils.clip_grad_norm_(self.params.values(), cfg.grad_clip)
         for grp in self.opt.param_groups: grp['lr'] = lr
