@@ -357,7 +357,7 @@ def first_letter_task_saebench(lm, # an nnsight model
     Y = torch.tensor(np.array([[l == c for c in LETTERS] for l in items['class']]), dtype=torch.bool)
     W, b = saebench_train_probe(X[train], Y[train], batch_size=batch_size, num_epochs=50, lr=1e-2, weight_decay=1e-4, seed=seed)
     te = np.flatnonzero(~train.numpy()); score = X[te] @ W + b
-    f1 = f1_scores(score, Y[te])
+    f1 = f1_scores(score, Y[te]).nan_to_num(0.0)   # sklearn's f1_score: 0 for a letter with no positive and no prediction
     rng2, fresh = random.Random(seed + 1), []      # SAEBench's calculator: letter by letter, each probe true positive
     for c in range(len(LETTERS)):
         fresh += [te[j] for j in np.flatnonzero((Y[te, c] & (score[:, c] > 0)).numpy())]
