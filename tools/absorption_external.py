@@ -34,7 +34,7 @@ def saebench_absorption(tl, sae, work, inp):
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     a = inp['absorption']; vocab, seed = list(a['words']), int(a['seed'])
     art = Path(work).resolve()/'saebench_artifacts'
-    shutil.rmtree(art, ignore_errors=True); art.mkdir(parents=True)
+    shutil.rmtree(art, ignore_errors=True); (art/'results').mkdir(parents=True)
     common.get_alpha_tokens = fa.get_alpha_tokens = lambda tokenizer, **kw: list(vocab)
     common.create_dataset_probe_training = _seeded(common.create_dataset_probe_training, lambda: random.seed(seed))
     common.train_linear_probe_for_task = _seeded(common.train_linear_probe_for_task, lambda: torch.manual_seed(seed))
