@@ -753,7 +753,7 @@ def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.Dat
 # %% ../nbs/95_pipeline.ipynb #dafcec49
 DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
 COMPARE = ['family', 'width', 'target_l0', 'convention', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
-           'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
+           'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS, 'first_letter_protocol']   # which first-letter protocol (salmon's or SAEBench's)
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
     "The domain-vs-baseline table on one held-out corpus (with the reasons of unmeasurable metrics)"
