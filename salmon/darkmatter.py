@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_darkmatter.ipynb #f4086f48
 from __future__ import annotations
-import math, time, warnings
+import math, time, warnings, xxhash
 from dataclasses import dataclass, asdict
 from typing import Iterable, Iterator
 import numpy as np
@@ -55,13 +55,26 @@ def _psd_solve(G:np.ndarray, # symmetric PSD matrix [d, d]
               )->tuple[np.ndarray, str]: # solution [d, k], solver used
     "Solve `(G + ridge·I) A = R` by Cholesky, or by the minimum-norm pseudo-inverse if `G + ridge·I` is singular"
     Gr = G + ridge * np.eye(len(G))
+    how, f = _factorise(Gr, rcond)
+    if how == 'cholesky': return torch.cholesky_solve(torch.from_numpy(np.ascontiguousarray(R)), f).numpy(), how
+    w, V = f
+    return V @ ((V.T @ R) / w[:, None]), how
+
+_LAST_FACTOR = {}   # the last matrix factorised: every SAE's probes on the same activations solve with the same G
+
+def _factorise(Gr:np.ndarray, rcond:float)->tuple[str, object]:
+    "('cholesky', L) of `Gr`, or ('eigh-pinv', (w, V)) over its kept eigenvalues where it is singular; the last one is reused"
+    key = (Gr.shape, rcond, xxhash.xxh3_128_hexdigest(np.ascontiguousarray(Gr).tobytes()))
+    if key in _LAST_FACTOR: return _LAST_FACTOR[key]
     scale = max(float(np.diagonal(Gr).max()), np.finfo(float).tiny)
     L, info = torch.linalg.cholesky_ex(torch.from_numpy(Gr))
-    if int(info) == 0 and float(torch.diagonal(L).square().min()) > rcond * scale:
-        return torch.cholesky_solve(torch.from_numpy(np.ascontiguousarray(R)), L).numpy(), 'cholesky'
-    w, V = np.linalg.eigh(Gr)
-    keep = w > rcond * max(float(w.max()), np.finfo(float).tiny)
-    return V[:, keep] @ ((V[:, keep].T @ R) / w[keep, None]), 'eigh-pinv'
+    if int(info) == 0 and float(torch.diagonal(L).square().min()) > rcond * scale: f = ('cholesky', L)
+    else:
+        w, V = np.linalg.eigh(Gr)
+        keep = w > rcond * max(float(w.max()), np.finfo(float).tiny)
+        f = ('eigh-pinv', (w[keep], np.ascontiguousarray(V[:, keep])))
+    _LAST_FACTOR.clear(); _LAST_FACTOR[key] = f
+    return f
 
 # %% ../nbs/10_darkmatter.ipynb #435ccc7f
 def _target(st:NormalEq, a:float, c:float)->tuple:

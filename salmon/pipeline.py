@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Iterator
 import numpy as np
 from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
-from .gemmascope import LADDER, REPOS, load_gemmascope
+from .gemmascope import LADDER, REPOS, gemmascope_file, load_gemmascope
 from .absorption import absorption_summary
 from .interp import domain_specificity_summary
 from .metrics import CONVENTIONS, evaluate
@@ -33,12 +33,12 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'cache_provenance',
            'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
-           'base_model', 'gemmascope_family', 'sae_provenance', 'SAEStore', 'sae_groups', 'per_group', 'sae_dir',
-           'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
-           'by_source', 'each_source', 'sae_meta', 'stage_sources', 'stage_darkmatter', 'stage_darkmatter_sources',
-           'stage_specificity', 'stage_specificity_sources', 'stage_absorption', 'stage_by_source', 'matched',
-           'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'model_key',
-           'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
+           'base_model', 'gemmascope_family', 'sae_provenance', 'sae_fingerprint', 'SAEStore', 'sae_groups',
+           'per_group', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens',
+           'stage_eval', 'held_out_by_source', 'by_source', 'each_source', 'sae_meta', 'stage_sources',
+           'stage_darkmatter', 'stage_darkmatter_sources', 'stage_specificity', 'stage_specificity_sources',
+           'stage_absorption', 'stage_by_source', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
+           'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -296,14 +296,16 @@ def base_model(model:str)->str:
     "The Gemma-2 a preset's model stands for: 'google/gemma-2-2b' and 'random:gemma-2-2b' are both 'gemma-2-2b'"
     return model.removeprefix('random:').split('/')[-1]
 
-def _gemmascope_loaders(p:Preset, width:int)->dict:
+def _gemmascope_loaders(p:Preset, width:int,
+                        what=load_gemmascope, # `load_gemmascope`, or `gemmascope_file` for where each one is read from
+                       )->dict:
     "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
     model = base_model(p.model)
     check_choice('model (for the gemmascope family)', model, REPOS)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
-    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(load_gemmascope, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
+    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(what, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
             for l0 in rows.average_l0}
 
 def gemmascope_family(p:Preset, width:int)->dict:
@@ -347,9 +349,19 @@ def _saes_status(fdir:Path, cfgs:list, prov:dict, verify:bool)->Status:
     why = _check_saes(fdir, cfgs, fp)
     return Status('ok', fdir) if why is None else Status('missing', fdir, why) if why == 'resumed' else Status('damaged', fdir, why)
 
+def sae_fingerprint(sae)->str:
+    "What an SAE was made from: a trained one's fingerprint, a GemmaScope one's source file, else the hash of its config"
+    return sae.cfg.get('fingerprint') or sae.cfg.get('source') or fingerprint(sae.cfg)
+
 class SAEStore(Mapping):
     "The run's SAEs by name, read from disk on each access, so a paper-scale sweep never has to fit in memory at once"
-    def __init__(self, loaders:dict, device=None): self.loaders, self.device = dict(loaders), device
+    def __init__(self, loaders:dict, device=None,
+                 fingerprints:dict|None=None, # name -> its `sae_fingerprint` (or a function returning it), known without reading weights
+                ): self.loaders, self.device, self.fingerprints = dict(loaders), device, dict(fingerprints or {})
+    def fingerprint(self, name:str)->str:
+        "`sae_fingerprint` of SAE `name`; its weights are read only when the store was not told it"
+        f = self.fingerprints[name] if name in self.fingerprints else None
+        return str(f() if callable(f) else f) if f is not None else sae_fingerprint(self[name])
     def __iter__(self): return iter(self.loaders)
     def __len__(self): return len(self.loaders)
     def __repr__(self): return f'SAEStore({len(self)} SAEs: {", ".join(list(self)[:3])}{", ..." if len(self) > 3 else ""})'
@@ -382,16 +394,17 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
               )->SAEStore:
     "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused if made from these settings); by name, on disk"
     check_choice('on_stale', on_stale, ON_STALE)
-    out = Path(out); loaders = {}
+    out = Path(out); loaders, fps = {}, {}
     for family, width in itertools.product(p.families, p.widths):
-        if family == 'gemmascope': loaders.update(_gemmascope_loaders(p, width)); continue
+        if family == 'gemmascope':
+            loaders.update(_gemmascope_loaders(p, width)); fps.update(_gemmascope_loaders(p, width, gemmascope_file)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
         n_pass = pass_tokens(p, corpus, out) if p.stream else None
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
         cfgs = train_configs(q, family, width); fdir = sae_dir(out, family, width)
         prov = sae_provenance(q, family, width); fp = fingerprint(prov)
         st = _saes_status(fdir, cfgs, prov, verify)
-        loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
+        loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs}); fps.update({c.label: fp for c in cfgs})
         if resolve(st, on_stale):
             for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
             _note(fdir, 'reused'); continue
@@ -411,7 +424,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
                        ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
                        **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
             shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
-    return SAEStore(loaders)
+    return SAEStore(loaders, fingerprints=fps)   # tables are stamped with these without reading 17 GB of weights
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
@@ -468,9 +481,10 @@ def pass_tokens(p:Preset, # a streamed preset
     return n
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
-def _sae_fps(saes:dict)->dict:
-    "Each SAE's fingerprint (a trained one's) or source (a loaded GemmaScope one's)"
-    return {k: s.cfg.get('fingerprint') or s.cfg.get('source') or fingerprint(s.cfg) for k, s in saes.items()}
+def _sae_fps(saes:Mapping)->dict:
+    "Each SAE's `sae_fingerprint`; an `SAEStore` gives them without loading the SAEs"
+    if isinstance(saes, SAEStore): return {k: saes.fingerprint(k) for k in saes}
+    return {k: sae_fingerprint(s) for k, s in saes.items()}
 
 def _per_sae_csv(f:Path, saes:dict, compute, settings:dict|None=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Reuse the table at `f` if its stamp matches `settings` and these SAEs and its content is intact; else `compute()` it and write it stamped"
@@ -582,15 +596,23 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
         tr = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train'), verify)
         te = ActivationCache(out/'cache'/'medical-test', verify)
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
-        rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
-                                                  split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
+        rows = []
+        for name in saes:                                  # one SAE in memory at a time: the last is released before the next loads
+            sae = saes[name]
+            rows.append(dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
+                                                          split='sequential', train_frac=0.5).row()))
+            del sae
         return pd.DataFrame(rows)
     def compute_paper():   # the paper's data protocol (packed 128-token sequences, first 20 positions dropped, 60/40 by sequence)
         pr = get_protocol('paper')
         pa = protocol_activations(lm or load_model(p), preset_texts(p, 'medical', 'test'), p.layer, pr)
         acts = pa.collect()                                # traced once, scored by every SAE
-        return pd.DataFrame([dict(name=name, **dark_matter_sae(sae, acts, **pr.probe_kw()).row(), sequences=len(pa.ids))
-                             for name, sae in saes.items()])
+        rows = []
+        for name in saes:                                  # one SAE at a time, as above
+            sae = saes[name]
+            rows.append(dict(name=name, **dark_matter_sae(sae, acts, **pr.probe_kw()).row(), sequences=len(pa.ids)))
+            del sae
+        return pd.DataFrame(rows)
     if protocol == 'salmon':
         caches = {s: fingerprint(cache_provenance(p, 'medical', s)) for s in ('probe' if p.stream else 'train', 'test')}
         settings = dict(stage='darkmatter', caches=caches)
@@ -860,6 +882,7 @@ def stage_memory(p:Preset|str, # preset (or its name)
                  device:str='cuda', # 'cuda': what the GPU holds; 'cpu': everything (the dry run's device)
                  seq_len:int|None=None, # longest tokenized text of a forward (default: `p.max_len`)
                  eval_tokens:int|None=None, # tokens of one held-out corpus's evaluation texts (default: `eval_texts · seq_len`)
+                 source_tokens:int|None=None, # tokens of the largest medical source's per-source texts (default: `eval_per_source · seq_len`)
                  probe_tokens:int|None=None, # rows of the dark-matter training cache (default: `p.probe_tokens`)
                  abs_tokens:int|None=None, # rows of the larger absorption task (default: from the preset's words and parents)
                 )->dict: # stage -> bytes at its peak
@@ -884,10 +907,12 @@ def stage_memory(p:Preset|str, # preset (or its name)
                           for F in p.widths)
     # evaluation: the group's SAEs, the clean sweep (kept on the host), per batch every variant and the logits chunks,
     # reconstruction's float64 copies of one [4096, F] latent block
-    N = eval_tokens or p.eval_texts * min(T, p.eval_max_len)
     Te = min(T, p.eval_max_len)
-    out['evaluation'] = max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
-                            + 3 * min(128, N) * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    ev = lambda N: max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
+                       + 3 * min(128, N) * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    out['evaluation'] = ev(eval_tokens or p.eval_texts * Te)
+    # by source (when the preset asks for it): the same, one source's texts at a time
+    if p.eval_per_source: out['sources'] = ev(source_tokens or p.eval_per_source * Te)
     # specificity: the group's SAEs, their per-latent statistics, one batch's latents
     out['specificity'] = max(lm + sum(S(F) + 64 * F for F in ws) + act(B, Te) + max(2 * B * Te * F * 4 for F in ws) for ws in _eval_groups(p))
     # dark matter: one SAE at a time on 8192-row chunks of the probe and test caches

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
+from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save, save_file as st_save_file
 from tqdm.auto import tqdm
 from .core import atomic_dir, atomic_write, check_choice, check_int, check_path, check_range
-from .store import FORMAT_VERSION, CorruptArtefactError, file_record, read_json, read_verified
+from .store import FORMAT_VERSION, CorruptArtefactError, file_digest, file_record, read_json, read_verified
 from .sae import JumpReLUSAE, fold_norm, save_sae, _window
 
 # %% auto #0
@@ -473,17 +473,15 @@ def _ckpt_save(root:Path, trainers:list[SAETrainer], state:dict, history:list[li
     root.mkdir(parents=True, exist_ok=True)
     for p in root.glob('.*.del'): shutil.rmtree(p, ignore_errors=True)
     for old in _ckpt_dirs(root)[max(keep - 1, 1):]: _drop(old)      # at most `keep` on disk, even while the next one is written
-    files = {f'sae_{i}.safetensors': st_save({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}) for i, tr in enumerate(trainers)}
-    buf = io.BytesIO()
-    torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
-                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), buf)
-    files['state.pt'] = buf.getvalue()
-    files['state.json'] = json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)).encode()
-    if stream is not None:                       # a resumable source's position and the batches read ahead (see `train_saes`)
-        buf = io.BytesIO(); torch.save(stream, buf); files['stream.pt'] = buf.getvalue()
-    with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:
-        for name, data in files.items(): (tmp/name).write_bytes(data)
-        (tmp/'manifest.json').write_text(json.dumps(dict(format=FORMAT_VERSION, step=state['step'], files={n: file_record(d) for n, d in files.items()})))
+    names = [f'sae_{i}.safetensors' for i in range(len(trainers))] + ['state.pt', 'state.json'] + ['stream.pt'] * (stream is not None)
+    with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:   # each file straight to disk: a 65k group's is GBs
+        for i, tr in enumerate(trainers): st_save_file({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}, tmp/names[i])
+        torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
+                        rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), tmp/'state.pt')
+        (tmp/'state.json').write_text(json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)))
+        if stream is not None: torch.save(stream, tmp/'stream.pt')   # a resumable source's position and the batches read ahead
+        recs = {n: dict(bytes=(tmp/n).stat().st_size, digest=file_digest(tmp/n)) for n in names}   # as `file_record`, read back
+        (tmp/'manifest.json').write_text(json.dumps(dict(format=FORMAT_VERSION, step=state['step'], files=recs)))
     for old in _ckpt_dirs(root)[keep:]: _drop(old)
 
 # %% ../nbs/06_train.ipynb #4ff6a240
