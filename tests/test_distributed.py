@@ -1,0 +1,100 @@
+"""Two gloo processes on CPU against one: DDP gives the single-process SAEs over the same global batches (to 1e-5 relative),
+sweep-parallel gives them exactly, and a run whose rank is killed mid-training resumes to exactly the uninterrupted result.
+Every launch has a deadline (`salmon.distributed.launch` kills what is left after it), so no test can hang."""
+import os, signal
+import pytest
+import torch
+from salmon.distributed import launch, rank_rows, world
+from salmon.trace import ActivationBuffer
+from salmon.train import TrainConfig, train_saes
+
+D, F, B, STEPS = 32, 64, 128, 12          # activation width, latents, global batch, steps
+LAUNCH = dict(timeout=180, dist_timeout=30)
+
+def configs():
+    "Two SAEs: the paper's recipe (its penalty needs the global batch's L0) and GemmaScope's (pre-encoder bias)"
+    kw = dict(d_sae=F, batch_size=B, n_tokens=B * STEPS, lr=3e-3, lr_warmup_steps=2, sparsity_warmup_steps=4)
+    return [TrainConfig.preset('paper', target_l0=6.0, name='paper', **kw),
+            TrainConfig.preset('gemmascope', sparsity_coeff=3e-3, name='gemmascope', **kw)]
+
+def chunk(i:int, rows:int=B)->torch.Tensor:
+    "Chunk `i` of a seeded sparse-code stream in D dimensions"
+    g = torch.Generator().manual_seed(1000 + i)
+    dic = torch.randn(96, D, generator=torch.Generator().manual_seed(0))
+    codes = (torch.rand(rows, 96, generator=g) < 0.04) * torch.rand(rows, 96, generator=g) * 3
+    return codes @ dic + 0.05 * torch.randn(rows, D, generator=g)
+
+def global_batches(n:int=STEPS + 2)->list:
+    return [chunk(i) for i in range(n)]
+
+def params(results)->list[dict]:
+    return [{k: v.detach().clone() for k, v in sae.state_dict().items()} for sae, _ in results]
+
+def single(cfgs=None)->list[dict]:
+    "The reference: one process, one thread, the global batches"
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try: return params(train_saes(cfgs or configs(), global_batches(), device='cpu', progress=False, norm_tokens=2 * B))
+    finally: torch.set_num_threads(n)
+
+def ddp_worker()->list[dict]:
+    return params(train_saes(configs(), rank_rows(global_batches()), device='cpu', progress=False, norm_tokens=2 * B))
+
+def sweep_worker(out:str)->list[dict]:
+    cfgs = configs() + [TrainConfig.preset('paper', target_l0=12.0, name='paper12', d_sae=F, batch_size=B, n_tokens=B * STEPS, lr=3e-3)]
+    return params(train_saes(cfgs, global_batches(), parallel='sweep', out_dir=out, device='cpu', progress=False, norm_tokens=2 * B))
+
+class Chunks:
+    "A resumable source of this rank's chunks (it stands for an `ActivationStream` over the rank's shard of texts)"
+    def __init__(self, rank:int, n:int): self.rank, self.n, self.pos = rank, n, 0
+    def __iter__(self):
+        while self.pos < self.n:
+            self.pos += 1; yield chunk(100 * (self.rank + 1) + self.pos, 96)
+    def state_dict(self): return dict(pos=self.pos)
+    def load_state_dict(self, s): self.pos = s['pos']
+
+class Dying:
+    "The rank's buffer, killing its own process (SIGKILL: no clean-up) when batch `at` is asked for"
+    resumable = True
+    def __init__(self, buf, at): self.buf, self.at = buf, at
+    def state_dict(self): return self.buf.state_dict()
+    def load_state_dict(self, s): self.buf.load_state_dict(s)
+    def __iter__(self):
+        for i, b in enumerate(self.buf):
+            if i == self.at: os.kill(os.getpid(), signal.SIGKILL)
+            yield b
+
+def streamed_worker(out:str, die_at:int|None)->list[dict]:
+    "DDP from each rank's own shuffled stream (checkpointing every rank's position), resuming from `out`"
+    rank, n = world()
+    src = ActivationBuffer(Chunks(rank, 40), capacity=512, batch_tokens=B // n, seed=rank)
+    if die_at is not None and rank == 1: src = Dying(src, die_at)
+    return params(train_saes(configs(), src, out_dir=out, resume=True, ckpt_every=4, device='cpu', progress=False, norm_tokens=2 * B))
+
+def rel(a:torch.Tensor, b:torch.Tensor)->float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+
+def test_ddp_equals_single_process():
+    ref, got = single(), launch(ddp_worker, 2, **LAUNCH)
+    assert got[0].__len__() == 2
+    for r in got:                                   # both ranks hold the same SAEs
+        for a, b in zip(r, ref):
+            for k in b: assert rel(a[k], b[k]) < 1e-5, (k, rel(a[k], b[k]))
+    assert all(torch.equal(got[0][i][k], got[1][i][k]) for i in range(2) for k in got[0][i])
+
+def test_sweep_parallel_is_exact(tmp_path):
+    cfgs = configs() + [TrainConfig.preset('paper', target_l0=12.0, name='paper12', d_sae=F, batch_size=B, n_tokens=B * STEPS, lr=3e-3)]
+    ref, got = single(cfgs), launch(sweep_worker, 2, str(tmp_path), **LAUNCH)
+    for r in got:
+        assert len(r) == 3
+        for a, b in zip(r, ref): assert all(torch.equal(a[k], b[k]) for k in b)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['gemmascope', 'paper', 'paper12']   # rank 0 wrote all three
+
+def test_killed_rank_stops_the_job_and_a_rerun_resumes(tmp_path):
+    whole = launch(streamed_worker, 2, str(tmp_path/'whole'), None, **LAUNCH)
+    rep = launch(streamed_worker, 2, str(tmp_path/'killed'), 9, check=False, **LAUNCH)
+    assert rep[1]['exitcode'] == -signal.SIGKILL
+    assert rep[0]['exitcode'] == 1 and rep[0]['error'], rep[0]          # the survivor stopped by itself, with an error
+    assert sorted(p.name for p in (tmp_path/'killed'/'checkpoints').iterdir() if p.name.startswith('step_'))   # rank 0's checkpoint
+    again = launch(streamed_worker, 2, str(tmp_path/'killed'), None, **LAUNCH)
+    for a, b in zip(again[0], whole[0]): assert all(torch.equal(a[k], b[k]) for k in b)
+    assert not (tmp_path/'killed'/'checkpoints').exists()                # finished: rank 0 removed them
