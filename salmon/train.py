@@ -626,6 +626,8 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
     try:
         for t in range(t0_step, n_steps):
             x = next(stream, None)
+            if mode == 'ddp' and all_sum(torch.tensor([float(x is None or len(x) != B_in)], device=device)).item() and x is not None and len(x) == B_in:
+                warnings.warn(f"another rank's stream ended after {t} of {n_steps} steps"); break   # every rank stops at the same step
             if x is None: warnings.warn(f'the stream ended after {t} of {n_steps} steps'); break
             if len(x) != B_in: warnings.warn(f'dropping a final short batch of {len(x)} activations'); break
             x = x.to(device=device, dtype=torch.float32) * inv_c

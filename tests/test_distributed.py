@@ -98,3 +98,21 @@ def test_killed_rank_stops_the_job_and_a_rerun_resumes(tmp_path):
     again = launch(streamed_worker, 2, str(tmp_path/'killed'), None, **LAUNCH)
     for a, b in zip(again[0], whole[0]): assert all(torch.equal(a[k], b[k]) for k in b)
     assert not (tmp_path/'killed'/'checkpoints').exists()                # finished: rank 0 removed them
+
+def test_device_map_dispatch_on_cpu(tmp_path):
+    """A model split by `device_map` (accelerate's dispatch, as across a node's GPUs) traces the same activations with nnsight.
+    torch has one CPU device ('cpu:1' is 'cpu'; transformers 5.23 fails to load a map naming 'cpu:1' with a TypeError), so a map
+    cannot name two CPUs: the CPU stand-in for a second device is 'disk',
+    whose layers sit on the meta device and are loaded by accelerate's `AlignDevicesHook` at each forward."""
+    from salmon.models import load_lm, tiny_lm
+    from salmon.trace import ActivationStream
+    lm = tiny_lm(save_to=tmp_path/'tiny')
+    texts = ['The patient has a fever and a cough.', 'Aspirin inhibits platelet aggregation in the blood.', 'Hello.']
+    dm = {'model.embed_tokens': 'cpu', 'model.rotary_emb': 'cpu', 'model.layers.0': 'cpu', 'model.layers.1': 'disk',
+          'model.layers.2': 'disk', 'model.layers.3': 'cpu', 'model.norm': 'cpu', 'lm_head': 'cpu'}
+    split = load_lm(tmp_path/'tiny', device='cpu', device_map=dm, offload_folder=str(tmp_path/'offload'))
+    layer = split._module.model.layers[1]
+    assert type(layer._hf_hook).__name__ == 'AlignDevicesHook' and layer.self_attn.q_proj.weight.device.type == 'meta'
+    ref = torch.cat(list(ActivationStream(lm, texts, 2, progress=False)))
+    got = torch.cat(list(ActivationStream(split, texts, 2, progress=False)))
+    assert got.shape == ref.shape and torch.equal(got, ref)
