@@ -382,7 +382,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
               )->SAEStore:
     "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused if made from these settings); by name, on disk"
     check_choice('on_stale', on_stale, ON_STALE)
-    from salmon.distributed import active, from_main, is_main, rank_rows, wait_main
+    from salmon.distributed import active, from_main, is_main, rank_rows, wait_main, world
     out = Path(out); loaders = {}
     mode = (parallel or 'ddp') if active() else None         # decisions are rank 0's, broadcast; rank 0 alone writes
     for family, width in itertools.product(p.families, p.widths):
@@ -406,7 +406,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
         _note(fdir, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos, fingerprint=fp,
-                    **({'streamed': True} if p.stream else {}))
+                    **({'streamed': True} if p.stream else {}), **({'processes': world()[1], 'parallel': mode} if mode else {}))
         for g, grp in enumerate(groups):
             if st.kind == 'missing' and from_main(_check_saes(fdir, grp, fp) if is_main() else None) is None: continue   # a finished group of a resumed width
             src = (stream_batches(p, corpus, load_model(p), ranks=mode == 'ddp') if p.stream else
