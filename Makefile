@@ -16,7 +16,7 @@ PIN := $(if $(HAS_CUDA),,-c constraints.txt)
 PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
 DEPS := settings.ini setup.py constraints.txt pyproject.toml
 
-.PHONY: help demo test check install-demo install-dev install-lab lab browser-test export clean-nbs bench dryrun floors compare
+.PHONY: help demo test check install-demo install-dev install-lab lab browser-test export clean-nbs bench dryrun floors compare paper-notebooks
 help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
@@ -26,6 +26,7 @@ help:
 	@echo "make dryrun the gemma-2-2b preset on CPU with no hub: random-weight Gemma-2 2B, true shapes (~12 GiB RAM)"
 	@echo "make floors install the lowest supported versions in .cache/floors and run the tiny test path"
 	@echo "make browser-test  drive JupyterLab in headless Chromium (needs /usr/bin/chromium): notebooks, cards, browser"
+	@echo "make paper-notebooks  re-execute nbs/paper/*.ipynb on the demo results (after make demo) and save their outputs"
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -122,3 +123,7 @@ floors:
 	$(FLOORS_ENV)/bin/python -m pip install -q --progress-bar off -c $(FLOORS_ENV)/floors.txt torch==$(FLOORS_TORCH) -e . pytest nbdev execnb fastcore ghapi
 	@echo "floor versions installed:"; $(FLOORS_ENV)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|nnsight|transformers|datasets|xxhash|matplotlib|seaborn|ipywidgets|safetensors|tqdm|numpy|pandas|pyarrow|huggingface.hub|accelerate|tokenizers) "
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(FLOORS_ENV)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_TESTS)
+
+# re-execute the committed paper notebooks on the demo results (make demo first) and save them with their outputs
+paper-notebooks: install-dev
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) tools/run_notebooks.py nbs/paper/*.ipynb

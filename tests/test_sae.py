@@ -1,4 +1,4 @@
-"Exhaustive checks of salmon.sae: STE gradients against methods.md §2.1, folding (§5.2), and the three disk formats, SAELens interop included."
+"Exhaustive checks of salmon.sae: STE gradients against the JumpReLU paper's pseudo-derivatives (arXiv 2407.14435), GemmaScope folding (arXiv 2408.05147 App. A), and the three disk formats, SAELens interop included."
 import json, math
 import numpy as np
 import pytest
