@@ -116,3 +116,27 @@ def test_device_map_dispatch_on_cpu(tmp_path):
     ref = torch.cat(list(ActivationStream(lm, texts, 2, progress=False)))
     got = torch.cat(list(ActivationStream(split, texts, 2, progress=False)))
     assert got.shape == ref.shape and torch.equal(got, ref)
+
+def test_bad_inputs(monkeypatch):
+    from salmon.distributed import init_distributed, my_share, shard
+    with pytest.raises(ValueError, match="parallel='both'"): train_saes(configs(), global_batches(2), parallel='both', progress=False)
+    with pytest.raises(ValueError, match='rank=2'): list(shard(['a', 'b'], 2, 2))
+    with pytest.raises(ValueError, match='leaves 1 idle'): my_share(1, 0, 2)
+    with pytest.raises(ValueError, match='multiple of the number of processes'): next(rank_rows([torch.zeros(5, 2)], 0, 2))
+    with pytest.raises(ValueError, match="backend='mpi'"): init_distributed('mpi')
+    for k in ('RANK', 'MASTER_ADDR', 'MASTER_PORT'): monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    with pytest.raises(RuntimeError, match='launch with torchrun'): init_distributed()
+    with pytest.raises(RuntimeError, match='no process group is up'): train_saes(configs(), global_batches(2), progress=False)
+
+def uneven_worker()->list:
+    "Rank 1's shard runs out first: every rank must stop at the same step (no rank left waiting in an all-reduce)"
+    rank, n = world()
+    src = ActivationBuffer(Chunks(rank, 40 if rank == 0 else 6), capacity=512, batch_tokens=B // n, seed=rank)
+    res = train_saes(configs(), src, device='cpu', progress=False, norm_tokens=2 * B)
+    return [sae.cfg['n_tokens_trained'] for sae, _ in res] + [params(res)]
+
+def test_uneven_shards_stop_together():
+    a, b = launch(uneven_worker, 2, **LAUNCH)
+    assert a[:2] == b[:2] and 0 < a[0] < B * STEPS, (a[:2], b[:2])
+    assert all(torch.equal(a[2][i][k], b[2][i][k]) for i in range(2) for k in a[2][i])
