@@ -354,13 +354,15 @@ def bench_dist(d:int=256, F:int=2048, B:int=1024, # SAE shape and global batch
                procs:tuple=(1, 2), # process counts (the first is the baseline)
                n_texts:int=96, # texts traced (0: no tracing row)
                timeout:float=900.0, # seconds per launch before it is killed
+               kinds:tuple=('ddp', 'sweep', 'trace'), # which rows
               )->list[dict]:
     "Tokens/s of DDP training, sweep-parallel training and data-parallel tracing on 1 and more local processes, 1 thread each"
     from salmon.distributed import launch
     rows = []
-    for what, fn, args, per in [('train ddp (1 SAE)', _dist_train, (d, F, B, steps, 'ddp', 1), B * steps),
-                                ('train sweep (2 SAEs)', _dist_train, (d, F, B, steps, 'sweep', 2), 2 * B * steps),
-                                *([('trace (tiny LM)', _dist_trace, (n_texts, 8, 512), None)] if n_texts else [])]:
+    for kind, what, fn, args, per in [('ddp', 'train ddp (1 SAE)', _dist_train, (d, F, B, steps, 'ddp', 1), B * steps),
+                                      ('sweep', 'train sweep (2 SAEs)', _dist_train, (d, F, B, steps, 'sweep', 2), 2 * B * steps),
+                                      ('trace', 'trace (tiny LM)', _dist_trace, (n_texts, 8, 512), None)]:
+        if kind not in kinds or (kind == 'trace' and not n_texts): continue
         base = None
         for n in procs:
             r = launch(fn, n, *args, timeout=timeout, threads=1, dist_timeout=timeout)[0]
