@@ -17,7 +17,8 @@ from .trace import ActivationStream, _model_device, _tokenize
 from .train import SAETrainer, TrainConfig, fused_grads, sparse_grads
 
 # %% auto #0
-__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_crossover', 'bench_eval', 'bench_gpu', 'main']
+__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_crossover', 'bench_eval', 'bench_gpu', 'bench_dist',
+           'main']
 
 # %% ../nbs/90_bench.ipynb #a78e744f
 class _Stop(Exception): pass
@@ -320,6 +321,59 @@ def bench_gpu(preset:str='gemma-2-2b', # a Gemma-2 paper preset: its model, laye
         with atomic_write(out, 'w') as f: json.dump(r, f, indent=1)
     return r
 
+# %% ../nbs/90_bench.ipynb #1132c818
+def _dist_train(d:int, F:int, B:int, steps:int, mode:str, n_saes:int)->dict:
+    "One rank's share of a timed training run (global batch `B`); the time is the slowest rank's"
+    from salmon.distributed import wait_main, world, gather_all
+    from salmon.train import train_saes
+    r, n = world()
+    g = torch.Generator().manual_seed(r)
+    rows = B // n if mode == 'ddp' and n > 1 else B
+    xs = [torch.randn(rows, d, generator=g) for _ in range(steps)]
+    cfgs = [TrainConfig.preset('paper', d_sae=F, batch_size=B, n_tokens=B * steps, target_l0=20.0 * (i + 1), name=f'sae{i}', sparse='off')
+            for i in range(n_saes)]
+    kw = dict(norm_factor=1.0, progress=False, device='cpu', parallel=mode if n > 1 else None)
+    train_saes(cfgs, xs[:2], max_steps=2, **kw)          # warm-up
+    wait_main(); t0 = time.perf_counter()
+    train_saes(cfgs, xs, **kw)
+    wait_main()
+    return dict(seconds=max(gather_all(time.perf_counter() - t0)))
+
+def _dist_trace(n_texts:int, batch_size:int, max_len:int)->dict:
+    "Data-parallel tracing of the tiny LM: this rank's shard of the texts; tokens summed, the slowest rank's time"
+    from salmon.distributed import shard, wait_main, gather_all
+    lm = tiny_lm(); texts = list(medical_qa('train', limit=n_texts))
+    s = ActivationStream(lm, shard(texts), 2, batch_size=batch_size, max_len=max_len, progress=False)
+    s.trace_batch(texts[:batch_size])                      # warm-up
+    wait_main(); t0 = time.perf_counter()
+    n = sum(len(a) for a in s)
+    wait_main()
+    got = gather_all((n, time.perf_counter() - t0))
+    return dict(tokens=sum(k for k, _ in got), seconds=max(t for _, t in got))
+
+def bench_dist(d:int=256, F:int=2048, B:int=1024, # SAE shape and global batch
+               steps:int=8, # timed training steps
+               procs:tuple=(1, 2), # process counts (the first is the baseline)
+               n_texts:int=96, # texts traced (0: no tracing row)
+               timeout:float=900.0, # seconds per launch before it is killed
+               kinds:tuple=('ddp', 'sweep', 'trace'), # which rows
+              )->list[dict]:
+    "Tokens/s of DDP training, sweep-parallel training and data-parallel tracing on 1 and more local processes, 1 thread each"
+    from salmon.distributed import launch
+    rows = []
+    for kind, what, fn, args, per in [('ddp', 'train ddp (1 SAE)', _dist_train, (d, F, B, steps, 'ddp', 1), B * steps),
+                                      ('sweep', 'train sweep (2 SAEs)', _dist_train, (d, F, B, steps, 'sweep', 2), 2 * B * steps),
+                                      ('trace', 'trace (tiny LM)', _dist_trace, (n_texts, 8, 512), None)]:
+        if kind not in kinds or (kind == 'trace' and not n_texts): continue
+        base = None
+        for n in procs:
+            r = launch(fn, n, *args, timeout=timeout, threads=1, dist_timeout=timeout)[0]
+            tok = r.get('tokens', per)
+            rate = tok / r['seconds']; base = base or rate
+            rows.append(dict(what=what, processes=n, threads_each=1, tokens=tok, seconds=round(r['seconds'], 3), tok_per_s=rate,
+                             vs_1_process=rate / base))
+    return rows
+
 # %% ../nbs/90_bench.ipynb #0785ed1a
 def _print_rows(rows:list[dict]):
     import pandas as pd
@@ -337,7 +391,7 @@ def _machine()->str:
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon.bench`"
     p = argparse.ArgumentParser('python -m salmon.bench', description='salmon benchmarks (ratios against baselines in the same run)')
-    p.add_argument('what', choices=['trace', 'train', 'eval', 'darkmatter', 'gpu', 'all'], help='which benchmark (gpu: on a CUDA machine)')
+    p.add_argument('what', choices=['trace', 'train', 'eval', 'darkmatter', 'gpu', 'dist', 'all'], help='which benchmark (gpu: on a CUDA machine)')
     p.add_argument('--model', default='gemma-3-270m', help="real model to include ('none' for the tiny model only)")
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
@@ -349,7 +403,17 @@ def main(argv:list[str]|None=None):
     p.add_argument('--profile', action='store_true', help='train: large allocations of a sparse step (torch.profiler)')
     p.add_argument('--preset', default='gemma-2-2b', help='paper preset whose model, batch and widths the gpu benchmark uses (gpu)')
     p.add_argument('--json', default=None, help='where the gpu benchmark writes its JSON (default: results/bench/gpu-<gpu>-<model>.json)')
+    p.add_argument('--procs', default='1,2', help='dist: process counts, the first the baseline (1 thread each)')
     a = p.parse_args(argv)
+    if a.what == 'dist':
+        import os
+        print(f'torch {torch.__version__}, gloo on CPU, 1 thread per process; {os.cpu_count()} cores, load average '
+              f'{os.getloadavg()[0]:.1f} at the start (other jobs share this machine)')
+        _print_rows(bench_dist(procs=tuple(int(v) for v in a.procs.split(','))))
+        print(f'load average {os.getloadavg()[0]:.1f} at the end. With {os.cpu_count()} cores, {max(map(int, a.procs.split(",")))} '
+              'single-thread processes can at best show the ideal ratio when the cores are free; this measures CPU processes '
+              'and gloo over loopback, not GPUs or NCCL.')
+        return
     if a.what == 'gpu':
         if not torch.cuda.is_available():
             raise SystemExit('salmon.bench gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine')

@@ -391,39 +391,46 @@ def sae_dir(out:str|Path, family:str, width:int)->Path:
 def stage_saes(p:Preset, out:str|Path, progress:bool=True,
                on_stale:str='error', # an SAE group made from other settings: 'error' or 'recompute'
                verify:bool=True, # check the content hashes of reused SAE weights
+               parallel:str|None=None, # under torchrun: 'ddp' (default) or 'sweep' (see `salmon.distributed`)
               )->SAEStore:
     "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused if made from these settings); by name, on disk"
     check_choice('on_stale', on_stale, ON_STALE)
+    from salmon.distributed import active, from_main, is_main, rank_rows, wait_main, world
     out = Path(out); loaders, fps = {}, {}
+    mode = (parallel or 'ddp') if active() else None         # decisions are rank 0's, broadcast; rank 0 alone writes
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope':
             loaders.update(_gemmascope_loaders(p, width)); fps.update(_gemmascope_loaders(p, width, gemmascope_file)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
-        n_pass = pass_tokens(p, corpus, out) if p.stream else None
+        n_pass = from_main(pass_tokens(p, corpus, out) if p.stream and is_main() else None)
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
         cfgs = train_configs(q, family, width); fdir = sae_dir(out, family, width)
         prov = sae_provenance(q, family, width); fp = fingerprint(prov)
-        st = _saes_status(fdir, cfgs, prov, verify)
+        st = from_main(_saes_status(fdir, cfgs, prov, verify) if is_main() else None)
         loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs}); fps.update({c.label: fp for c in cfgs})
         if resolve(st, on_stale):
-            for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
+            if is_main():
+                for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
             _note(fdir, 'reused'); continue
-        if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
-        if st.kind != 'missing' or not (fdir/'provenance.json').exists():
-            with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        if is_main():
+            if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
+            if st.kind != 'missing' or not (fdir/'provenance.json').exists():
+                with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        wait_main()
         _note(fdir, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos, fingerprint=fp,
-                    **({'streamed': True} if p.stream else {}))
+                    **({'streamed': True} if p.stream else {}), **({'processes': world()[1], 'parallel': mode} if mode else {}))
         for g, grp in enumerate(groups):
-            if st.kind == 'missing' and _check_saes(fdir, grp, fp) is None: continue   # a finished group of a resumed width
-            src = (stream_batches(p, corpus, load_model(p)) if p.stream else
+            if st.kind == 'missing' and from_main(_check_saes(fdir, grp, fp) if is_main() else None) is None: continue   # a finished group of a resumed width
+            src = (stream_batches(p, corpus, load_model(p), ranks=mode == 'ddp') if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train', verify=verify), p.train_batch, p.buffer_tokens))
+            if mode == 'ddp' and not p.stream: src = rank_rows(src)   # every rank reads the cache's batches, trains on its rows
             ckpt = fdir/('checkpoints' if len(groups) == 1 else f'checkpoints_{g}')
             train_saes(grp, src, out_dir=fdir, resume=True, meta=meta, progress=progress, ckpt_dir=ckpt,
-                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50), parallel=mode,
                        **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
-            shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
+            if is_main(): shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
     return SAEStore(loaders, fingerprints=fps)   # tables are stamped with these without reading 17 GB of weights
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
@@ -458,11 +465,14 @@ def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
                    corpus:str, # 'medical' or 'general'
                    lm, # the preset's LM
                    seed:int=0, # buffer seed
+                   ranks:bool=False, # data-parallel: this rank's shard of the texts, `train_batch / N` rows per batch, seed + rank
                   )->ActivationBuffer:
     "Training batches traced on the fly: the corpus's training split, one example per context, through the shuffling buffer"
-    stream = ActivationStream(lm, preset_texts(p, corpus, 'train'), p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
-                              progress=False, desc=f'streaming {corpus}')
-    return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
+    from salmon.distributed import shard, world
+    r, n = world() if ranks else (0, 1)
+    texts = shard(preset_texts(p, corpus, 'train'), r, n) if n > 1 else preset_texts(p, corpus, 'train')
+    stream = ActivationStream(lm, texts, p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos, progress=False, desc=f'streaming {corpus}')
+    return ActivationBuffer(stream, capacity=p.buffer_tokens // n, batch_tokens=p.train_batch // n, seed=seed + r, dtype=getattr(torch, p.buffer_dtype))
 
 def pass_tokens(p:Preset, # a streamed preset
                 corpus:str, # 'medical' (counted) or 'general' (open-ended: None)
@@ -819,7 +829,8 @@ def run(preset:str|Preset='demo', # preset name or object
         on_stale:str='error', # an artefact made from other settings (or by an older salmon): 'error' stops and names it, 'recompute' remakes it and what depends on it
         verify:bool=True, # check the content hash of every reused artefact (else sizes only)
         verbose:bool=True, # print the caches, comparison and claims tables
-       )->pd.DataFrame:  # the summary table
+        parallel:str|None=None, # under torchrun: SAE training 'ddp' (default) or 'sweep'; the other stages run on rank 0
+       )->pd.DataFrame|None:  # the summary table (None on ranks other than 0)
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     if not isinstance(preset, (str, Preset)): raise TypeError(f'preset={preset!r} is {type(preset).__name__}; expected a preset name or a Preset')
     p = preset if isinstance(preset, Preset) else get_preset(preset)
@@ -827,9 +838,13 @@ def run(preset:str|Preset='demo', # preset name or object
     out = _run_dir(p, out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time(); _ACTIONS.clear()
     kw = dict(on_stale=on_stale, verify=verify)
-    caches = stage_caches(p, out, progress=progress, **kw)
-    with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
-    saes = stage_saes(p, out, progress=progress, **kw)
+    from salmon.distributed import is_main, wait_main
+    if is_main():                   # with torchrun the caches are rank 0's; the other ranks wait
+        caches = stage_caches(p, out, progress=progress, **kw)
+        with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
+    wait_main(timeout=24 * 3600)
+    saes = stage_saes(p, out, progress=progress, parallel=parallel, **kw)
+    if not is_main(): return None   # training was the ranks' shared work; evaluation, tables and figures are rank 0's
     ev = stage_eval(p, out, saes, progress=progress, **kw)
     by_src = stage_by_source(p, out, saes, progress=progress, **kw)['eval'] if p.eval_per_source else None
     tab = results_table(ev, stage_darkmatter(p, out, saes, **kw), stage_specificity(p, out, saes, **kw), stage_absorption(p, out, saes, **kw))

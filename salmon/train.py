@@ -396,6 +396,7 @@ class SAETrainer:
         self.bufs = {} if self.device.type == 'cpu' else None   # CPU work buffers kept between steps (CUDA caches)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
+        self.grads = train_grads                               # `salmon.distributed.DDPGrads` under DDP: the global batch's
 
     def new_optimizer(self)->torch.optim.Adam:
         "Adam over `params`: torch's fused kernel from `FUSED_ADAM_MIN` weights per matrix, else its per-tensor loop"
@@ -409,7 +410,7 @@ class SAETrainer:
         cfg, sae = self.cfg, self.sae
         coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
         if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())   # also right after a resume
-        out = train_grads(sae, x, cfg, coeff, bufs=self.bufs)
+        out = self.grads(sae, x, cfg, coeff, bufs=self.bufs)
         if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
         g = out['grads']
         if cfg.unit_norm_decoder: remove_parallel_(g['W_dec'], sae.W_dec)
@@ -442,8 +443,9 @@ class SAETrainer:
         return row
 
 # %% ../nbs/06_train.ipynb #6e47fc79
-def _norm_factor(batches:list[Tensor])->float:
+def _norm_factor(batches:list[Tensor], total=None)->float:
     s = sum(b.double().pow(2).sum().item() for b in batches); n = sum(len(b) for b in batches)
+    if total is not None: s, n = total(s, n)                 # summed over ranks (DDP)
     c = math.sqrt(s / n)
     if not math.isfinite(c) or c == 0: raise ValueError(f'cannot normalise: mean squared norm of the first {n} activations is {s / n!r}')
     return c
@@ -536,6 +538,30 @@ def _ckpt_load(root:Path, configs:list[TrainConfig], meta:dict|None=None, device
     return None
 
 # %% ../nbs/06_train.ipynb #08ece4aa
+from types import SimpleNamespace
+from .distributed import DDPGrads, active, all_sum, gather_all, gather_main, is_main, my_share, wait_main, world
+
+def _cpu(o):
+    "`o` with every tensor in it moved to the CPU (for sending between ranks)"
+    if isinstance(o, Tensor): return o.detach().cpu()
+    if isinstance(o, dict): return {k: _cpu(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return type(o)(_cpu(v) for v in o)
+    return o
+
+def _ckpt_ranks(root:Path, trainers:list, own:list[int], state:dict, history:list, keep:int, stream:dict|None, mode:str|None):
+    "Checkpoint of a run on one or more ranks: rank 0 writes it, with every rank's source position and (sweep-parallel) every rank's SAEs"
+    if mode is None: return _ckpt_save(root, trainers, state, history, keep, stream)
+    streams = gather_main(stream)
+    parts = gather_main([dict(i=i, params=_cpu(tr.params), opt=_cpu(tr.opt.state_dict()), last_fired=tr.last_fired.cpu(),
+                              sums=dict(tr.sums), history=history[i]) for i, tr in zip(own, trainers)]) if mode == 'sweep' else None
+    if not is_main(): return
+    if mode == 'sweep':
+        got = sorted((d for part in parts for d in part), key=lambda d: d['i'])
+        trainers = [SimpleNamespace(params=d['params'], opt=SimpleNamespace(state_dict=lambda sd=d['opt']: sd), last_fired=d['last_fired'],
+                                    sums=d['sums']) for d in got]
+        history = [d['history'] for d in got]
+    _ckpt_save(root, trainers, state, history, keep, None if stream is None else dict(ranks=streams))
+
 class _Lookahead:
     "Iterator: the batches in `look` first (read ahead, or saved in a checkpoint), then the source's"
     def __init__(self, look:collections.deque, src): self.look, self.src = look, src
@@ -559,6 +585,7 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                progress:bool=True, # tqdm bar with tokens/s
                keep_checkpoints:int=2, # checkpoints kept while training (removed once the SAEs are saved)
                ckpt_dir:str|Path|None=None, # checkpoint folder, holding `step_<N>` folders (default: `out_dir/checkpoints`)
+               parallel:str|None=None, # under a process group of N > 1: 'ddp' (default: each rank its B/N rows of every batch) or 'sweep' (each rank its share of `configs`, whole batches)
               )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
     "Train one SAE per config on a single pass over `activations`; every batch is read once and used by all"
     if isinstance(configs, TrainConfig): configs = [configs]
@@ -580,6 +607,13 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
         raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
     B, n_steps = configs[0].batch_size, configs[0].n_steps
     if max_steps is not None: n_steps = min(n_steps, max_steps)
+    rank, n_proc = world()
+    if n_proc > 1 and not active(): raise RuntimeError(f'WORLD_SIZE={n_proc} but no process group is up: call salmon.distributed.init_distributed() first')
+    if parallel is not None: check_choice('parallel', parallel, ('ddp', 'sweep'))
+    mode = (parallel or 'ddp') if n_proc > 1 else None
+    if mode == 'ddp' and B % n_proc: raise ValueError(f'batch_size={B} does not split over {n_proc} processes (DDP: each takes batch_size / N rows); make it a multiple of {n_proc}')
+    own = my_share(len(configs)) if mode == 'sweep' else list(range(len(configs)))   # the configs this rank trains
+    B_in = B // n_proc if mode == 'ddp' else B                  # rows per batch of this rank's stream
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoints') if out_dir is not None else None
@@ -587,18 +621,26 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
     stateful = bool(getattr(activations, 'resumable', False))   # the source records its position (a streamed buffer)
     look = collections.deque()                                   # batches read but not yet trained on (C's head, a resumed run's)
     found = _ckpt_load(ckpt, configs, meta, device) if resume else None   # verified whole before anything is changed
+    if mode and len(set(steps := gather_all(found[0]['step'] if found else 0))) > 1:
+        raise RuntimeError(f'the ranks found different checkpoints in {str(ckpt)!r} (steps {steps}): they must share one file system')
     ss = found[0]['stream'] if found and stateful else None
+    if ss is not None and ('ranks' in ss or mode == 'ddp'):      # each rank continues its own source
+        n_saved = len(ss['ranks']) if 'ranks' in ss else 1
+        if n_saved != n_proc: raise ValueError(f"checkpoint {found[0]['path']!r} holds the stream positions of {n_saved} process(es); "
+                                               f'resume it with as many (this run has {n_proc})')
+        ss = ss['ranks'][rank]
     if ss is not None: activations.load_state_dict(ss['source']); look.extend(ss['lookahead'])
     it = _Lookahead(look, iter(activations))
     first = next(it, None)
     if first is None: raise ValueError('activations is empty')
     if not isinstance(first, Tensor) or first.ndim != 2: raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {type(first).__name__} {getattr(first, "shape", "")}')
-    if len(first) != B: raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have batch_size={B}; make them equal')
+    if len(first) != B_in: raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have batch_size={B}'
+                                            + (f' (DDP over {n_proc} processes: {B_in} per rank)' if mode == 'ddp' else '') + '; make them equal')
     d = first.shape[1]
     history = [[] for _ in configs]
     t0_step = 0
     if found:
-        st, trainers = found; history = st['history']
+        st, trainers = found; history = st['history']; trainers = [trainers[i] for i in own]
         if st['d_model'] != d: raise ValueError(f"checkpoint {st['path']!r} is for d_model={st['d_model']}; the stream has d={d} (use another out_dir, or resume=False)")
         C, t0_step = st['norm_factor'], st['step']
         look.appendleft(first); stream = it
@@ -606,58 +648,74 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
             for _ in range(t0_step):
                 if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
     else:
-        trainers = [SAETrainer(c, d, device) for c in configs]
+        trainers = [SAETrainer(configs[i], d, device) for i in own]
         if norm_factor == 'auto':
             head = [first] + list(itertools.islice(it, max(0, math.ceil(norm_tokens / B) - 1)))
-            C = _norm_factor(head)
+            C = _norm_factor(head, (lambda s, n: tuple(all_sum(torch.tensor([s, n], dtype=torch.float64, device=device)).tolist()))
+                             if mode == 'ddp' else None)
             look.extend(head)
         else:
             C = float(norm_factor)
             if not math.isfinite(C) or C <= 0: raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
             look.appendleft(first)
         stream = it
+    if mode == 'ddp':
+        for tr in trainers: tr.grads = DDPGrads(train_grads)
     inv_c = 1.0 / C
     state = dict(step=t0_step, d_model=d, norm_factor=C, configs=json.loads(json.dumps([asdict(c) for c in configs])),
                  meta=json.loads(json.dumps(meta or {}, default=str)))
     dtypes = sorted({tr.sae.dtype for tr in trainers}, key=str)
-    bar = tqdm(total=n_steps * B, initial=t0_step * B, unit='tok', unit_scale=True, disable=not progress, desc='training', mininterval=1.0)
+    bar = tqdm(total=n_steps * B, initial=t0_step * B, unit='tok', unit_scale=True, disable=not progress or rank != 0, desc='training', mininterval=1.0)
+    mine = [history[i] for i in own]
     t = t0_step
     try:
         for t in range(t0_step, n_steps):
             x = next(stream, None)
+            if mode == 'ddp' and all_sum(torch.tensor([float(x is None or len(x) != B_in)], device=device)).item() and x is not None and len(x) == B_in:
+                warnings.warn(f"another rank's stream ended after {t} of {n_steps} steps"); break   # every rank stops at the same step
             if x is None: warnings.warn(f'the stream ended after {t} of {n_steps} steps'); break
-            if len(x) != B: warnings.warn(f'dropping a final short batch of {len(x)} activations'); break
+            if len(x) != B_in: warnings.warn(f'dropping a final short batch of {len(x)} activations'); break
             x = x.to(device=device, dtype=torch.float32) * inv_c
-            xc = x - x.mean(0)
-            var = float(xc.pow_(2).sum(dtype=torch.float64)); del xc
+            if mode == 'ddp':                                       # the global batch's Σ‖x - x̄‖²
+                s = all_sum(torch.cat([x.sum(0, dtype=torch.float64), x.pow(2).sum(dtype=torch.float64).reshape(1)]))
+                var = float(s[-1] - s[:-1].pow(2).sum() / B)
+            else:
+                xc = x - x.mean(0)
+                var = float(xc.pow_(2).sum(dtype=torch.float64)); del xc
             xs = {dt: x if dt == torch.float32 else x.to(dt) for dt in dtypes}
             losses = [tr.step(xs[tr.sae.dtype], t, var) for tr in trainers]
             bad = [i for i, l in enumerate(losses) if not math.isfinite(float(l))]
             if bad:
                 where = f'; the last good checkpoint (step {state["step"]}) is kept in {str(ckpt)!r}' if ckpt is not None else ''
-                raise FloatingPointError(f'non-finite loss ({float(losses[bad[0]])}) at step {t} in SAE {labels[bad[0]]!r}; training stopped{where}')
+                raise FloatingPointError(f'non-finite loss ({float(losses[bad[0]])}) at step {t} in SAE {labels[own[bad[0]]]!r}; training stopped{where}')
             bar.update(B)
             if (t + 1) % log_every == 0 or t + 1 == n_steps:
-                for h, tr in zip(history, trainers): h.append(tr.log_row(t, (t + 1) * B, dead_window))
-                r = history[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
+                for h, tr in zip(mine, trainers): h.append(tr.log_row(t, (t + 1) * B, dead_window))
+                r = mine[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
             if ckpt is not None and ((t + 1) % ckpt_every == 0 or t + 1 == n_steps):
                 state['step'] = t + 1
-                _ckpt_save(ckpt, trainers, state, history, keep_checkpoints,
-                           dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None)
+                _ckpt_ranks(ckpt, trainers, own, state, history, keep_checkpoints,
+                            dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None, mode)
         else: t = n_steps
     finally: bar.close()
-    results = []
-    for c, tr, h in zip(configs, trainers, history):
+    results = {}
+    for i, tr in zip(own, trainers):
+        c = configs[i]
         sae = fold_norm(tr.sae, C)
         sae.cfg.update(dict(meta or {}), width=c.d_sae, norm_factor=C, n_tokens_trained=t * B, train=asdict(c))
-        df = pd.DataFrame(h)
-        if out_dir is not None:
+        results[i] = (sae, pd.DataFrame(history[i]))
+    if mode == 'sweep':                                  # every rank returns every SAE
+        for part in gather_all([(i, sae.cpu(), df) for i, (sae, df) in results.items()]):
+            for i, sae, df in part: results[i] = (sae.to(device), df)
+    results = [results[i] for i in range(len(configs))]
+    if out_dir is not None and rank == 0:               # rank 0 alone writes
+        for c, (sae, df) in zip(configs, results):
             save_sae(sae, out_dir/c.label)
             with atomic_write(out_dir/c.label/'history.csv', 'w') as f: df.to_csv(f, index=False)
-        results.append((sae, df))
-    if ckpt is not None and t >= configs[0].n_steps and ckpt.exists():   # finished and saved: the checkpoints have served
+    if rank == 0 and ckpt is not None and t >= configs[0].n_steps and ckpt.exists():   # finished and saved: the checkpoints have served
         for p in _ckpt_dirs(ckpt): _drop(p)
         shutil.rmtree(ckpt, ignore_errors=True)
+    if mode: wait_main()                                 # the files are there when any rank returns
     return results
 
 # %% ../nbs/06_train.ipynb #19a12bfa
