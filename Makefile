@@ -16,13 +16,14 @@ PIN := $(if $(HAS_CUDA),,-c constraints.txt)
 PIP := $(PY) -m pip install -q --progress-bar off $(PIN)
 DEPS := settings.ini setup.py constraints.txt pyproject.toml
 
-.PHONY: help demo test check install-demo install-dev install-lab lab browser-test export clean-nbs bench dryrun floors compare paper-notebooks
+.PHONY: help demo test check install-demo install-dev install-lab lab browser-test export clean-nbs bench dryrun floors compare compare-absorption paper-notebooks
 help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
 	@echo "make lab    install JupyterLab and the 'salmon' kernel, then open nbs/ (prints the URL when headless)"
 	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
 	@echo "make compare  salmon against SAELens and SAEBench (their own code, a side venv) on a demo SAE (after make demo)"
+	@echo "make compare-absorption  salmon's SAEBench-protocol absorption against SAEBench's own (same SAE, model, vocabulary, seeds)"
 	@echo "make dryrun the gemma-2-2b preset on CPU with no hub: random-weight Gemma-2 2B, true shapes (~12 GiB RAM)"
 	@echo "make floors install the lowest supported versions in .cache/floors and run the tiny test path"
 	@echo "make browser-test  drive JupyterLab in headless Chromium (needs /usr/bin/chromium): notebooks, cards, browser"
@@ -102,6 +103,13 @@ compare: install-dev $(COMPARE_ENV)/.ready
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare prepare --out $(COMPARE_OUT) $(if $(SAE),--sae $(SAE))
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(COMPARE_ENV)/bin/python tools/external_evals.py $(COMPARE_OUT)
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare report --out $(COMPARE_OUT)
+# SAEBench's absorption needs >= 20 letters with probe F1 > 0.6; Gemma 3 270M has a few, so both sides lower it alike
+COMPARE_ABS_OUT ?= results/compare-absorption
+ABSORPTION_ARGS ?= --max-per-letter 40 --min-letters 2 --seed 42
+compare-absorption: install-dev $(COMPARE_ENV)/.ready
+	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare prepare-absorption --out $(COMPARE_ABS_OUT) $(if $(SAE),--sae $(SAE)) $(ABSORPTION_ARGS)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(COMPARE_ENV)/bin/python tools/external_evals.py $(COMPARE_ABS_OUT)
+	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare report --out $(COMPARE_ABS_OUT)
 # every stage of the gemma-2-2b paper preset on CPU, no hub, at the true shapes; prints time and peak memory per stage
 DRYRUN_PRESET ?= gemma-2-2b
 dryrun: install-demo
@@ -112,7 +120,8 @@ dryrun: install-demo
 # settings.ini and run `make floors FLOORS_TORCH=<version>` (PyPI's CUDA build, ~3 GB, runs on the CPU too)
 FLOORS_ENV := .cache/floors
 FLOORS_TORCH := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
-FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train or 09_plots"
+FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_sources.py tests/test_notebooks.py \
+  -k "stream or test_train or test_sources or 02_data or 03_trace or 06_train or 09_plots"
 floors:
 	rm -rf $(FLOORS_ENV) && python3 -m venv $(FLOORS_ENV)
 	python3 -c "import configparser, re; c = configparser.ConfigParser(delimiters=['=']); c.read('settings.ini'); \

@@ -17,8 +17,9 @@ from .sae import JumpReLUSAE
 # %% auto #0
 __all__ = ['LETTERS', 'single_token_words', 'first_letter_prompts', 'trace_spans', 'ProbeTask', 'saebench_words',
            'first_letter_task', 'medical_concepts', 'domain_task', 'fit_probe', 'f1_scores', 'fit_probes',
-           'k_sparse_probing', 'token_absorption', 'Absorption', 'absorption_eval', 'toy_hierarchy', 'train_toy_sae',
-           'toy_task', 'absorption_summary', 'plot_absorption_vs_l0']
+           'saebench_icl_prompt', 'saebench_train_probe', 'first_letter_task_saebench', 'k_sparse_probing',
+           'token_absorption', 'Absorption', 'absorption_eval', 'toy_hierarchy', 'train_toy_sae', 'toy_task',
+           'absorption_summary', 'plot_absorption_vs_l0']
 
 # %% ../nbs/11_absorption.ipynb #3f8b744a
 _MARKS = ('▁', 'Ġ')   # SentencePiece and byte-level-BPE leading-space markers
@@ -119,6 +120,7 @@ class ProbeTask:
     probe:dict|None=None # set by `fit_probes`: W [d, C], b [C], f1 [C]
     X_eval:Tensor|None=None # activations of the same items in fresh prompts, scored for absorption (SAEBench); None: `X`
     protocol:str='salmon' # 'salmon' or 'saebench'
+    seed:int=0 # seed of the task's draws (the SAEBench protocol also seeds its k-sparse probes with it)
 
     def __post_init__(self):
         n, C = self.Y.shape
@@ -156,39 +158,25 @@ def first_letter_task(lm, # an nnsight model
                       test_frac:float=0.2, # fraction of words held out
                       seed:int=0, # seed of the word sample, the examples and the split
                       batch_size:int=32, # prompts per forward pass
-                      protocol:str='salmon', # 'salmon' or 'saebench' (10 examples joined by '\\n', SAEBench's vocabulary, fresh prompts)
+                      protocol:str='salmon', # 'salmon' or 'saebench' (`first_letter_task_saebench`: SAEBench's data and probe, draw by draw)
                      )->ProbeTask:
     "Trace the first-letter task: the residual stream at each single-token word in its ICL prompt"
     check_range('test_frac', test_frac, 0.01, 1.0); check_choice('protocol', protocol, {'salmon', 'saebench'})
+    if protocol == 'saebench':
+        return first_letter_task_saebench(lm, layer, max_per_letter=max_per_letter, train_frac=1 - test_frac, seed=seed,
+                                          batch_size=batch_size)
     t0 = time.perf_counter()
-    sb = protocol == 'saebench'
-    w = (saebench_words if sb else single_token_words)(lm.tokenizer, max_per_letter=max_per_letter, seed=seed)
+    w = single_token_words(lm.tokenizer, max_per_letter=max_per_letter, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    train = (torch.rand(len(w), generator=g) >= test_frac).numpy() if sb else None   # SAEBench splits words before prompting
-    kw = dict(n_icl=10, sep='\n') if sb else dict(n_icl=n_icl)
-    if sb:   # examples drawn within each split (SAEBench's probe data), the queried word's own text kept (leading space)
-        words = list(w.word); texts, spans = [None] * len(w), [None] * len(w)
-        for part in (train, ~train):
-            idx = np.flatnonzero(part)
-            if not len(idx): continue
-            tx, sp = first_letter_prompts([words[j] for j in idx], seed=seed, **kw)
-            for j, t_, s_ in zip(idx, tx, sp): texts[j], spans[j] = t_, s_
-    else: texts, spans = first_letter_prompts(list(w.word), seed=seed, **kw)
+    texts, spans = first_letter_prompts(list(w.word), seed=seed, n_icl=n_icl)
     X, m = trace_spans(lm, texts, spans, layer, batch_size=batch_size)
     ok = np.array((m.n_span_tokens == 1) & (m.token_id.values == w.token_id.values))   # words that are not one token are dropped
     if not ok.any(): raise ValueError('no word tokenised to its own vocabulary token inside the prompt')
-    X_eval = None
-    if sb:   # fresh prompts for the absorption step: new examples from the whole vocabulary (SAEBench's calculator)
-        tx, sp = first_letter_prompts(list(w.word), seed=seed + 1, pool=list(w.word), **kw)
-        Xe, me = trace_spans(lm, tx, sp, layer, batch_size=batch_size)
-        ok = ok & np.array((me.n_span_tokens == 1) & (me.token_id.values == w.token_id.values))
-        X_eval = Xe[torch.tensor(ok)]
     w = w.assign(text=texts)[ok].reset_index(drop=True); X = X[torch.tensor(ok)]
-    if not sb: train = (torch.rand(len(w), generator=g) >= test_frac).numpy()      # salmon splits the words kept
-    else: train = train[ok]
+    train = (torch.rand(len(w), generator=g) >= test_frac).numpy()
     Y = torch.tensor(np.array([[l == c for c in LETTERS] for l in w.letter]), dtype=torch.bool)
     items = w.rename(columns={'word': 'item', 'letter': 'class'})
-    return ProbeTask('first_letter', LETTERS, X, Y, torch.tensor(train), items, time.perf_counter() - t0, X_eval=X_eval, protocol=protocol)
+    return ProbeTask('first_letter', LETTERS, X, Y, torch.tensor(train), items, time.perf_counter() - t0, seed=seed)
 
 # %% ../nbs/11_absorption.ipynb #a0fa0921
 def medical_concepts(path=None, # a JSON file in the shipped format (default: `data/medical_concepts.json`)
@@ -282,6 +270,106 @@ def fit_probes(task:ProbeTask, # the task; its `probe` is set in place
     task.probe = dict(W=W, b=b, f1=f1, l2=l2)
     return pd.DataFrame(dict(cls=task.classes, n_train=task.Y[tr].sum(0).numpy(), n_test=task.Y[te].sum(0).numpy(), probe_f1=f1.numpy()))
 
+# %% ../nbs/11_absorption.ipynb #bec65cea
+def saebench_icl_prompt(word:str, # the queried word (a leading space kept)
+                        examples:list[str], # words the solved examples are drawn from
+                        rng:random.Random, # the draw (SAEBench: Python's global `random`)
+                        template:str='{word} has the first letter:', # must contain '{word}'
+                        n_icl:int=10, # solved examples
+                        max_attempts:int=1000, # draws allowed until no example is the word
+                       )->tuple[str, tuple[int, int]]: # the prompt and the character span of the queried word
+    "SAEBench's `create_icl_prompt`: examples drawn until none is the word, each line `template + ' X'`, every line after '\\n'"
+    if '{word}' not in template: raise ValueError(f'template={template!r} must contain {{word}}')
+    for attempt in range(1, max_attempts + 1):
+        ex = rng.sample(examples, n_icl)
+        if word not in ex: break
+        if attempt == max_attempts: raise ValueError(f'no {n_icl} examples without {word!r} in {max_attempts} draws; pass more examples')
+    ans = lambda w: ' ' + [ch for ch in w.strip() if ch.isalpha()][0].upper()
+    pre = '\n' + '\n'.join(template.format(word=e) + ans(e) for e in ex) + '\n'
+    s = len(pre) + len(template.partition('{word}')[0])
+    return pre + template.format(word=word), (s, s + len(word))
+
+def saebench_train_probe(X:Tensor, # inputs [n, d] (activations, or SAE latents for the k-sparse L1 probe)
+                         Y:Tensor, # labels [n, C] bool
+                         batch_size:int=4096, # rows per Adam step (shuffled each epoch)
+                         num_epochs:int=50, # epochs
+                         lr:float=0.01, # first learning rate
+                         end_lr:float=1e-5, # last learning rate (exponential decay per epoch)
+                         weight_decay:float=1e-6, # Adam's L2 weight decay (biases too)
+                         l1:float=0.0, # L1 on the weights: `l1` × the mean over classes of Σ|w| (k-sparse probes: 0.01)
+                         seed:int=42, # torch seed of the initialisation and the shuffles (the global generator is restored)
+                        )->tuple[Tensor, Tensor]: # W [d, C] and b [C], float32
+    "SAEBench's `train_multi_probe`: one-vs-rest logistic probes by minibatch Adam, BCE with `pos_weight` = negatives/positives"
+    from torch.utils.data import DataLoader, TensorDataset
+    if Y.ndim != 2 or len(Y) != len(X): raise ValueError(f'Y has shape {tuple(Y.shape)}; expected [{len(X)}, C]')
+    check_range('batch_size', batch_size, 1); check_range('num_epochs', num_epochs, 1)
+    Yf = Y.float(); npos = Yf.sum(0)
+    pw = torch.where(npos > 0, (len(Yf) - npos) / npos.clamp_min(1), torch.ones_like(npos))
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(X.shape[1], Y.shape[1])
+        loader = DataLoader(TensorDataset(X.float(), Yf), batch_size=batch_size, shuffle=True)
+        opt = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=math.exp(math.log(end_lr / lr) / num_epochs))
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pw)
+        for _ in range(num_epochs):
+            for xb, yb in loader:
+                opt.zero_grad()
+                loss = loss_fn(probe(xb), yb)
+                if l1: loss = loss + l1 * probe.weight.abs().sum(-1).mean()
+                loss.backward()
+                opt.step()
+            sched.step()
+    return probe.weight.detach().t().contiguous(), probe.bias.detach().clone()
+
+# %% ../nbs/11_absorption.ipynb #fbb73366
+def _token_text(tok, i:int)->str:
+    "A vocabulary token as text, a SentencePiece '▁' read as a leading space (SAEBench's `convert_tokens_to_string`)"
+    t = tok.convert_ids_to_tokens(int(i)); w = tok.convert_tokens_to_string([t])
+    return ' ' + w if t.startswith('▁') and not w.startswith(' ') else w
+
+def first_letter_task_saebench(lm, # an nnsight model
+                               layer:int, # block whose output is read
+                               words:list[str]|None=None, # the vocabulary, in order (default: `saebench_words`, sorted)
+                               max_per_letter:int|None=None, # cap per letter of the default vocabulary (None: all, as SAEBench)
+                               train_frac:float=0.8, # fraction of the shuffled vocabulary the probe trains on
+                               seed:int=42, # seed of every draw: prompts `random.Random(seed)`, probe torch `seed`, fresh prompts `seed + 1`
+                               batch_size:int=64, # prompts per forward pass (and the probe's minibatch, as SAEBench)
+                               template:str='{word} has the first letter:', # SAEBench's prompt
+                              )->ProbeTask:
+    "SAEBench's first-letter task: its vocabulary, split, prompts, probe and fresh absorption prompts, draw by draw"
+    check_range('train_frac', train_frac, 0.01, 0.99)
+    t0 = time.perf_counter(); tok = lm.tokenizer
+    vocab = list(words) if words is not None else list(saebench_words(tok, max_per_letter=max_per_letter, seed=seed).word)
+    bad = [w for w in vocab if not (w.lstrip(' ').isascii() and w.lstrip(' ').isalpha())]
+    if bad: raise ValueError(f'words must be alphabetic after an optional leading space; got {bad[:5]}')
+    rng = random.Random(seed)
+    sh = rng.sample(vocab, len(vocab)); cut = int(len(sh) * train_frac)
+    if min(cut, len(sh) - cut) <= 10: raise ValueError(f'{len(vocab)} words leave {cut} / {len(sh) - cut} per split; each needs > 10 (the examples)')
+    parts = [(w, True, sh[:cut]) for w in sh[:cut]] + [(w, False, sh[cut:]) for w in sh[cut:]]
+    texts, spans = zip(*[saebench_icl_prompt(w, pool, rng, template) for w, _, pool in parts])
+    X, m = trace_spans(lm, list(texts), list(spans), layer, batch_size=batch_size, max_len=1024)
+    ok = np.array([n == 1 and _token_text(tok, i) == w for n, i, (w, _, _) in zip(m.n_span_tokens, m.token_id, parts)])
+    if not ok.any(): raise ValueError('no word tokenised to its own vocabulary token inside the prompt')
+    items = pd.DataFrame(dict(item=[w for w, _, _ in parts], token_id=m.token_id.values,
+                              **{'class': [w.strip()[0].lower() for w, _, _ in parts]}, text=texts))[ok].reset_index(drop=True)
+    X, train = X[torch.tensor(ok)], torch.tensor([t for _, t, _ in parts])[torch.tensor(ok)]
+    Y = torch.tensor(np.array([[l == c for c in LETTERS] for l in items['class']]), dtype=torch.bool)
+    W, b = saebench_train_probe(X[train], Y[train], batch_size=batch_size, num_epochs=50, lr=1e-2, weight_decay=1e-4, seed=seed)
+    te = np.flatnonzero(~train.numpy()); score = X[te] @ W + b
+    f1 = f1_scores(score, Y[te]).nan_to_num(0.0)   # sklearn's f1_score: 0 for a letter with no positive and no prediction
+    rng2, fresh = random.Random(seed + 1), []      # SAEBench's calculator: letter by letter, each probe true positive
+    for c in range(len(LETTERS)):
+        fresh += [te[j] for j in np.flatnonzero((Y[te, c] & (score[:, c] > 0)).numpy())]
+    X_eval = X.clone()
+    if fresh:
+        tx, sp = zip(*[saebench_icl_prompt(items.item[j], vocab, rng2, template) for j in fresh])
+        Xe, me = trace_spans(lm, list(tx), list(sp), layer, batch_size=batch_size, max_len=1024)
+        good = torch.tensor([n == 1 and _token_text(tok, i) == items.item[j] for n, i, j in zip(me.n_span_tokens, me.token_id, fresh)])
+        X_eval[torch.tensor(fresh)] = torch.where(good[:, None], Xe, torch.full_like(Xe, float('nan')))   # NaN: not scored
+    return ProbeTask('first_letter', LETTERS, X, Y, train, items, time.perf_counter() - t0,
+                     probe=dict(W=W, b=b, f1=f1, l2=1e-4), X_eval=X_eval, protocol='saebench', seed=seed)
+
 # %% ../nbs/11_absorption.ipynb #225f580f
 def _newton_logreg(X:Tensor, # [B, n, k] float64
                    y:Tensor, # [B, n] float64 in {0, 1}
@@ -322,14 +410,20 @@ def k_sparse_probing(F_train:Tensor, # latents of the train split [n, F]
                      k_max:int=10, # largest k (SAEBench 10, Chanin et al. 15)
                      tau:float=0.03, # F1 jump that admits one more split latent
                      l1:float=0.01, # L1 decay of the all-latent probe
+                     protocol:str='salmon', # 'salmon' (rescaled latents, full-batch Adam) or 'saebench' (raw latents, its trainer)
+                     seed:int=42, # torch seed of the SAEBench L1 probe
                     )->tuple[pd.DataFrame, list[list[int]]]: # F1 per class and k (columns k=1..K), and each class's split latents
     "k-sparse probing on SAE latents and SAEBench's split-feature walk"
-    check_range('k_max', k_max, 1); check_range('tau', tau, 0.0)
+    check_range('k_max', k_max, 1); check_range('tau', tau, 0.0); check_choice('protocol', protocol, {'salmon', 'saebench'})
     if F_train.shape[1] != F_test.shape[1]: raise ValueError(f'train latents have width {F_train.shape[1]}, test {F_test.shape[1]}')
     k_max = min(k_max, F_train.shape[1])
-    pos = F_train[F_train > 0]; s = pos.mean().item() if len(pos) else 1.0
-    Ftr, Fte = F_train.float() / s, F_test.float() / s
-    W = _l1_probe(Ftr, Y_train.bool(), l1=l1)
+    if protocol == 'saebench':   # raw latents; the L1 probe by SAEBench's minibatch trainer (batch 4096, 50 epochs, decay 1e-6)
+        Ftr, Fte = F_train.float(), F_test.float()
+        W = saebench_train_probe(Ftr, Y_train.bool(), batch_size=4096, num_epochs=50, lr=0.01, weight_decay=1e-6, l1=l1, seed=seed)[0]
+    else:
+        pos = F_train[F_train > 0]; s = pos.mean().item() if len(pos) else 1.0
+        Ftr, Fte = F_train.float() / s, F_test.float() / s
+        W = _l1_probe(Ftr, Y_train.bool(), l1=l1)
     top = W.topk(k_max, dim=0).indices.t()                     # [C, K] by signed weight: positive predictors first
     y = Y_train.t().double(); C = len(y); n = y.shape[1]
     npos = y.sum(1, keepdim=True).clamp_min(1); sw = torch.where(y > 0, n / (2 * npos), n / (2 * (n - npos).clamp_min(1)))
@@ -358,12 +452,13 @@ def token_absorption(x:Tensor, # activations [n, d] (probe true positives of one
                      min_full_cos:float=0.025, # c needed of the top latent for full absorption
                      min_share:float=0.4, # S/P (and q_top/P) needed
                      top_absorbers:int=3, # candidates summed into S
+                     cos_weighted:bool=False, # q_i = f_i·cos(d_i, p̂) as SAEBench (True), or f_i·(d_i·p̂), the latent's true share (False)
                     )->pd.DataFrame: # per token: P, main_proj, absorption, full_absorption, absorber, absorber_cos, absorber_share, frag_neff, frag_n90
     "SAEBench absorption fraction and full absorption, the top absorber, and salmon's fragmentation index, per token"
     x, f, D = x.double(), f.double(), W_dec.detach().double()
     p = p_hat.double() / p_hat.double().norm()
     proj = D @ p; cos = proj / D.norm(dim=1).clamp_min(1e-12)
-    P = x @ p; q = f * proj
+    P = x @ p; q = f * (cos if cos_weighted else proj)
     is_main = torch.zeros(len(proj), dtype=torch.bool); is_main[list(main)] = True
     M = q[:, is_main].sum(1)
     qa = torch.where(~is_main & (cos >= min_absorber_cos) & (q > 0), q, torch.zeros_like(q))
@@ -447,21 +542,22 @@ def absorption_eval(sae:JumpReLUSAE, # the SAE (reads the task's layer)
     W, b, pf1 = task.probe['W'], task.probe['b'], task.probe['f1']
     Fa = _encode(sae, task.X)
     tr, te = task.train, ~task.train
-    f1k, splits = k_sparse_probing(Fa[tr], task.Y[tr], Fa[te], task.Y[te], k_max=k_max, tau=tau)
+    sb = task.protocol == 'saebench'
+    f1k, splits = k_sparse_probing(Fa[tr], task.Y[tr], Fa[te], task.Y[te], k_max=k_max, tau=tau, protocol=task.protocol, seed=task.seed)
     Xte, Fte, Yte, items = task.X[te], Fa[te], task.Y[te], task.items[te.numpy()].reset_index(drop=True)
     score = Xte @ W + b
     if task.X_eval is not None:   # probe true positives as above; their absorption read in fresh prompts (SAEBench)
-        Xte = task.X_eval[te]; Fte = _encode(sae, Xte)
+        Xte = task.X_eval[te]; Fte = _encode(sae, Xte.nan_to_num())
     rows, toks = [], []
     for c, name in enumerate(task.classes):
-        tp = Yte[:, c] & (score[:, c] > 0)
-        kept = bool(pf1[c] >= min_probe_f1) and int(tp.sum()) >= min_test_pos
+        tp = Yte[:, c] & (score[:, c] > 0) & Xte.isfinite().all(1)     # a fresh prompt that lost the word (NaN) is not scored
+        kept = bool(pf1[c] > min_probe_f1 if sb else pf1[c] >= min_probe_f1) and int(tp.sum()) >= min_test_pos   # SAEBench: F1 > 0.6
         row = dict(cls=name, n_test_pos=int(Yte[:, c].sum()), n_tp=int(tp.sum()), probe_f1=float(pf1[c]), kept=kept,
                    split_feats=splits[c], n_split=len(splits[c]), ksparse_f1=float(f1k.iloc[c, len(splits[c]) - 1]),
                    mean_absorption=np.nan, full_absorption_rate=np.nan, frag_neff=np.nan, frag_n90=np.nan)
         if kept:
             p_hat = W[:, c] / W[:, c].norm()
-            ta = token_absorption(Xte[tp], Fte[tp], sae.W_dec, p_hat, splits[c])
+            ta = token_absorption(Xte[tp], Fte[tp], sae.W_dec, p_hat, splits[c], cos_weighted=sb)
             ta.insert(0, 'class', name); ta.insert(1, 'item', items.item[tp.numpy()].values)
             row.update(mean_absorption=ta.absorption.mean(), full_absorption_rate=ta.full_absorption.mean(),
                        frag_neff=ta.frag_neff.mean(), frag_n90=ta.frag_n90.mean())

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, json, math, sys
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save as st_save
@@ -14,7 +15,8 @@ from .metrics import CONVENTIONS, evaluate
 from .trace import _tokenize
 
 # %% auto #0
-__all__ = ['MATCH', 'compare_table', 'default_sae', 'compare_prepare', 'salmon_numbers', 'report', 'main']
+__all__ = ['MATCH', 'compare_table', 'default_sae', 'compare_prepare', 'salmon_numbers', 'prepare_absorption',
+           'salmon_absorption', 'absorption_table', 'report', 'main']
 
 # %% ../nbs/96_compare.ipynb #e003345c
 _CORE = [('ce_loss_score', 'loss_recovered_zero'), ('kl_div_score', 'kl_score'), ('ce_loss_with_sae', 'ce_sae'),
@@ -97,24 +99,106 @@ def salmon_numbers(out:str|Path, # the work folder of `compare_prepare`
     return pd.concat([evaluate({'sae': sae}, lm, inp['texts'], inp['layer'], batch_size=inp['batch_size'], max_len=inp['ctx'],
                                convention=c, progress=progress) for c in conventions], ignore_index=True)
 
+# %% ../nbs/96_compare.ipynb #4254f600
+def prepare_absorption(out:str|Path, # work folder
+                       sae_path:str|Path|None=None, # a salmon SAE folder (default `default_sae()`)
+                       model:str='gemma-3-270m', # the embedded model alias
+                       max_per_letter:int=40, # vocabulary words per letter (SAEBench: all)
+                       seed:int=42, # the seed of every draw, both sides
+                       min_letters:int=2, # letters needed (SAEBench: 20; lowered identically on both sides)
+                       min_probe_f1:float=0.6, # probe F1 a letter needs (SAEBench: 0.6)
+                      )->dict: # what was written
+    "Write the SAE (SAELens format), the vocabulary and `inputs.json` for SAEBench's absorption and salmon's, side by side"
+    from salmon.absorption import saebench_words, _token_text
+    from salmon.models import embedded_model_dir, load_lm
+    from salmon.sae import load_sae, save_saelens
+    check_range('max_per_letter', max_per_letter, 1); check_range('min_letters', min_letters, 2); check_range('min_probe_f1', min_probe_f1, 0.0, 1.0)
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    sae_path = Path(sae_path or default_sae()); sae = load_sae(sae_path)
+    tok = load_lm(model, device='cpu').tokenizer
+    w = saebench_words(tok, max_per_letter=max_per_letter, seed=seed)
+    nl, has = (tok(t, add_special_tokens=False)['input_ids'] for t in ('\n', '\n has'))
+    keep = [s for s, i in zip(w.word, w.token_id)       # one token, its own, inside a prompt line (else SAEBench stops)
+            if _token_text(tok, i) == s and tok('\n' + s + ' has', add_special_tokens=False)['input_ids'] == nl + [int(i)] + has[len(nl):]]
+    save_saelens(sae, out/'sae')
+    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}', layer=int(sae.cfg['layer']),
+               sae=str(sae_path), core=False,
+               absorption=dict(words=keep, seed=seed, min_letters=min_letters, min_probe_f1=min_probe_f1, max_per_letter=max_per_letter,
+                               llm_batch_size=10, dropped_multi_token=len(w) - len(keep)))
+    with atomic_write(out/'inputs.json', 'w') as f: f.write(json.dumps(inp, indent=1))
+    return inp
+
+# %% ../nbs/96_compare.ipynb #6cee9d12
+def salmon_absorption(out:str|Path, # the work folder of `prepare_absorption`
+                     )->dict: # summary, per-letter table and the task's size
+    "salmon's SAEBench-protocol absorption of the prepared SAE, vocabulary and seed"
+    from salmon.absorption import absorption_eval, first_letter_task_saebench
+    from salmon.models import load_lm
+    from salmon.sae import load_sae
+    out = Path(out); inp = json.loads((out/'inputs.json').read_text()); a = inp['absorption']
+    lm = load_lm(inp['model'], device='cpu'); sae = load_sae(inp['sae'])
+    task = first_letter_task_saebench(lm, inp['layer'], words=a['words'], seed=a['seed'])
+    ab = absorption_eval(sae, task, min_probe_f1=a['min_probe_f1'])
+    return dict(summary=ab.summary(a['min_letters']), classes=ab.classes, tokens=ab.tokens, n_words=len(task.items),
+                n_dropped=len(a['words']) - len(task.items))
+
+def absorption_table(sal:dict, # from `salmon_absorption`
+                     ext:dict, # `external.json`'s 'absorption' (tools/absorption_external.py)
+                     tol:float=1e-3, # absolute tolerance
+                    )->pd.DataFrame: # one row per quantity: the means, and each letter SAEBench scored
+    "salmon's SAEBench-protocol absorption against SAEBench's own, quantity by quantity"
+    s, k = sal['summary'], sal['classes'].set_index('class')
+    f1min = ext.get('min_probe_f1', 0.6); pf = ext.get('probe_f1', {})
+    rows = [(f'letters with probe F1 > {f1min}', 'probe_f1', int((k.probe_f1 > f1min).sum()), sum(v > f1min for v in pf.values()) if pf else np.nan)]
+    if not ext.get('refused'):
+        m = ext['mean']
+        rows += [('mean_absorption_fraction_score', 'mean_absorption', s['mean_absorption'], m['mean_absorption_fraction_score']),
+                 ('mean_full_absorption_score', 'full_absorption_rate', s['full_absorption_rate'], m['mean_full_absorption_score']),
+                 ('mean_num_split_features', 'mean_num_split_features', s['mean_num_split_features'], m['mean_num_split_features'])]
+        for d in ext['details']:
+            c = d['first_letter']
+            rows += [(f'{c}: mean_absorption_fraction', 'mean_absorption', k.loc[c, 'mean_absorption'], d['mean_absorption_fraction']),
+                     (f'{c}: full_absorption_rate', 'full_absorption_rate', k.loc[c, 'full_absorption_rate'], d['full_absorption_rate']),
+                     (f'{c}: num_probe_true_positives', 'n_tp', k.loc[c, 'n_tp'], d['num_probe_true_positives']),
+                     (f'{c}: num_split_features', 'n_split', k.loc[c, 'n_split'], d['num_split_features'])]
+    for c, f in sorted(ext.get('probe_f1', {}).items()):
+        rows.append((f'{c}: probe F1', 'probe_f1', k.loc[c, 'probe_f1'], f))
+    t = pd.DataFrame(rows, columns=['quantity', 'salmon_column', 'salmon', 'tool_value'])
+    t.insert(0, 'tool', 'saebench_absorption'); t.insert(3, 'convention', 'saebench')
+    t['difference'] = (t.salmon.astype(float) - t.tool_value.astype(float)).abs()
+    both_nan = t.salmon.isna() & t.tool_value.isna()
+    t['kind'], t['tolerance'] = 'absolute', tol
+    t['ok'] = both_nan | (t.difference <= tol)
+    return t
+
 # %% ../nbs/96_compare.ipynb #fd21c773
 def report(out:str|Path, progress:bool=True)->pd.DataFrame:
     "salmon's numbers against `external.json`: print and save the table; raise if a pair misses its tolerance"
     out = Path(out)
-    ext = json.loads((out/'external.json').read_text())
-    sal = salmon_numbers(out, progress=progress)
-    with atomic_write(out/'salmon.csv', 'w') as f: sal.to_csv(f, index=False)
-    tab = compare_table(sal, ext)
-    if 'absorption' in ext and (out/'absorption_salmon.json').exists():
-        from salmon.absorption import compare_absorption
-        tab = pd.concat([tab, compare_absorption(json.loads((out/'absorption_salmon.json').read_text()), ext['absorption'])], ignore_index=True)
-    with atomic_write(out/'compare.csv', 'w') as f: tab.to_csv(f, index=False)
-    with pd.option_context('display.width', 200, 'display.max_columns', 20):
+    ext = json.loads((out/'external.json').read_text()); tabs = []
+    fmt = lambda v: f'{v:.6g}'
+    with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
         print(f"versions: {ext.get('versions')}")
-        print(tab.to_string(index=False, float_format=lambda v: f'{v:.6g}'))
-        cols = ['ce_clean', 'ce_sae', 'ce_zero', 'loss_recovered_zero', 'kl_score', 'fve', 'ev_legacy', 'ev_saebench', 'l0', 'cossim']
-        print('\nsalmon, every convention (same SAE, same tokens):')
-        print(sal.set_index('convention')[cols].to_string(float_format=lambda v: f'{v:.4f}'))
+        if 'saelens' in ext or 'saebench' in ext:
+            sal = salmon_numbers(out, progress=progress)
+            with atomic_write(out/'salmon.csv', 'w') as f: sal.to_csv(f, index=False)
+            tabs.append(compare_table(sal, ext))
+            print(tabs[-1].to_string(index=False, float_format=fmt))
+            cols = ['ce_clean', 'ce_sae', 'ce_zero', 'loss_recovered_zero', 'kl_score', 'fve', 'ev_legacy', 'ev_saebench', 'l0', 'cossim']
+            print('\nsalmon, every convention (same SAE, same tokens):')
+            print(sal.set_index('convention')[cols].to_string(float_format=lambda v: f'{v:.4f}'))
+        if 'absorption' in ext:
+            sa = salmon_absorption(out)
+            with atomic_write(out/'absorption_salmon.csv', 'w') as f: sa['classes'].to_csv(f, index=False)
+            tabs.append(absorption_table(sa, ext['absorption']))
+            a = ext['absorption']
+            print(f"\nabsorption (SAEBench protocol): {sa['n_words']} words ({sa['n_dropped']} dropped by salmon), seed {a['seed']}, "
+                  f"letters needed {a['min_letters']} (SAEBench: 20), probe F1 > {a['min_probe_f1']}"
+                  + (f"; SAEBench refused: {a['note']}" if a.get('refused') else ''))
+            print(tabs[-1].to_string(index=False, float_format=fmt))
+    if not tabs: raise ValueError(f'{out/"external.json"} has neither core nor absorption results; expected tools/external_evals.py output')
+    tab = pd.concat(tabs, ignore_index=True)
+    with atomic_write(out/'compare.csv', 'w') as f: tab.to_csv(f, index=False)
     bad = tab[~tab.ok]
     if len(bad): raise AssertionError(f'{len(bad)} of {len(tab)} quantities differ beyond tolerance: {bad.quantity.tolist()}')
     print(f'\nall {len(tab)} quantities agree within tolerance')
@@ -122,17 +206,28 @@ def report(out:str|Path, progress:bool=True)->pd.DataFrame:
 
 def main(argv:list[str]|None=None):
     p = argparse.ArgumentParser('python -m salmon.compare', description='salmon against SAELens and SAEBench, number for number')
-    p.add_argument('step', choices=['prepare', 'report'])
-    p.add_argument('--out', default=None, help='work folder (default: results/compare)')
+    p.add_argument('step', choices=['prepare', 'prepare-absorption', 'report'])
+    p.add_argument('--out', default=None, help='work folder (default: results/compare, results/compare-absorption)')
     p.add_argument('--sae', default=None, help='salmon SAE folder (default: the demo domain SAE at L0 20)')
     p.add_argument('--n-texts', type=int, default=32); p.add_argument('--ctx', type=int, default=128); p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--max-per-letter', type=int, default=40, help='absorption: vocabulary words per letter')
+    p.add_argument('--seed', type=int, default=42, help='absorption: the seed of every draw, both sides')
+    p.add_argument('--min-letters', type=int, default=2, help="absorption: letters needed, both sides (SAEBench's own: 20)")
+    p.add_argument('--min-probe-f1', type=float, default=0.6, help='absorption: probe F1 a letter needs, both sides')
     a = p.parse_args(argv)
     from salmon.pipeline import results_dir
-    out = Path(a.out or results_dir()/'compare')
+    out = Path(a.out or results_dir()/('compare-absorption' if a.step == 'prepare-absorption' else 'compare'))
     if a.step == 'prepare':
         inp = compare_prepare(out, a.sae, n_texts=a.n_texts, ctx=a.ctx, batch_size=a.batch_size)
         print(f"wrote {out}: SAE {inp['sae']}, {inp['n_texts']} x {inp['ctx']} tokens, layer {inp['layer']}")
+    elif a.step == 'prepare-absorption':
+        inp = prepare_absorption(out, a.sae, max_per_letter=a.max_per_letter, seed=a.seed, min_letters=a.min_letters,
+                                 min_probe_f1=a.min_probe_f1)
+        ab = inp['absorption']
+        print(f"wrote {out}: SAE {inp['sae']}, {len(ab['words'])} words ({ab['dropped_multi_token']} not one token in a prompt), "
+              f"layer {inp['layer']}, seed {ab['seed']}")
     else: report(out)
+
 
 # %% ../nbs/96_compare.ipynb #6e685065
 #| eval: false

@@ -35,9 +35,10 @@ __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 
            'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
            'base_model', 'gemmascope_family', 'sae_provenance', 'sae_fingerprint', 'SAEStore', 'sae_groups',
            'per_group', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens',
-           'stage_eval', 'held_out_by_source', 'stage_sources', 'stage_darkmatter', 'stage_specificity',
-           'stage_absorption', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table',
-           'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
+           'stage_eval', 'held_out_by_source', 'by_source', 'each_source', 'sae_meta', 'stage_sources',
+           'stage_darkmatter', 'stage_darkmatter_sources', 'stage_specificity', 'stage_specificity_sources',
+           'stage_absorption', 'stage_by_source', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
+           'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -390,39 +391,46 @@ def sae_dir(out:str|Path, family:str, width:int)->Path:
 def stage_saes(p:Preset, out:str|Path, progress:bool=True,
                on_stale:str='error', # an SAE group made from other settings: 'error' or 'recompute'
                verify:bool=True, # check the content hashes of reused SAE weights
+               parallel:str|None=None, # under torchrun: 'ddp' (default) or 'sweep' (see `salmon.distributed`)
               )->SAEStore:
     "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused if made from these settings); by name, on disk"
     check_choice('on_stale', on_stale, ON_STALE)
+    from salmon.distributed import active, from_main, is_main, rank_rows, wait_main, world
     out = Path(out); loaders, fps = {}, {}
+    mode = (parallel or 'ddp') if active() else None         # decisions are rank 0's, broadcast; rank 0 alone writes
     for family, width in itertools.product(p.families, p.widths):
         if family == 'gemmascope':
             loaders.update(_gemmascope_loaders(p, width)); fps.update(_gemmascope_loaders(p, width, gemmascope_file)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
-        n_pass = pass_tokens(p, corpus, out) if p.stream else None
+        n_pass = from_main(pass_tokens(p, corpus, out) if p.stream and is_main() else None)
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
         cfgs = train_configs(q, family, width); fdir = sae_dir(out, family, width)
         prov = sae_provenance(q, family, width); fp = fingerprint(prov)
-        st = _saes_status(fdir, cfgs, prov, verify)
+        st = from_main(_saes_status(fdir, cfgs, prov, verify) if is_main() else None)
         loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs}); fps.update({c.label: fp for c in cfgs})
         if resolve(st, on_stale):
-            for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
+            if is_main():
+                for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
             _note(fdir, 'reused'); continue
-        if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
-        if st.kind != 'missing' or not (fdir/'provenance.json').exists():
-            with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        if is_main():
+            if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
+            if st.kind != 'missing' or not (fdir/'provenance.json').exists():
+                with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        wait_main()
         _note(fdir, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos, fingerprint=fp,
-                    **({'streamed': True} if p.stream else {}))
+                    **({'streamed': True} if p.stream else {}), **({'processes': world()[1], 'parallel': mode} if mode else {}))
         for g, grp in enumerate(groups):
-            if st.kind == 'missing' and _check_saes(fdir, grp, fp) is None: continue   # a finished group of a resumed width
-            src = (stream_batches(p, corpus, load_model(p)) if p.stream else
+            if st.kind == 'missing' and from_main(_check_saes(fdir, grp, fp) if is_main() else None) is None: continue   # a finished group of a resumed width
+            src = (stream_batches(p, corpus, load_model(p), ranks=mode == 'ddp') if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train', verify=verify), p.train_batch, p.buffer_tokens))
+            if mode == 'ddp' and not p.stream: src = rank_rows(src)   # every rank reads the cache's batches, trains on its rows
             ckpt = fdir/('checkpoints' if len(groups) == 1 else f'checkpoints_{g}')
             train_saes(grp, src, out_dir=fdir, resume=True, meta=meta, progress=progress, ckpt_dir=ckpt,
-                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50), parallel=mode,
                        **({'norm_tokens': max(1, min(100_000, p.train_tokens // 10))} if p.stream else {}))
-            shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
+            if is_main(): shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
     return SAEStore(loaders, fingerprints=fps)   # tables are stamped with these without reading 17 GB of weights
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
@@ -457,11 +465,14 @@ def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
                    corpus:str, # 'medical' or 'general'
                    lm, # the preset's LM
                    seed:int=0, # buffer seed
+                   ranks:bool=False, # data-parallel: this rank's shard of the texts, `train_batch / N` rows per batch, seed + rank
                   )->ActivationBuffer:
     "Training batches traced on the fly: the corpus's training split, one example per context, through the shuffling buffer"
-    stream = ActivationStream(lm, preset_texts(p, corpus, 'train'), p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
-                              progress=False, desc=f'streaming {corpus}')
-    return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
+    from salmon.distributed import shard, world
+    r, n = world() if ranks else (0, 1)
+    texts = shard(preset_texts(p, corpus, 'train'), r, n) if n > 1 else preset_texts(p, corpus, 'train')
+    stream = ActivationStream(lm, texts, p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos, progress=False, desc=f'streaming {corpus}')
+    return ActivationBuffer(stream, capacity=p.buffer_tokens // n, batch_tokens=p.train_batch // n, seed=seed + r, dtype=getattr(torch, p.buffer_dtype))
 
 def pass_tokens(p:Preset, # a streamed preset
                 corpus:str, # 'medical' (counted) or 'general' (open-ended: None)
@@ -535,21 +546,53 @@ def held_out_by_source(p:Preset, # the run's preset
         if len(got) < n: got.append(r['text'])
     return by
 
-def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True)->pd.DataFrame:
-    "Every SAE on each medical source's held-out texts; one row per SAE and source (`source_dataset`)"
+def by_source(p:Preset, # the run's preset (`eval_per_source` held-out texts of each source)
+              out:str|Path, # results folder
+              table:str, # the table's path in `out` without '.csv' (e.g. 'darkmatter'): it writes `<table>-by-source.csv`
+              saes:Mapping, # the SAEs the table scores
+              compute, # texts (source_dataset -> held-out texts) -> one row per SAE and source, with `source_dataset`
+              settings:dict, # what the table depends on besides the SAEs, the texts and the LM settings
+              on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "A table broken down by `source_dataset`: its computation on each source's held-out texts, every source present (cached)"
     check_range('eval_per_source', p.eval_per_source, 1)
-    def one(by, grp):    # `p.eval_group` SAEs at a time, as in `stage_eval`
-        meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
-                                  target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in grp.items()])
-        rows = [evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
-                         eval_corpus='medical', source_dataset=src, n_texts=len(texts)) for src, texts in by.items()]
-        return meta.merge(pd.concat(rows, ignore_index=True), on='name')
-    def compute():
+    def run():
         by = held_out_by_source(p, p.eval_per_source)
-        df = per_group(saes, p.eval_group, functools.partial(one, by))
-        return df.iloc[df.source_dataset.map({s: i for i, s in enumerate(by)}).argsort(kind='stable')].reset_index(drop=True)  # by source
-    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute,
-                        dict(stage='sources', eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p)), on_stale, verify)
+        df = compute(by)
+        if miss := sorted(set(by) - set(df.source_dataset)):
+            raise RuntimeError(f'{table}-by-source has no rows for source(s) {miss} of the held-out split')
+        n = df.source_dataset.map({s: len(t) for s, t in by.items()})
+        df.insert(df.columns.get_loc('source_dataset') + 1, 'n_texts', n)
+        return df
+    settings = dict(settings, eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p))
+    return _per_sae_csv(Path(out)/f'{table}-by-source.csv', saes, run, settings, on_stale, verify)
+
+def each_source(texts:dict, # source_dataset -> texts
+                fn, # texts -> rows (a DataFrame)
+               )->pd.DataFrame:
+    "`fn` on each source's texts, its rows labelled with `source_dataset` (after `name`)"
+    parts = []
+    for s, t in texts.items():
+        df = fn(t); df.insert(int('name' in df), 'source_dataset', s); parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+def sae_meta(saes:Mapping)->pd.DataFrame:
+    "name, family, width and target L0 of each SAE (its config only)"
+    return pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
+
+def stage_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True,
+                  convention:str='salmon', # evaluation convention, as `stage_eval`'s
+                  on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "Every SAE (`p.eval_group` at a time) on each source's held-out texts; one row per SAE and `source_dataset`"
+    check_choice('convention', convention, CONVENTIONS)
+    def one(texts, grp):
+        ev = lambda t: evaluate(grp, lm or load_model(p), t, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                                convention=convention, eval_corpus='medical')
+        return sae_meta(grp).merge(each_source(texts, ev), on='name')
+    sfx = '' if convention == 'salmon' else f'-{convention}'
+    settings = dict(stage='sources', **({} if convention == 'salmon' else dict(convention=convention)))
+    return by_source(p, out, f'eval/medical-test{sfx}', saes, lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts)),
+                     settings, on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
@@ -588,6 +631,27 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
                       compute if protocol == 'salmon' else compute_paper, settings, on_stale, verify)
     return df.assign(darkmatter_protocol=protocol)
 
+# %% ../nbs/95_pipeline.ipynb #b8d2e3f4
+def stage_darkmatter_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
+                            )->pd.DataFrame:
+    "Salmon-protocol dark matter of every SAE on each source's held-out texts (probes fitted once on the training rows)"
+    out = Path(out)
+    def compute(texts):
+        tr = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train'), verify)
+        acts = [ActivationStream(lm or load_model(p), t, p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
+                                 out_dtype=getattr(torch, p.cache_dtype), progress=False).collect() for t in texts.values()]
+        labels = np.concatenate([np.full(tr.n_tokens, -1)] + [np.full(len(a), i) for i, a in enumerate(acts)])
+        groups = (labels >= 0).astype(np.int64)                           # group 0 (the training rows) fits, group 1 scores
+        rows = []
+        for name, sae in saes.items():
+            res = dark_matter_sae(sae, itertools.chain(tr.chunks(), acts), n_rows=len(labels), groups=groups, split='sequential',
+                                  train_frac=0.5, labels=labels)
+            rows += [dict(name=name, source_dataset=s, **res.row(f'test:{i}')) for i, s in enumerate(texts)]
+        return pd.DataFrame(rows)
+    probe = fingerprint(cache_provenance(p, 'medical', 'probe' if p.stream else 'train'))
+    settings = dict(stage='darkmatter', probe_cache=probe, max_len=p.max_len, dtype=p.cache_dtype)
+    return by_source(p, out, 'darkmatter', saes, compute, settings, on_stale, verify).assign(darkmatter_protocol='salmon')
+
 # %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
@@ -599,6 +663,23 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='
         max_len=p.eval_max_len, bos=p.bos)),
         dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p)), on_stale, verify)
 
+# %% ../nbs/95_pipeline.ipynb #d0f4a5b6
+from .interp import SPEC_STATS, latent_stats
+
+def stage_specificity_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
+                             )->pd.DataFrame:
+    "Domain-specificity summary of every SAE with each medical source's held-out texts as the domain corpus"
+    kw = dict(SPEC_STATS, max_len=p.eval_max_len, bos=p.bos)
+    def one(texts, grp):
+        gen = latent_stats(grp, lm or load_model(p), preset_texts(p, 'general', 'test', p.eval_texts * 4), p.layer, **kw)
+        def per(t):
+            dom = latent_stats(grp, lm or load_model(p), t, p.layer, **kw)
+            df = domain_specificity_summary(grp, None, None, None, p.layer, stats=(dom, gen))
+            return df.assign(tokens=[dom[k].n_tokens for k in df.name])
+        return each_source(texts, per)
+    return by_source(p, out, 'specificity', saes, lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts)),
+                     dict(stage='specificity', general=_data_fp(p, 'general')), on_stale, verify)
+
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
@@ -608,6 +689,14 @@ def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='e
         saes, lm or load_model(p), p.layer, max_per_letter=p.absorption_words, max_parents=p.absorption_parents),
         dict(stage='absorption', model=p.model, layer=p.layer, concepts=_data_fp(p, 'concepts'), absorption_words=p.absorption_words,
              absorption_parents=p.absorption_parents), on_stale, verify)
+
+# %% ../nbs/95_pipeline.ipynb #f2b6c7d8
+def stage_by_source(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True
+                   )->dict: # table -> its by-source rows
+    "Every held-out-text evaluation table broken down by `source_dataset` (the preset's `eval_per_source` texts of each source)"
+    kw = dict(lm=lm, on_stale=on_stale, verify=verify)
+    return dict(eval=stage_sources(p, out, saes, progress=progress, **kw), darkmatter=stage_darkmatter_sources(p, out, saes, **kw),
+                specificity=stage_specificity_sources(p, out, saes, **kw))
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
@@ -696,7 +785,7 @@ def claims(tab:pd.DataFrame, preset:str|None=None, corpus:str='medical')->pd.Dat
 # %% ../nbs/95_pipeline.ipynb #dafcec49
 DM_COLS = ['r2_norm', 'r2_vector', 'fvu_nonlinear', 'r2_vector_shrink']
 COMPARE = ['family', 'width', 'target_l0', 'convention', 'l0', 'fve', 'fve_centered', 'cossim', 'loss_recovered_zero', 'loss_recovered_mean', 'delta_ce', 'kl_sae',
-           'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS]
+           'frac_alive', *DM_COLS, *SPEC_COLS, *ABS_COLS, 'first_letter_protocol']   # which first-letter protocol (salmon's or SAEBench's)
 
 def comparison(ev:pd.DataFrame, corpus:str='medical')->pd.DataFrame:
     "The domain-vs-baseline table on one held-out corpus (with the reasons of unmeasurable metrics)"
@@ -740,7 +829,8 @@ def run(preset:str|Preset='demo', # preset name or object
         on_stale:str='error', # an artefact made from other settings (or by an older salmon): 'error' stops and names it, 'recompute' remakes it and what depends on it
         verify:bool=True, # check the content hash of every reused artefact (else sizes only)
         verbose:bool=True, # print the caches, comparison and claims tables
-       )->pd.DataFrame:  # the summary table
+        parallel:str|None=None, # under torchrun: SAE training 'ddp' (default) or 'sweep'; the other stages run on rank 0
+       )->pd.DataFrame|None:  # the summary table (None on ranks other than 0)
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     if not isinstance(preset, (str, Preset)): raise TypeError(f'preset={preset!r} is {type(preset).__name__}; expected a preset name or a Preset')
     p = preset if isinstance(preset, Preset) else get_preset(preset)
@@ -748,11 +838,15 @@ def run(preset:str|Preset='demo', # preset name or object
     out = _run_dir(p, out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time(); _ACTIONS.clear()
     kw = dict(on_stale=on_stale, verify=verify)
-    caches = stage_caches(p, out, progress=progress, **kw)
-    with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
-    saes = stage_saes(p, out, progress=progress, **kw)
+    from salmon.distributed import is_main, wait_main
+    if is_main():                   # with torchrun the caches are rank 0's; the other ranks wait
+        caches = stage_caches(p, out, progress=progress, **kw)
+        with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
+    wait_main(timeout=24 * 3600)
+    saes = stage_saes(p, out, progress=progress, parallel=parallel, **kw)
+    if not is_main(): return None   # training was the ranks' shared work; evaluation, tables and figures are rank 0's
     ev = stage_eval(p, out, saes, progress=progress, **kw)
-    by_src = stage_sources(p, out, saes, progress=progress, **kw) if p.eval_per_source else None
+    by_src = stage_by_source(p, out, saes, progress=progress, **kw)['eval'] if p.eval_per_source else None
     tab = results_table(ev, stage_darkmatter(p, out, saes, **kw), stage_specificity(p, out, saes, **kw), stage_absorption(p, out, saes, **kw))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:

@@ -67,7 +67,6 @@ def saebench_core(tl, sae, tokens, bs, exclude_special):
 def main(work: str):
     work = Path(work); inp = json.loads((work/'inputs.json').read_text())
     torch.manual_seed(0); torch.set_grad_enabled(False)
-    tokens = load_file(str(work/'tokens.safetensors'))['tokens'].long()
     t0 = time.time()
     tl, tok = load_tl(inp['model_dir'], inp['tl_name'])
     print(f'TransformerLens model loaded in {time.time() - t0:.0f}s', flush=True)
@@ -77,21 +76,24 @@ def main(work: str):
             from importlib.metadata import version
             out['versions'][p] = version(p.replace('_', '-'))
         except Exception as e: out['versions'][p] = f'unknown ({e})'
-    bs = inp['batch_size']; sae_dir = str(work/'sae')
-    t = time.time(); out['saelens'] = saelens_core(tl, sae_dir, tokens, bs); out['seconds']['saelens'] = time.time() - t
-    print(f"SAELens run_evals: {out['seconds']['saelens']:.0f}s", flush=True)
-    sb = saebench_sae(sae_dir, inp['layer'], inp['tl_name'])
-    t = time.time(); out['saebench'] = saebench_core(tl, sb, tokens, bs, False); out['seconds']['saebench'] = time.time() - t
-    print(f"SAEBench core: {out['seconds']['saebench']:.0f}s", flush=True)
-    if inp.get('saebench_exclude_special', True):
-        t = time.time(); out['saebench_exclude_special'] = saebench_core(tl, sb, tokens, bs, True)
-        out['seconds']['saebench_exclude_special'] = time.time() - t
+    sae_dir = str(work/'sae'); sb = saebench_sae(sae_dir, inp['layer'], inp['tl_name'])
+    if inp.get('core', True):
+        bs = inp['batch_size']; tokens = load_file(str(work/'tokens.safetensors'))['tokens'].long()
+        t = time.time(); out['saelens'] = saelens_core(tl, sae_dir, tokens, bs); out['seconds']['saelens'] = time.time() - t
+        print(f"SAELens run_evals: {out['seconds']['saelens']:.0f}s", flush=True)
+        t = time.time(); out['saebench'] = saebench_core(tl, sb, tokens, bs, False); out['seconds']['saebench'] = time.time() - t
+        print(f"SAEBench core: {out['seconds']['saebench']:.0f}s", flush=True)
+        if inp.get('saebench_exclude_special', True):
+            t = time.time(); out['saebench_exclude_special'] = saebench_core(tl, sb, tokens, bs, True)
+            out['seconds']['saebench_exclude_special'] = time.time() - t
     if inp.get('absorption'):
         from absorption_external import saebench_absorption
         t = time.time(); out['absorption'] = saebench_absorption(tl, sb, work, inp); out['seconds']['absorption'] = time.time() - t
+        print(f"SAEBench absorption: {out['seconds']['absorption']:.0f}s", flush=True)
     out['seconds']['total'] = time.time() - t0
-    (work/'external.json').write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: out[k] for k in ('saelens', 'saebench', 'seconds')}, indent=1))
+    plain = lambda o: o.item() if hasattr(o, 'item') else str(o)   # numpy scalars in SAEBench's outputs
+    (work/'external.json').write_text(json.dumps(out, indent=1, default=plain))
+    print(json.dumps({k: out[k] for k in ('saelens', 'saebench', 'seconds') if k in out}, indent=1, default=plain))
 
 
 if __name__ == '__main__': main(sys.argv[1])
