@@ -961,9 +961,13 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
     lm_rate, tr_rate = g['lm'] * 1e12 * lm_util, g['train'] * 1e12 * train_util
     to_layer = 2 * m['params'] * (p.layer + 1) / m['layers']   # FLOPs per token traced to the layer
     stream_tok = p.stream * p.train_tokens * n_groups
+    med_len, gen_len = min(MEDICAL_TOKENS_PER_TEXT, p.eval_max_len), min(p.max_len, p.eval_max_len)
+    spec_tok = 4 * p.eval_texts * (med_len + gen_len) + (p.eval_per_source > 0) * (4 * p.eval_texts * gen_len + 6 * p.eval_per_source * med_len)
+    spec_tok *= -(-n_sae // (p.eval_group or n_sae))   # traced to the layer once per group of SAEs: specificity and its by-source table
     hours = dict(cache=to_layer * cache_tok / lm_rate / 3600, stream=to_layer * stream_tok / lm_rate / 3600,
                  train=sum(12 * m['d'] * w * p.train_tokens for w in p.widths) * len(trained) * len(p.target_l0s) / tr_rate / 3600,
-                 evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600)
+                 evaluate=2 * m['params'] * (1 + 4 * after) * eval_tok * n_sae / lm_rate / 3600,
+                 specificity=to_layer * spec_tok / lm_rate / 3600)
     source = 'estimated'
     if measured is not None:
         r = measured if isinstance(measured, dict) else json.loads(Path(measured).read_text())
@@ -975,7 +979,7 @@ def gpu_estimate(p:Preset|str, # preset (or its name)
         if miss: raise ValueError(f'measured rates lack SAE training at widths {miss}; they have {sorted(tr)}')
         hours = dict(cache=cache_tok / r['lm_tok_s'] / 3600, stream=stream_tok / r['lm_tok_s'] / 3600,
                      train=sum(p.train_tokens / tr[w] for w in p.widths) * len(trained) * len(p.target_l0s) / 3600,
-                     evaluate=eval_tok * n_sae / r['loss_recovered_tok_s'] / 3600)
+                     evaluate=eval_tok * n_sae / r['loss_recovered_tok_s'] / 3600, specificity=spec_tok / r['lm_tok_s'] / 3600)
         source = 'measured'
     hours['total'] = 1.1 * sum(hours.values())
     mem = stage_memory(p, 'cuda')
