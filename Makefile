@@ -120,7 +120,8 @@ dryrun: install-demo
 # settings.ini and run `make floors FLOORS_TORCH=<version>` (PyPI's CUDA build, ~3 GB, runs on the CPU too)
 FLOORS_ENV := .cache/floors
 FLOORS_TORCH := $(shell grep '^torch==' constraints.txt | cut -d= -f3)
-FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_notebooks.py -k "stream or test_train or 02_data or 03_trace or 06_train or 09_plots"
+FLOORS_TESTS := tests/test_stream.py tests/test_train.py tests/test_sources.py tests/test_notebooks.py \
+  -k "stream or test_train or test_sources or 02_data or 03_trace or 06_train or 09_plots"
 floors:
 	rm -rf $(FLOORS_ENV) && python3 -m venv $(FLOORS_ENV)
 	python3 -c "import configparser, re; c = configparser.ConfigParser(delimiters=['=']); c.read('settings.ini'); \

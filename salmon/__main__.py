@@ -34,6 +34,9 @@ def parse_args(argv:list[str]|None=None)->argparse.Namespace:
                        help='a cached artefact made from other settings (or by an older salmon): stop and name it (error, default) '
                             'or recompute it and everything that depends on it (recompute)')
         s.add_argument('--no-verify', action='store_true', help="skip the content-hash check of reused artefacts (sizes are still checked)")
+        s.add_argument('--parallel', choices=('ddp', 'sweep'), default='ddp',
+                       help='under torchrun: train each SAE group data-parallel (ddp: every rank all of them, B/N rows of each batch; '
+                            'its own shard of the texts when streaming) or sweep-parallel (sweep: every rank its share of the SAEs, whole batches)')
     return p.parse_args(argv)
 
 def main(argv:list[str]|None=None):
@@ -43,8 +46,12 @@ def main(argv:list[str]|None=None):
     if a.cmd == 'reproduce' and a.dry_run:
         from salmon.dryrun import dry_run
         return dry_run(a.preset, a.out, progress=not a.no_progress)
-    try: return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale, verify=not a.no_verify)
+    from salmon.distributed import close_distributed, init_distributed
+    init_distributed()                    # torchrun's ranks join one process group (a no-op for one process)
+    try: return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale, verify=not a.no_verify,
+                    parallel=a.parallel)
     except StaleArtefactError as e: raise SystemExit(f'salmon: {e}') from None    # the message says what changed and how to go on
+    finally: close_distributed()
 
 # %% ../nbs/99_cli.ipynb #57d0094b
 #| eval: false

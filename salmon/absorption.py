@@ -641,8 +641,9 @@ def absorption_summary(saes:dict[str, JumpReLUSAE], # name -> SAE, all reading `
     for t in tasks.values():
         if t.probe is None: fit_probes(t)
     rows = []
-    for name, sae in saes.items():
+    for name in saes:                    # one SAE at a time (a store reads each from disk): the last is released before the next
         t0 = time.perf_counter()
+        sae = saes[name]
         r = {k: absorption_eval(sae, tasks[k], min_probe_f1=min_probe_f1, k_max=k_max) for k in ('first_letter', 'domain')}
         if details is not None: details[name] = r
         fl, dm = r['first_letter'].summary(min_letters), r['domain'].summary()
@@ -657,6 +658,7 @@ def absorption_summary(saes:dict[str, JumpReLUSAE], # name -> SAE, all reading `
                          fragmentation_neff=dm['fragmentation_neff'], first_letter_fragmentation_neff=fl['fragmentation_neff'],
                          seconds=time.perf_counter() - t0))
         rows[-1].update(_reasons(rows[-1]))
+        del sae
     return pd.DataFrame(rows)
 
 def _reasons(row:dict)->dict:

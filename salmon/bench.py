@@ -17,7 +17,8 @@ from .trace import ActivationStream, _model_device, _tokenize
 from .train import SAETrainer, TrainConfig, fused_grads, sparse_grads
 
 # %% auto #0
-__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_crossover', 'bench_eval', 'bench_gpu', 'main']
+__all__ = ['bench_trace', 'bench_train', 'bench_train_profile', 'bench_crossover', 'bench_eval', 'bench_gpu', 'bench_dist',
+           'main']
 
 # %% ../nbs/90_bench.ipynb #a78e744f
 class _Stop(Exception): pass
@@ -109,7 +110,7 @@ def _pairs(sae:JumpReLUSAE, x:Tensor)->int:
 
 def bench_train(d:int, # activation width
                 F:int, # latents
-                B:int=4096, # batch
+                B:int=2048, # batch (the paper's and its presets' `train_batch`)
                 l0s:tuple=(20, 50, 100), # L0s to train at (thresholds set so the measured L0 is about these)
                 repeats:int=2, # timed steps per contender and L0 (best kept), after one warm-up step each
                 saelens:bool=True, # include SAELens if installed
@@ -132,14 +133,14 @@ def bench_train(d:int, # activation width
     rows = []
     for l0 in l0s:
         _set_l0(tr.sae, x, l0)
-        if tr.opt is None: tr.opt = torch.optim.Adam(tr.params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+        if tr.opt is None: tr.opt = tr.new_optimizer()
         runs = dict(mm=lambda t: torch.mm(x, W), dense=lambda t: salmon('dense', t), auto=lambda t: salmon('auto', t))
         sl = _saelens_step(tr.sae) if saelens and interleave else None
         if sl is not None: runs['saelens'] = lambda t: sl(x, t)
         best = _best(runs, repeats)
         n_pairs = _pairs(tr.sae, x)
         if saelens and not interleave:
-            tr.opt = None                                       # free salmon's Adam state first
+            tr.opt = None; tr.bufs.clear()                      # free salmon's Adam state and work buffers first
             sl = _saelens_step(tr.sae)
             if sl is not None: best.update(_best(dict(saelens=lambda t: sl(x, t)), repeats))
             del sl
@@ -168,6 +169,7 @@ def _best(runs:dict, repeats:int)->dict:
 def bench_train_profile(d:int=64, F:int=1024, B:int=512,
                         sparse:str='auto', # `TrainConfig.sparse`
                         l0:float|None=None, # set the thresholds for this L0 (None: a fresh SAE, L0 ≈ F/2)
+                        reuse:bool=False, # profile a later step, reusing the trainer's buffers (else one making them)
                        )->dict:
     "Allocations of at least B·F bytes during one salmon training step, by op (float buffers are 4 B·F bytes)"
     from torch.profiler import profile
@@ -175,6 +177,7 @@ def bench_train_profile(d:int=64, F:int=1024, B:int=512,
     tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 100, lr_warmup_steps=0, sparsity_warmup_steps=0, sparse=sparse), d)
     if l0 is not None: _set_l0(tr.sae, x, l0)
     tr.step(x, 0, 1.0)
+    if not reuse: tr.bufs.clear()
     with profile(profile_memory=True, record_shapes=True) as p: tr.step(x, 1, 1.0)
     big = {}
     for e in p.events():
@@ -318,27 +321,99 @@ def bench_gpu(preset:str='gemma-2-2b', # a Gemma-2 paper preset: its model, laye
         with atomic_write(out, 'w') as f: json.dump(r, f, indent=1)
     return r
 
+# %% ../nbs/90_bench.ipynb #1132c818
+def _dist_train(d:int, F:int, B:int, steps:int, mode:str, n_saes:int)->dict:
+    "One rank's share of a timed training run (global batch `B`); the time is the slowest rank's"
+    from salmon.distributed import wait_main, world, gather_all
+    from salmon.train import train_saes
+    r, n = world()
+    g = torch.Generator().manual_seed(r)
+    rows = B // n if mode == 'ddp' and n > 1 else B
+    xs = [torch.randn(rows, d, generator=g) for _ in range(steps)]
+    cfgs = [TrainConfig.preset('paper', d_sae=F, batch_size=B, n_tokens=B * steps, target_l0=20.0 * (i + 1), name=f'sae{i}', sparse='off')
+            for i in range(n_saes)]
+    kw = dict(norm_factor=1.0, progress=False, device='cpu', parallel=mode if n > 1 else None)
+    train_saes(cfgs, xs[:2], max_steps=2, **kw)          # warm-up
+    wait_main(); t0 = time.perf_counter()
+    train_saes(cfgs, xs, **kw)
+    wait_main()
+    return dict(seconds=max(gather_all(time.perf_counter() - t0)))
+
+def _dist_trace(n_texts:int, batch_size:int, max_len:int)->dict:
+    "Data-parallel tracing of the tiny LM: this rank's shard of the texts; tokens summed, the slowest rank's time"
+    from salmon.distributed import shard, wait_main, gather_all
+    lm = tiny_lm(); texts = list(medical_qa('train', limit=n_texts))
+    s = ActivationStream(lm, shard(texts), 2, batch_size=batch_size, max_len=max_len, progress=False)
+    s.trace_batch(texts[:batch_size])                      # warm-up
+    wait_main(); t0 = time.perf_counter()
+    n = sum(len(a) for a in s)
+    wait_main()
+    got = gather_all((n, time.perf_counter() - t0))
+    return dict(tokens=sum(k for k, _ in got), seconds=max(t for _, t in got))
+
+def bench_dist(d:int=256, F:int=2048, B:int=1024, # SAE shape and global batch
+               steps:int=8, # timed training steps
+               procs:tuple=(1, 2), # process counts (the first is the baseline)
+               n_texts:int=96, # texts traced (0: no tracing row)
+               timeout:float=900.0, # seconds per launch before it is killed
+               kinds:tuple=('ddp', 'sweep', 'trace'), # which rows
+              )->list[dict]:
+    "Tokens/s of DDP training, sweep-parallel training and data-parallel tracing on 1 and more local processes, 1 thread each"
+    from salmon.distributed import launch
+    rows = []
+    for kind, what, fn, args, per in [('ddp', 'train ddp (1 SAE)', _dist_train, (d, F, B, steps, 'ddp', 1), B * steps),
+                                      ('sweep', 'train sweep (2 SAEs)', _dist_train, (d, F, B, steps, 'sweep', 2), 2 * B * steps),
+                                      ('trace', 'trace (tiny LM)', _dist_trace, (n_texts, 8, 512), None)]:
+        if kind not in kinds or (kind == 'trace' and not n_texts): continue
+        base = None
+        for n in procs:
+            r = launch(fn, n, *args, timeout=timeout, threads=1, dist_timeout=timeout)[0]
+            tok = r.get('tokens', per)
+            rate = tok / r['seconds']; base = base or rate
+            rows.append(dict(what=what, processes=n, threads_each=1, tokens=tok, seconds=round(r['seconds'], 3), tok_per_s=rate,
+                             vs_1_process=rate / base))
+    return rows
+
 # %% ../nbs/90_bench.ipynb #0785ed1a
 def _print_rows(rows:list[dict]):
     import pandas as pd
     with pd.option_context('display.width', 200, 'display.max_columns', 50, 'display.float_format', '{:,.2f}'.format):
         print(pd.DataFrame(rows).to_string(index=False))
 
+def _machine()->str:
+    "CPU model, cores, load average and UTC time, for the benchmark's header lines"
+    import os, platform
+    try: cpu = next(l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name'))
+    except (OSError, StopIteration): cpu = platform.processor() or platform.machine()
+    load = ' / '.join(f'{v:.1f}' for v in os.getloadavg()) if hasattr(os, 'getloadavg') else 'n/a'
+    return f"{cpu}, {os.cpu_count()} cores, load average {load}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon.bench`"
     p = argparse.ArgumentParser('python -m salmon.bench', description='salmon benchmarks (ratios against baselines in the same run)')
-    p.add_argument('what', choices=['trace', 'train', 'eval', 'darkmatter', 'gpu', 'all'], help='which benchmark (gpu: on a CUDA machine)')
+    p.add_argument('what', choices=['trace', 'train', 'eval', 'darkmatter', 'gpu', 'dist', 'all'], help='which benchmark (gpu: on a CUDA machine)')
     p.add_argument('--model', default='gemma-3-270m', help="real model to include ('none' for the tiny model only)")
     p.add_argument('--layer', type=int, default=13, help='layer of the real model (13: the demo preset)')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     p.add_argument('--repeats', type=int, default=2, help='timed training steps per contender and L0 (train)')
-    p.add_argument('--big-batch', type=int, default=1024, help='batch of the d=2304 training shapes (train; F=65536 uses half)')
+    p.add_argument('--batch', type=int, default=2048, help="tokens per training step (train; the paper presets' 2048)")
     p.add_argument('--shapes', default=None, help="train shapes 'dxF' or 'dxFxB', comma-separated (default: the four of the README)")
     p.add_argument('--l0s', default='20,50,100', help='L0s to train at (train)')
     p.add_argument('--crossover', action='store_true', help='train: also time the dense and sparse gradient paths by L0 / F')
+    p.add_argument('--profile', action='store_true', help='train: large allocations of a sparse step (torch.profiler)')
     p.add_argument('--preset', default='gemma-2-2b', help='paper preset whose model, batch and widths the gpu benchmark uses (gpu)')
     p.add_argument('--json', default=None, help='where the gpu benchmark writes its JSON (default: results/bench/gpu-<gpu>-<model>.json)')
+    p.add_argument('--procs', default='1,2', help='dist: process counts, the first the baseline (1 thread each)')
     a = p.parse_args(argv)
+    if a.what == 'dist':
+        import os
+        print(f'torch {torch.__version__}, gloo on CPU, 1 thread per process; {os.cpu_count()} cores, load average '
+              f'{os.getloadavg()[0]:.1f} at the start (other jobs share this machine)')
+        _print_rows(bench_dist(procs=tuple(int(v) for v in a.procs.split(','))))
+        print(f'load average {os.getloadavg()[0]:.1f} at the end. With {os.cpu_count()} cores, {max(map(int, a.procs.split(",")))} '
+              'single-thread processes can at best show the ideal ratio when the cores are free; this measures CPU processes '
+              'and gloo over loopback, not GPUs or NCCL.')
+        return
     if a.what == 'gpu':
         if not torch.cuda.is_available():
             raise SystemExit('salmon.bench gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine')
@@ -350,19 +425,30 @@ def main(argv:list[str]|None=None):
         print(json.dumps(r, indent=1)); print(f'written to {f}')
         return r
     if a.threads: torch.set_num_threads(a.threads)
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu')
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu ({_machine()})')
     if a.what in ('trace', 'all'):
         rows = [bench_trace(tiny_lm(), 'tiny-gemma2', 2, n_texts=64, batch_size=16)]
         if a.model != 'none':
             rows.append(bench_trace(load_lm(a.model, device='cpu'), a.model, a.layer, n_texts=32, batch_size=8, repeats=3))
         _print_rows(rows)
     if a.what in ('train', 'all'):
-        shapes = [(640, 4096, 4096), (640, 16384, 4096), (2304, 16384, a.big_batch), (2304, 65536, a.big_batch // 2)]
-        if a.shapes: shapes = [tuple(int(v) for v in s.split('x')) + ((4096,) if s.count('x') == 1 else ()) for s in a.shapes.split(',')]
+        shapes = [(640, 4096, a.batch), (640, 16384, a.batch), (2304, 16384, a.batch), (2304, 65536, a.batch)]
+        if a.shapes:
+            parse = lambda s: tuple(int(v) for v in s.split('x')) + ((a.batch,) if s.count('x') == 1 else ())
+            shapes = [parse(s) for s in a.shapes.split(',')]
         l0s = tuple(float(v) for v in a.l0s.split(','))
         if a.crossover:                                     # the demo's shape, then larger steps
             for d, F, B in [(640, 1024, 1024), (640, 4096, 1024), (640, 4096, 4096)]: _print_rows(bench_crossover(d, F, B, repeats=a.repeats))
-        for d, F, B in shapes: _print_rows(bench_train(d, F, B, l0s=l0s, repeats=a.repeats))   # one table per shape, as it finishes
+        for d, F, B in shapes:                              # one table per shape, as it finishes
+            print(f'd={d} F={F}: batch B={B} tokens per step; {_machine()}', flush=True)
+            _print_rows(bench_train(d, F, B, l0s=l0s, repeats=a.repeats))
+        if a.profile:
+            d, F, B = shapes[-1] if a.shapes else (2304, 16384, a.batch)
+            for reuse in (False, True):
+                big = bench_train_profile(d, F, B, sparse='on', l0=50, reuse=reuse)
+                sizes = ', '.join(f'{k}: {[f"{m / (B * F):.2f} B*F" for m in v]}' for k, v in big.items()) or 'none'
+                print(f"allocations >= B*F bytes in one sparse step at d={d} F={F} B={B} L0~50 (a B*F float: 4 B*F), "
+                      f"{'buffers reused' if reuse else 'fresh buffers'}: {sizes}", flush=True)
     if a.what in ('eval', 'all'):
         rows = bench_eval(tiny_lm(train_steps=40), 'tiny-gemma2', 2, d_sae=256, n_saes=(1, 4), n_texts=16)
         if a.model != 'none': rows += bench_eval(load_lm(a.model, device='cpu'), a.model, a.layer, n_saes=(1, 4), n_texts=16, batch_size=4, max_len=256)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_darkmatter.ipynb #f4086f48
 from __future__ import annotations
-import math, time, warnings
+import math, time, warnings, xxhash
 from dataclasses import dataclass, asdict
 from typing import Iterable, Iterator
 import numpy as np
@@ -55,13 +55,26 @@ def _psd_solve(G:np.ndarray, # symmetric PSD matrix [d, d]
               )->tuple[np.ndarray, str]: # solution [d, k], solver used
     "Solve `(G + ridge·I) A = R` by Cholesky, or by the minimum-norm pseudo-inverse if `G + ridge·I` is singular"
     Gr = G + ridge * np.eye(len(G))
+    how, f = _factorise(Gr, rcond)
+    if how == 'cholesky': return torch.cholesky_solve(torch.from_numpy(np.ascontiguousarray(R)), f).numpy(), how
+    w, V = f
+    return V @ ((V.T @ R) / w[:, None]), how
+
+_LAST_FACTOR = {}   # the last matrix factorised: every SAE's probes on the same activations solve with the same G
+
+def _factorise(Gr:np.ndarray, rcond:float)->tuple[str, object]:
+    "('cholesky', L) of `Gr`, or ('eigh-pinv', (w, V)) over its kept eigenvalues where it is singular; the last one is reused"
+    key = (Gr.shape, rcond, xxhash.xxh3_128_hexdigest(np.ascontiguousarray(Gr).tobytes()))
+    if key in _LAST_FACTOR: return _LAST_FACTOR[key]
     scale = max(float(np.diagonal(Gr).max()), np.finfo(float).tiny)
     L, info = torch.linalg.cholesky_ex(torch.from_numpy(Gr))
-    if int(info) == 0 and float(torch.diagonal(L).square().min()) > rcond * scale:
-        return torch.cholesky_solve(torch.from_numpy(np.ascontiguousarray(R)), L).numpy(), 'cholesky'
-    w, V = np.linalg.eigh(Gr)
-    keep = w > rcond * max(float(w.max()), np.finfo(float).tiny)
-    return V[:, keep] @ ((V[:, keep].T @ R) / w[keep, None]), 'eigh-pinv'
+    if int(info) == 0 and float(torch.diagonal(L).square().min()) > rcond * scale: f = ('cholesky', L)
+    else:
+        w, V = np.linalg.eigh(Gr)
+        keep = w > rcond * max(float(w.max()), np.finfo(float).tiny)
+        f = ('eigh-pinv', (w[keep], np.ascontiguousarray(V[:, keep])))
+    _LAST_FACTOR.clear(); _LAST_FACTOR[key] = f
+    return f
 
 # %% ../nbs/10_darkmatter.ipynb #435ccc7f
 def _target(st:NormalEq, a:float, c:float)->tuple:
@@ -109,13 +122,13 @@ class DarkMatterResult:
         "The error-norm probe's prediction of ‖e‖²"
         return _f64(x, 'x') @ self.norm_coef + self.norm_bias
 
-    def row(self, split:str='test')->dict: # which split's metrics
+    def row(self, split:str='test')->dict: # which split's metrics: 'train', 'test' or 'test:<label>' (`labels`)
         "A flat record for comparison tables: raw metrics, `*_shrink` metrics, counts and settings"
-        check_choice('split', split, {'train', 'test'})
         m = self.metrics
+        check_choice('split', split, list(dict.fromkeys(m.index.get_level_values('split'))))
         raw, shr = m.loc[('raw', split)], m.loc[('shrinkage', split)]
         return dict(**{k: raw[k] for k in METRICS}, **{f'{k}_shrink': shr[k] for k in ('r2_norm', 'r2_vector', 'fvu_nonlinear', 'fvu_sae')},
-                    s_star=self.s_star, n_train=int(m.loc[('raw', 'train'), 'n_tokens']), n_test=int(m.loc[('raw', 'test'), 'n_tokens']),
+                    s_star=self.s_star, n_train=int(m.loc[('raw', 'train'), 'n_tokens']), n_test=int(m.loc[('raw', 'test' if split == 'train' else split), 'n_tokens']),
                     **{k: self.settings[k] for k in ('split', 'train_frac', 'intercept', 'ridge')})
 
     def __repr__(self): return f'DarkMatterResult(test: {", ".join(f"{k}={v:.4g}" for k, v in self.metrics.loc[("raw", "test"), ["r2_norm", "r2_vector", "fvu_nonlinear"]].items())})'
@@ -126,8 +139,8 @@ def _f64(a, name:str)->np.ndarray:
     if isinstance(a, torch.Tensor): a = a.detach().to('cpu', torch.float64).numpy()
     return np.asarray(a, dtype=np.float64)
 
-def _fit(tr:NormalEq, te:NormalEq, intercept:bool, ridge:float, rcond:float)->tuple:
-    "Solve all probes on the training sums; score raw and shrinkage-controlled targets on both splits"
+def _fit(tr:NormalEq, tests:dict, intercept:bool, ridge:float, rcond:float)->tuple:
+    "Solve all probes on the training sums; score raw and shrinkage-controlled targets on them and on each held-out split (name -> sums)"
     d = tr.d
     ee, ex, xx = tr.su
     den = xx - 2 * ex + ee                                       # Σ‖x̂‖²
@@ -143,7 +156,7 @@ def _fit(tr:NormalEq, te:NormalEq, intercept:bool, ridge:float, rcond:float)->tu
     for i, (k, (a, c)) in enumerate(variants.items()):
         Ak, bk = A[:, i*(d+1):(i+1)*(d+1)], b[i*(d+1):(i+1)*(d+1)]
         probes[k] = Ak, bk
-        for split, st in (('train', tr), ('test', te)):
+        for split, st in (('train', tr), *tests.items()):
             rows.append(dict(variant=k, split=split, **_scores(st, Ak, bk, *(tgt[k] if st is tr else _target(st, a, c)))))
     return pd.DataFrame(rows).set_index(['variant', 'split']), probes['raw'], s_star, solver
 
@@ -207,6 +220,14 @@ def train_mask(n_rows:int, # rows, in stream order
     return _is_train(_group_ids(groups, 0, 0, n_rows), split, train_frac, seed, _n_groups(groups, n_rows))
 
 # %% ../nbs/10_darkmatter.ipynb #21542df4
+def _check_labels(labels, n_rows:int|None)->np.ndarray:
+    "Per-row integer ids, validated"
+    g = np.asarray(labels)
+    if g.ndim != 1 or not np.issubdtype(g.dtype, np.integer):
+        raise ValueError(f'labels has dtype {g.dtype} and shape {g.shape}; expected integer ids, one per row')
+    if n_rows is not None and len(g) != n_rows: raise ValueError(f'labels has {len(g)} ids for {n_rows} rows; expected one id per row')
+    return g
+
 def dark_matter_stream(pairs:Iterable, # (x, x_hat) chunks, each [n, d] (tensors or arrays)
                        *,
                        train_frac:float=0.6, # fraction of groups used to fit the probes
@@ -218,11 +239,13 @@ def dark_matter_stream(pairs:Iterable, # (x, x_hat) chunks, each [n, d] (tensors
                        seed:int=0, # seed of the random split
                        chunk_rows:int=8192, # rows converted to float64 at a time
                        rcond:float=1e-12, # relative eigenvalue threshold for a singular Gram matrix
+                       labels=None, # integer ids per row (e.g. the source of each token): held-out rows are also scored per id, as split 'test:<id>'
                       )->DarkMatterResult:
     "Linear dark matter of a stream of `(x, x_hat)` chunks, from float64 normal equations"
     _check_split(split, train_frac, groups, n_rows, ridge); check_range('chunk_rows', chunk_rows, 1)
     n_groups = _n_groups(groups, n_rows)
-    tr = te = None; r0 = 0; t0 = time.perf_counter()
+    if labels is not None: labels = _check_labels(labels, n_rows)
+    tr = te = None; r0 = 0; t0 = time.perf_counter(); by = {}
     for c, (x, xh) in enumerate(pairs):
         if tuple(x.shape) != tuple(xh.shape) or len(x.shape) != 2:
             raise ValueError(f'x has shape {tuple(x.shape)} and x_hat has shape {tuple(xh.shape)} in chunk {c}; expected the same [n_tokens, d]')
@@ -237,14 +260,19 @@ def dark_matter_stream(pairs:Iterable, # (x, x_hat) chunks, each [n, d] (tensors
             if m.all(): tr.update(xi, ei)
             elif not m.any(): te.update(xi, ei)
             else: tr.update(xi[m], ei[m]); te.update(xi[~m], ei[~m])
+            if labels is not None:
+                if r0 + len(xi) > len(labels): raise ValueError(f'labels has {len(labels)} ids; the source has more rows')
+                lab = labels[r0:r0 + len(xi)]
+                for l in np.unique(lab[~m]): by.setdefault(int(l), NormalEq(tr.d)).update(xi[~m & (lab == l)], ei[~m & (lab == l)])
             r0 += len(xi)
     if tr is None: raise ValueError('the source is empty: no activation rows')
     if n_rows is not None and r0 != n_rows: raise ValueError(f'the source has {r0} rows; expected n_rows={n_rows}')
+    if labels is not None and len(labels) != r0: raise ValueError(f'labels has {len(labels)} ids for {r0} rows; expected one id per row')
     if tr.n < 2 or te.n < 2: raise ValueError(f'the split left {tr.n} train and {te.n} test rows of {r0}; expected at least 2 each (more rows or groups, or another train_frac)')
     p = tr.d + intercept
     if ridge == 0 and tr.n < 10 * p:
         warnings.warn(f'only {tr.n} training rows for {p} features (< 10 per feature): the probes overfit; consider ridge > 0')
-    metrics, (A, b), s_star, solver = _fit(tr, te, intercept, ridge, rcond)
+    metrics, (A, b), s_star, solver = _fit(tr, {'test': te, **{f'test:{l}': st for l, st in sorted(by.items())}}, intercept, ridge, rcond)
     d = tr.d
     settings = dict(split=split, train_frac=train_frac, groups=groups if groups is None or isinstance(groups, (str, int)) else 'ids',
                     intercept=intercept, ridge=ridge, seed=seed, solver=solver, dtype='float64', d=d, n_rows=r0,
@@ -262,13 +290,14 @@ def dark_matter(x, # activations [n, d] (tensor or array)
                 ridge:float=0.0, # ridge penalty α‖A‖² (0: exact OLS)
                 seed:int=0, # seed of the random split
                 chunk_rows:int=8192, # rows converted to float64 at a time
+                labels=None, # integer ids per row: held-out rows are also scored per id (split 'test:<id>')
                )->DarkMatterResult:
     "Linear dark matter of reconstructions `x_hat` of activations `x`: error-norm and error-vector probes, FVU_nonlinear"
     if tuple(x.shape) != tuple(x_hat.shape) or len(x.shape) != 2:
         raise ValueError(f'x has shape {tuple(x.shape)} and x_hat has shape {tuple(x_hat.shape)}; expected the same [n_tokens, d]')
     if isinstance(groups, str): raise ValueError(f"groups={groups!r} needs a chunked source (dark_matter_stream); expected None, an int or ids per row")
     return dark_matter_stream([(x, x_hat)], train_frac=train_frac, split=split, groups=groups, n_rows=len(x), intercept=intercept,
-                              ridge=ridge, seed=seed, chunk_rows=chunk_rows)
+                              ridge=ridge, seed=seed, chunk_rows=chunk_rows, labels=labels)
 
 # %% ../nbs/10_darkmatter.ipynb #c7ed5c07
 def _sae_device(sae)->torch.device:

@@ -16,7 +16,7 @@ from .gemmascope import write_gemmascope_mirror, WIDTHS
 from . import pipeline as pl
 
 # %% auto #0
-__all__ = ['DRY', 'TensorMemory', 'dry_run_root', 'dry_run_preset', 'dry_run', 'dry_run_report']
+__all__ = ['DRY', 'TensorMemory', 'dry_run_root', 'dry_run_preset', 'reset_peak_rss', 'peak_rss', 'dry_run', 'dry_run_report']
 
 # %% ../nbs/96_dryrun.ipynb #66712fa7
 class TensorMemory(TorchDispatchMode):
@@ -63,7 +63,7 @@ class TensorMemory(TorchDispatchMode):
 
 # %% ../nbs/96_dryrun.ipynb #b707b6c4
 DRY = dict(batch_size=2, max_len=16, eval_max_len=16, train_batch=8, buffer_tokens=16, probe_tokens=32, eval_texts=1,
-           absorption_words=1, absorption_parents=2, group_size=1, eval_group=4, eval_per_source=0)
+           absorption_words=1, absorption_parents=2, group_size=1, eval_group=4, eval_per_source=1)
 
 def dry_run_root()->Path:
     "Where the dry run's local hub data and GemmaScope mirror live ($SALMON_CACHE/dryrun)"
@@ -99,13 +99,27 @@ def dry_run_preset(p:pl.Preset|str, # a paper preset (or its name)
 
 # %% ../nbs/96_dryrun.ipynb #25ee1cb6
 def _token_counts(q:pl.Preset, out:Path)->dict:
-    "What the memory model needs to know of the run's actual data: longest text, evaluation and probe tokens"
+    "What the memory model needs to know of the run's actual data: longest text, evaluation, per-source and probe tokens"
     from salmon.trace import ActivationCache
     tok = pl.load_model(q).tokenizer
-    lens = lambda corpus, n, L: [min(len(tok(t)['input_ids']), L) for t in pl.preset_texts(q, corpus, 'test', n)]
+    n_tok = lambda texts, L: [min(len(tok(t)['input_ids']), L) for t in texts]
+    lens = lambda corpus, n, L: n_tok(pl.preset_texts(q, corpus, 'test', n), L)
     ev = max(sum(lens(c, q.eval_texts, q.eval_max_len)) for c in pl.CORPORA)
+    src = max((sum(n_tok(ts, q.eval_max_len)) for ts in pl.held_out_by_source(q, q.eval_per_source).values()), default=0) if q.eval_per_source else 0
     probe = ActivationCache(out/'cache'/('medical-probe' if q.stream else 'medical-train')).n_tokens
-    return dict(seq_len=max(max(lens(c, q.eval_texts * 4, q.max_len)) for c in pl.CORPORA), eval_tokens=ev, probe_tokens=probe)
+    return dict(seq_len=max(max(lens(c, q.eval_texts * 4, q.max_len)) for c in pl.CORPORA), eval_tokens=ev, source_tokens=src, probe_tokens=probe)
+
+def reset_peak_rss()->bool:
+    "Restart the process's peak-RSS count (Linux `/proc/self/clear_refs`); False where the system does not allow it"
+    try: Path('/proc/self/clear_refs').write_text('5')
+    except OSError: return False
+    return True
+
+def peak_rss()->float:
+    "Peak resident memory of this process in bytes since it started or since `reset_peak_rss` (Linux; NaN elsewhere)"
+    try: status = Path('/proc/self/status').read_text().splitlines()
+    except OSError: return float('nan')
+    return next((int(l.split()[1]) * 1024 for l in status if l.startswith('VmHWM:')), float('nan'))
 
 def dry_run(preset:str|pl.Preset='gemma-2-2b', # a paper preset (or its name)
             out:str|Path|None=None, # results folder (default: `results_dir()`); the run goes to `<preset>-dryrun/`
@@ -124,22 +138,25 @@ def dry_run(preset:str|pl.Preset='gemma-2-2b', # a paper preset (or its name)
     out.mkdir(parents=True, exist_ok=True)
     rows, tops, res = [], {}, {}
     def stage(name, fn):
-        gc.collect(); t0 = time.time()
+        gc.collect(); reset_peak_rss(); t0 = time.time()
         with TensorMemory() as m: res[name] = fn()
-        rows.append(dict(stage=name, seconds=time.time() - t0, measured_gib=m.peak / 2**30)); tops[name] = m.top()
-        print(f'{name}: {rows[-1]["seconds"]:.0f}s, peak {rows[-1]["measured_gib"]:.2f} GiB of tensors', flush=True)
+        rows.append(dict(stage=name, seconds=time.time() - t0, measured_gib=m.peak / 2**30, rss_gib=peak_rss() / 2**30)); tops[name] = m.top()
+        print(f'{name}: {rows[-1]["seconds"]:.0f}s, peak {rows[-1]["measured_gib"]:.2f} GiB of tensors, '
+              f'{rows[-1]["rss_gib"]:.2f} GiB resident (process)', flush=True)
     stage('caching', lambda: pl.stage_caches(q, out, progress=progress))
     counts = _token_counts(q, out)
     stage('training', lambda: pl.stage_saes(q, out, progress=progress))
     saes = res['training']
     stage('evaluation', lambda: pl.stage_eval(q, out, saes, progress=progress))
+    if q.eval_per_source: stage('sources', lambda: pl.stage_sources(q, out, saes, progress=progress))
     stage('darkmatter', lambda: pl.stage_darkmatter(q, out, saes))
     stage('specificity', lambda: pl.stage_specificity(q, out, saes))
     stage('absorption', lambda: pl.stage_absorption(q, out, saes))
-    t0 = time.time(); pl.run(q, out.parent, progress=progress); t_run = time.time() - t0
-    df = pd.DataFrame(rows + [dict(stage='tables', seconds=t_run)]).assign(**counts)
+    stage('tables', lambda: pl.run(q, out.parent, progress=progress))    # `run` itself: every stage reused, the final tables written
+    df = pd.DataFrame(rows).assign(**counts)
     with atomic_write(out/'dryrun.csv', 'w') as f: df.to_csv(f, index=False)
-    print(f'\ndry run of {q.name}: {time.time() - t_all:.0f}s in all; token counts {counts}; peak = live tensor storage on the CPU\n')
+    print(f'\ndry run of {q.name}: {time.time() - t_all:.0f}s in all; token counts {counts}; peak = live tensor storage on the CPU; '
+          f'resident = peak RSS of the process during the stage\n')
     df = dry_run_report(q, df, tol)
     for s in df.stage[df.within == False]:
         print(f'\n{s}: measured differs from the model by more than {tol:.0%}; largest storages at its peak:\n{tops[s].to_string(index=False)}')
@@ -152,11 +169,11 @@ def dry_run_report(q:pl.Preset|str, # the dry-run preset (or the paper preset's 
     "Set `stage_memory`'s predictions beside a dry run's measured peaks (for the token counts it recorded) and print them"
     if isinstance(q, str): q = dry_run_preset(q, verbose=False)
     df = pd.read_csv(df) if not isinstance(df, pd.DataFrame) else df.copy()
-    counts = {k: int(df[k].iloc[0]) for k in ('seq_len', 'eval_tokens', 'probe_tokens')}
+    counts = {k: int(df[k].iloc[0]) or None for k in ('seq_len', 'eval_tokens', 'source_tokens', 'probe_tokens') if k in df}
     pred = pl.stage_memory(q, 'cpu', **counts)
     df['predicted_gib'] = [pred[s] / 2**30 if s in pred else float('nan') for s in df.stage]
     df['ratio'] = df.measured_gib / df.predicted_gib
     df['within'] = (df.ratio - 1).abs().le(tol).where(df.predicted_gib.notna())
     with pd.option_context('display.width', 200, 'display.float_format', '{:,.2f}'.format):
-        print(df[['stage', 'seconds', 'predicted_gib', 'measured_gib', 'ratio', 'within']].to_string(index=False))
+        print(df[['stage', 'seconds', 'predicted_gib', 'measured_gib', 'ratio', 'within'] + ['rss_gib'] * ('rss_gib' in df)].to_string(index=False))
     return df

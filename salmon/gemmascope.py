@@ -13,7 +13,7 @@ from .sae import load_gemmascope_npz
 from .trace import trace_activations
 
 # %% auto #0
-__all__ = ['WIDTHS', 'REPOS', 'LADDER', 'D_MODEL', 'gemmascope_entry', 'load_gemmascope', 'gemmascope_shapes',
+__all__ = ['WIDTHS', 'REPOS', 'LADDER', 'D_MODEL', 'gemmascope_entry', 'gemmascope_file', 'load_gemmascope', 'gemmascope_shapes',
            'write_gemmascope_mirror', 'sanity_check']
 
 # %% ../nbs/08_gemmascope.ipynb #aae26f84
@@ -49,6 +49,15 @@ def gemmascope_entry(model:str, layer:int, width, l0:int)->pd.Series:
     if hit.empty: raise ValueError(f'l0={l0!r} is not an average_l0 folder of {model} layer {layer} width {w}; expected one of {list(rows.average_l0)}')
     return hit.iloc[0]
 
+def gemmascope_file(model:str, layer:int, width, l0:int,
+                    local_dir:str|Path|None=None, # a local copy of the repo's layout (None: the hub's cached file, downloaded once)
+                   )->Path:
+    "Where the `params.npz` of one GemmaScope SAE is read from (the `source` its loaded SAE records)"
+    e = gemmascope_entry(model, layer, width, l0)
+    if local_dir is not None: return Path(local_dir)/e.path
+    from huggingface_hub import hf_hub_download
+    return Path(hf_hub_download(e.repo, e.path))
+
 def load_gemmascope(model:str, # 'gemma-2-2b' or 'gemma-2-9b'
                     layer:int, # residual-stream layer (the ladder lists 20)
                     width, # '16k', '65k', ... or the number of latents
@@ -60,10 +69,7 @@ def load_gemmascope(model:str, # 'gemma-2-2b' or 'gemma-2-9b'
                    ):
     "A GemmaScope residual SAE as a `JumpReLUSAE` (hub, local mirror or file)"
     e = gemmascope_entry(model, layer, width, l0)
-    if path is None and local_dir is not None: path = Path(local_dir)/e.path
-    if path is None:
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(e.repo, e.path)
+    if path is None: path = gemmascope_file(model, layer, width, l0, local_dir)
     if not Path(path).exists(): raise FileNotFoundError(f'GemmaScope file {str(path)!r} does not exist')
     sae = load_gemmascope_npz(path, **kw)
     if sae.d_sae != e.d_sae: raise ValueError(f'{path} has {sae.d_sae} latents; {model} width {e.width} has {e.d_sae}')

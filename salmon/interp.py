@@ -17,9 +17,9 @@ from .models import torch_model
 from .trace import ActivationStream, _tokenize
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'PROMPTS', 'CLIENTS', 'SAEBENCH_AUTOINTERP', 'generic_token_mask', 'LatentStats', 'latent_stats',
-           'quantile_samples', 'top_activations', 'plot_density', 'logit_lens', 'card_html', 'feature_card',
-           'nearest_latents', 'FeatureBrowser', 'specificity_scores', 'summarize_specificity',
+__all__ = ['STOPWORDS', 'SPEC_STATS', 'PROMPTS', 'CLIENTS', 'SAEBENCH_AUTOINTERP', 'generic_token_mask', 'LatentStats',
+           'latent_stats', 'quantile_samples', 'top_activations', 'plot_density', 'logit_lens', 'card_html',
+           'feature_card', 'nearest_latents', 'FeatureBrowser', 'specificity_scores', 'summarize_specificity',
            'domain_specificity_summary', 'plot_specificity', 'OpenAIClient', 'LocalClient', 'make_client',
            'parse_explanation', 'parse_indices', 'parse_score', 'explain_latent', 'score_explanation',
            'autointerp_saebench', 'autointerp']
@@ -542,6 +542,8 @@ def summarize_specificity(scores:pd.DataFrame, # from `specificity_scores`
                 frac_generic=(a.generic >= generic_at).sum() / n, mean_generic=a.generic.mean())
 
 # %% ../nbs/12_interp.ipynb #7b4d451c
+SPEC_STATS = dict(k=1, n_samples=0, n_negatives=0)   # `latent_stats` options of a specificity pass (no samples kept)
+
 def domain_specificity_summary(saes:dict, # name -> SAE, all reading `layer` of `lm`
                                lm, # an nnsight model
                                domain_texts:Iterable[str], # domain corpus (e.g. held-out medical QA)
@@ -554,7 +556,7 @@ def domain_specificity_summary(saes:dict, # name -> SAE, all reading `layer` of 
                               )->pd.DataFrame: # one row per SAE
     "Domain-specificity summary of several SAEs: one shared pass per corpus, one row per SAE"
     saes, _ = _as_dict(saes)
-    kw = dict(dict(k=1, n_samples=0, n_negatives=0), **kw)
+    kw = dict(SPEC_STATS, **kw)
     dom, gen = stats if stats is not None else (latent_stats(saes, lm, domain_texts, layer, **kw), latent_stats(saes, lm, general_texts, layer, **kw))
     rows = []
     for name, s in saes.items():

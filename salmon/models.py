@@ -39,10 +39,11 @@ def _from_folder(src:str|Path, dtype, device, **kw):
     if getattr(text_cfg, 'attn_logit_softcapping', None) and 'attn_implementation' not in kw:
         kw['attn_implementation'] = 'eager'   # SDPA ignores Gemma-2's soft-capping
     dev = torch.device(device)
+    dm = kw.pop('device_map', None)          # e.g. 'auto' or a dict: accelerate places the layers (and moves activations) itself
     model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust,
-                                                 **({'device_map': str(dev)} if dev.type == 'cuda' else {}), **kw)
+                                                 **({'device_map': dm} if dm is not None else {'device_map': str(dev)} if dev.type == 'cuda' else {}), **kw)
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust)
-    return _wrap(model.to(dev), tok)
+    return _wrap(model if dm is not None else model.to(dev), tok)
 
 # %% ../nbs/01_models.ipynb #5495ebc2
 def torch_model(lm)->nn.Module:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Iterator
 import numpy as np
 from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
-from .gemmascope import LADDER, REPOS, load_gemmascope
+from .gemmascope import LADDER, REPOS, gemmascope_file, load_gemmascope
 from .absorption import absorption_summary
 from .interp import domain_specificity_summary
 from .metrics import CONVENTIONS, evaluate
@@ -33,11 +33,12 @@ from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_ac
 __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 'EXPECTED', 'DM_COLS', 'COMPARE', 'GPUS',
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'cache_provenance',
            'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
-           'base_model', 'gemmascope_family', 'sae_provenance', 'SAEStore', 'sae_groups', 'per_group', 'sae_dir',
-           'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens', 'stage_eval', 'held_out_by_source',
-           'stage_sources', 'stage_darkmatter', 'stage_specificity', 'stage_absorption', 'matched', 'claim_row',
-           'check_claim', 'claims', 'comparison', 'results_table', 'figures', 'run', 'model_key', 'sae_bytes',
-           'stage_memory', 'gpu_estimate', 'disk_estimate']
+           'base_model', 'gemmascope_family', 'sae_provenance', 'sae_fingerprint', 'SAEStore', 'sae_groups',
+           'per_group', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens',
+           'stage_eval', 'held_out_by_source', 'by_source', 'each_source', 'sae_meta', 'stage_sources',
+           'stage_darkmatter', 'stage_darkmatter_sources', 'stage_specificity', 'stage_specificity_sources',
+           'stage_absorption', 'stage_by_source', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
+           'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -295,14 +296,16 @@ def base_model(model:str)->str:
     "The Gemma-2 a preset's model stands for: 'google/gemma-2-2b' and 'random:gemma-2-2b' are both 'gemma-2-2b'"
     return model.removeprefix('random:').split('/')[-1]
 
-def _gemmascope_loaders(p:Preset, width:int)->dict:
+def _gemmascope_loaders(p:Preset, width:int,
+                        what=load_gemmascope, # `load_gemmascope`, or `gemmascope_file` for where each one is read from
+                       )->dict:
     "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
     model = base_model(p.model)
     check_choice('model (for the gemmascope family)', model, REPOS)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
-    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(load_gemmascope, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
+    return {f'gemmascope-F{width}-l0_{l0}': functools.partial(what, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
             for l0 in rows.average_l0}
 
 def gemmascope_family(p:Preset, width:int)->dict:
@@ -346,9 +349,19 @@ def _saes_status(fdir:Path, cfgs:list, prov:dict, verify:bool)->Status:
     why = _check_saes(fdir, cfgs, fp)
     return Status('ok', fdir) if why is None else Status('missing', fdir, why) if why == 'resumed' else Status('damaged', fdir, why)
 
+def sae_fingerprint(sae)->str:
+    "What an SAE was made from: a trained one's fingerprint, a GemmaScope one's source file, else the hash of its config"
+    return sae.cfg.get('fingerprint') or sae.cfg.get('source') or fingerprint(sae.cfg)
+
 class SAEStore(Mapping):
     "The run's SAEs by name, read from disk on each access, so a paper-scale sweep never has to fit in memory at once"
-    def __init__(self, loaders:dict, device=None): self.loaders, self.device = dict(loaders), device
+    def __init__(self, loaders:dict, device=None,
+                 fingerprints:dict|None=None, # name -> its `sae_fingerprint` (or a function returning it), known without reading weights
+                ): self.loaders, self.device, self.fingerprints = dict(loaders), device, dict(fingerprints or {})
+    def fingerprint(self, name:str)->str:
+        "`sae_fingerprint` of SAE `name`; its weights are read only when the store was not told it"
+        f = self.fingerprints[name] if name in self.fingerprints else None
+        return str(f() if callable(f) else f) if f is not None else sae_fingerprint(self[name])
     def __iter__(self): return iter(self.loaders)
     def __len__(self): return len(self.loaders)
     def __repr__(self): return f'SAEStore({len(self)} SAEs: {", ".join(list(self)[:3])}{", ..." if len(self) > 3 else ""})'
@@ -378,39 +391,47 @@ def sae_dir(out:str|Path, family:str, width:int)->Path:
 def stage_saes(p:Preset, out:str|Path, progress:bool=True,
                on_stale:str='error', # an SAE group made from other settings: 'error' or 'recompute'
                verify:bool=True, # check the content hashes of reused SAE weights
+               parallel:str|None=None, # under torchrun: 'ddp' (default) or 'sweep' (see `salmon.distributed`)
               )->SAEStore:
     "Train every family's SAE sweep at every width (`p.group_size` at a time; finished ones reused if made from these settings); by name, on disk"
     check_choice('on_stale', on_stale, ON_STALE)
-    out = Path(out); loaders = {}
+    from salmon.distributed import active, from_main, is_main, rank_rows, wait_main, world
+    out = Path(out); loaders, fps = {}, {}
+    mode = (parallel or 'ddp') if active() else None         # decisions are rank 0's, broadcast; rank 0 alone writes
     for family, width in itertools.product(p.families, p.widths):
-        if family == 'gemmascope': loaders.update(_gemmascope_loaders(p, width)); continue
+        if family == 'gemmascope':
+            loaders.update(_gemmascope_loaders(p, width)); fps.update(_gemmascope_loaders(p, width, gemmascope_file)); continue
         corpus = FAMILIES[family]            # `Preset` has validated the family names
-        n_pass = pass_tokens(p, corpus, out) if p.stream else None
+        n_pass = from_main(pass_tokens(p, corpus, out) if p.stream and is_main() else None)
         q = replace(p, train_tokens=n_pass // p.train_batch * p.train_batch) if n_pass is not None and n_pass < p.train_tokens else p
         cfgs = train_configs(q, family, width); fdir = sae_dir(out, family, width)
         prov = sae_provenance(q, family, width); fp = fingerprint(prov)
-        st = _saes_status(fdir, cfgs, prov, verify)
-        loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs})
+        st = from_main(_saes_status(fdir, cfgs, prov, verify) if is_main() else None)
+        loaders.update({c.label: functools.partial(load_sae, fdir/c.label) for c in cfgs}); fps.update({c.label: fp for c in cfgs})
         if resolve(st, on_stale):
-            for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
+            if is_main():
+                for c in _ckpt_roots(fdir): shutil.rmtree(c, ignore_errors=True)   # left by a kill after the SAEs were saved: they have served
             _note(fdir, 'reused'); continue
-        if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
-        if st.kind != 'missing' or not (fdir/'provenance.json').exists():
-            with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        if is_main():
+            if st.kind == 'stale': shutil.rmtree(fdir)          # made from other settings: its SAEs and checkpoints go
+            if st.kind != 'missing' or not (fdir/'provenance.json').exists():
+                with atomic_write(fdir/'provenance.json', 'w') as f: json.dump(dict(fingerprint=fp, settings=prov), f, indent=1)
+        wait_main()
         _note(fdir, 'computed' if st.kind == 'missing' else 'recomputed', st.reason)
         groups = [cfgs[i:i + (p.group_size or len(cfgs))] for i in range(0, len(cfgs), p.group_size or len(cfgs))]
         meta = dict(model=p.model, layer=p.layer, hook=f'resid_post.{p.layer}', corpus=corpus, family=family, bos=p.bos, fingerprint=fp,
-                    **({'streamed': True} if p.stream else {}))
+                    **({'streamed': True} if p.stream else {}), **({'processes': world()[1], 'parallel': mode} if mode else {}))
         for g, grp in enumerate(groups):
-            if st.kind == 'missing' and _check_saes(fdir, grp, fp) is None: continue   # a finished group of a resumed width
-            src = (stream_batches(p, corpus, load_model(p)) if p.stream else
+            if st.kind == 'missing' and from_main(_check_saes(fdir, grp, fp) if is_main() else None) is None: continue   # a finished group of a resumed width
+            src = (stream_batches(p, corpus, load_model(p), ranks=mode == 'ddp') if p.stream else
                    _epochs(ActivationCache(out/'cache'/f'{corpus}-train', verify=verify), p.train_batch, p.buffer_tokens))
+            if mode == 'ddp' and not p.stream: src = rank_rows(src)   # every rank reads the cache's batches, trains on its rows
             ckpt = fdir/('checkpoints' if len(groups) == 1 else f'checkpoints_{g}')
             train_saes(grp, src, out_dir=fdir, resume=True, meta=meta, progress=progress, ckpt_dir=ckpt,
-                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50),
+                       ckpt_every=max(1, cfgs[0].n_steps // (10 if p.stream else 5)), log_every=max(1, cfgs[0].n_steps // 50), parallel=mode,
                        **({'norm_tokens': min(100_000, p.train_tokens // 10)} if p.stream else {}))
-            shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
-    return SAEStore(loaders)
+            if is_main(): shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
+    return SAEStore(loaders, fingerprints=fps)   # tables are stamped with these without reading 17 GB of weights
 
 def _run_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
@@ -444,11 +465,14 @@ def stream_batches(p:Preset, # a preset (its model, layer, text options, buffer)
                    corpus:str, # 'medical' or 'general'
                    lm, # the preset's LM
                    seed:int=0, # buffer seed
+                   ranks:bool=False, # data-parallel: this rank's shard of the texts, `train_batch / N` rows per batch, seed + rank
                   )->ActivationBuffer:
     "Training batches traced on the fly: the corpus's training split, one example per context, through the shuffling buffer"
-    stream = ActivationStream(lm, preset_texts(p, corpus, 'train'), p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
-                              progress=False, desc=f'streaming {corpus}')
-    return ActivationBuffer(stream, capacity=p.buffer_tokens, batch_tokens=p.train_batch, seed=seed, dtype=getattr(torch, p.buffer_dtype))
+    from salmon.distributed import shard, world
+    r, n = world() if ranks else (0, 1)
+    texts = shard(preset_texts(p, corpus, 'train'), r, n) if n > 1 else preset_texts(p, corpus, 'train')
+    stream = ActivationStream(lm, texts, p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos, progress=False, desc=f'streaming {corpus}')
+    return ActivationBuffer(stream, capacity=p.buffer_tokens // n, batch_tokens=p.train_batch // n, seed=seed + r, dtype=getattr(torch, p.buffer_dtype))
 
 def pass_tokens(p:Preset, # a streamed preset
                 corpus:str, # 'medical' (counted) or 'general' (open-ended: None)
@@ -467,9 +491,10 @@ def pass_tokens(p:Preset, # a streamed preset
     return n
 
 # %% ../nbs/95_pipeline.ipynb #52d72972
-def _sae_fps(saes:dict)->dict:
-    "Each SAE's fingerprint (a trained one's) or source (a loaded GemmaScope one's)"
-    return {k: s.cfg.get('fingerprint') or s.cfg.get('source') or fingerprint(s.cfg) for k, s in saes.items()}
+def _sae_fps(saes:Mapping)->dict:
+    "Each SAE's `sae_fingerprint`; an `SAEStore` gives them without loading the SAEs"
+    if isinstance(saes, SAEStore): return {k: saes.fingerprint(k) for k in saes}
+    return {k: sae_fingerprint(s) for k, s in saes.items()}
 
 def _per_sae_csv(f:Path, saes:dict, compute, settings:dict|None=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Reuse the table at `f` if its stamp matches `settings` and these SAEs and its content is intact; else `compute()` it and write it stamped"
@@ -521,18 +546,53 @@ def held_out_by_source(p:Preset, # the run's preset
         if len(got) < n: got.append(r['text'])
     return by
 
-def stage_sources(p:Preset, out:str|Path, saes:dict, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True)->pd.DataFrame:
-    "Every SAE on each medical source's held-out texts; one row per SAE and source (`source_dataset`)"
+def by_source(p:Preset, # the run's preset (`eval_per_source` held-out texts of each source)
+              out:str|Path, # results folder
+              table:str, # the table's path in `out` without '.csv' (e.g. 'darkmatter'): it writes `<table>-by-source.csv`
+              saes:Mapping, # the SAEs the table scores
+              compute, # texts (source_dataset -> held-out texts) -> one row per SAE and source, with `source_dataset`
+              settings:dict, # what the table depends on besides the SAEs, the texts and the LM settings
+              on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "A table broken down by `source_dataset`: its computation on each source's held-out texts, every source present (cached)"
     check_range('eval_per_source', p.eval_per_source, 1)
-    meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+    def run():
+        by = held_out_by_source(p, p.eval_per_source)
+        df = compute(by)
+        if miss := sorted(set(by) - set(df.source_dataset)):
+            raise RuntimeError(f'{table}-by-source has no rows for source(s) {miss} of the held-out split')
+        n = df.source_dataset.map({s: len(t) for s, t in by.items()})
+        df.insert(df.columns.get_loc('source_dataset') + 1, 'n_texts', n)
+        return df
+    settings = dict(settings, eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p))
+    return _per_sae_csv(Path(out)/f'{table}-by-source.csv', saes, run, settings, on_stale, verify)
+
+def each_source(texts:dict, # source_dataset -> texts
+                fn, # texts -> rows (a DataFrame)
+               )->pd.DataFrame:
+    "`fn` on each source's texts, its rows labelled with `source_dataset` (after `name`)"
+    parts = []
+    for s, t in texts.items():
+        df = fn(t); df.insert(int('name' in df), 'source_dataset', s); parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+def sae_meta(saes:Mapping)->pd.DataFrame:
+    "name, family, width and target L0 of each SAE (its config only)"
+    return pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
                               target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
-    def compute():
-        rows = [evaluate(saes, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
-                         eval_corpus='medical', source_dataset=src, n_texts=len(texts))
-                for src, texts in held_out_by_source(p, p.eval_per_source).items()]
-        return meta.merge(pd.concat(rows, ignore_index=True), on='name')
-    return _per_sae_csv(Path(out)/'eval'/'medical-test-by-source.csv', saes, compute,
-                        dict(stage='sources', eval_per_source=p.eval_per_source, data=_data_fp(p, 'medical'), **_lm_settings(p)), on_stale, verify)
+
+def stage_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True,
+                  convention:str='salmon', # evaluation convention, as `stage_eval`'s
+                  on_stale:str='error', verify:bool=True)->pd.DataFrame:
+    "Every SAE (`p.eval_group` at a time) on each source's held-out texts; one row per SAE and `source_dataset`"
+    check_choice('convention', convention, CONVENTIONS)
+    def one(texts, grp):
+        ev = lambda t: evaluate(grp, lm or load_model(p), t, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+                                convention=convention, eval_corpus='medical')
+        return sae_meta(grp).merge(each_source(texts, ev), on='name')
+    sfx = '' if convention == 'salmon' else f'-{convention}'
+    settings = dict(stage='sources', **({} if convention == 'salmon' else dict(convention=convention)))
+    return by_source(p, out, f'eval/medical-test{sfx}', saes, lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts)),
+                     settings, on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #1ed03a0c
 def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
@@ -546,15 +606,23 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
         tr = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train'), verify)
         te = ActivationCache(out/'cache'/'medical-test', verify)
         groups = np.r_[np.zeros(tr.n_tokens, np.int64), np.ones(te.n_tokens, np.int64)]   # group 0 trains, group 1 tests
-        rows = [dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
-                                                  split='sequential', train_frac=0.5).row()) for name, sae in saes.items()]
+        rows = []
+        for name in saes:                                  # one SAE in memory at a time: the last is released before the next loads
+            sae = saes[name]
+            rows.append(dict(name=name, **dark_matter_sae(sae, itertools.chain(tr.chunks(), te.chunks()), n_rows=len(groups), groups=groups,
+                                                          split='sequential', train_frac=0.5).row()))
+            del sae
         return pd.DataFrame(rows)
     def compute_paper():   # the paper's data protocol (packed 128-token sequences, first 20 positions dropped, 60/40 by sequence)
         pr = get_protocol('paper')
         pa = protocol_activations(lm or load_model(p), preset_texts(p, 'medical', 'test'), p.layer, pr)
         acts = pa.collect()                                # traced once, scored by every SAE
-        return pd.DataFrame([dict(name=name, **dark_matter_sae(sae, acts, **pr.probe_kw()).row(), sequences=len(pa.ids))
-                             for name, sae in saes.items()])
+        rows = []
+        for name in saes:                                  # one SAE at a time, as above
+            sae = saes[name]
+            rows.append(dict(name=name, **dark_matter_sae(sae, acts, **pr.probe_kw()).row(), sequences=len(pa.ids)))
+            del sae
+        return pd.DataFrame(rows)
     if protocol == 'salmon':
         caches = {s: fingerprint(cache_provenance(p, 'medical', s)) for s in ('probe' if p.stream else 'train', 'test')}
         settings = dict(stage='darkmatter', caches=caches)
@@ -562,6 +630,27 @@ def stage_darkmatter(p:Preset, out:str|Path, saes:dict, lm=None,
     df = _per_sae_csv(out/('darkmatter.csv' if protocol == 'salmon' else f'darkmatter-{protocol}.csv'), saes,
                       compute if protocol == 'salmon' else compute_paper, settings, on_stale, verify)
     return df.assign(darkmatter_protocol=protocol)
+
+# %% ../nbs/95_pipeline.ipynb #b8d2e3f4
+def stage_darkmatter_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
+                            )->pd.DataFrame:
+    "Salmon-protocol dark matter of every SAE on each source's held-out texts (probes fitted once on the training rows)"
+    out = Path(out)
+    def compute(texts):
+        tr = ActivationCache(out/'cache'/('medical-probe' if p.stream else 'medical-train'), verify)
+        acts = [ActivationStream(lm or load_model(p), t, p.layer, batch_size=p.batch_size, max_len=p.max_len, bos=p.bos,
+                                 out_dtype=getattr(torch, p.cache_dtype), progress=False).collect() for t in texts.values()]
+        labels = np.concatenate([np.full(tr.n_tokens, -1)] + [np.full(len(a), i) for i, a in enumerate(acts)])
+        groups = (labels >= 0).astype(np.int64)                           # group 0 (the training rows) fits, group 1 scores
+        rows = []
+        for name, sae in saes.items():
+            res = dark_matter_sae(sae, itertools.chain(tr.chunks(), acts), n_rows=len(labels), groups=groups, split='sequential',
+                                  train_frac=0.5, labels=labels)
+            rows += [dict(name=name, source_dataset=s, **res.row(f'test:{i}')) for i, s in enumerate(texts)]
+        return pd.DataFrame(rows)
+    probe = fingerprint(cache_provenance(p, 'medical', 'probe' if p.stream else 'train'))
+    settings = dict(stage='darkmatter', probe_cache=probe, max_len=p.max_len, dtype=p.cache_dtype)
+    return by_source(p, out, 'darkmatter', saes, compute, settings, on_stale, verify).assign(darkmatter_protocol='salmon')
 
 # %% ../nbs/95_pipeline.ipynb #36e8dbae
 SPEC_COLS = ['frac_domain_specific', 'frac_generic']
@@ -574,6 +663,23 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='
         max_len=p.eval_max_len, bos=p.bos)),
         dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p)), on_stale, verify)
 
+# %% ../nbs/95_pipeline.ipynb #d0f4a5b6
+from .interp import SPEC_STATS, latent_stats
+
+def stage_specificity_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
+                             )->pd.DataFrame:
+    "Domain-specificity summary of every SAE with each medical source's held-out texts as the domain corpus"
+    kw = dict(SPEC_STATS, max_len=p.eval_max_len, bos=p.bos)
+    def one(texts, grp):
+        gen = latent_stats(grp, lm or load_model(p), preset_texts(p, 'general', 'test', p.eval_texts * 4), p.layer, **kw)
+        def per(t):
+            dom = latent_stats(grp, lm or load_model(p), t, p.layer, **kw)
+            df = domain_specificity_summary(grp, None, None, None, p.layer, stats=(dom, gen))
+            return df.assign(tokens=[dom[k].n_tokens for k in df.name])
+        return each_source(texts, per)
+    return by_source(p, out, 'specificity', saes, lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts)),
+                     dict(stage='specificity', general=_data_fp(p, 'general')), on_stale, verify)
+
 # %% ../nbs/95_pipeline.ipynb #77007ea3
 ABS_COLS = ['first_letter_absorption', 'domain_absorption', 'fragmentation_neff']
 
@@ -583,6 +689,14 @@ def stage_absorption(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='e
         saes, lm or load_model(p), p.layer, max_per_letter=p.absorption_words, max_parents=p.absorption_parents),
         dict(stage='absorption', model=p.model, layer=p.layer, concepts=_data_fp(p, 'concepts'), absorption_words=p.absorption_words,
              absorption_parents=p.absorption_parents), on_stale, verify)
+
+# %% ../nbs/95_pipeline.ipynb #f2b6c7d8
+def stage_by_source(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True, on_stale:str='error', verify:bool=True
+                   )->dict: # table -> its by-source rows
+    "Every held-out-text evaluation table broken down by `source_dataset` (the preset's `eval_per_source` texts of each source)"
+    kw = dict(lm=lm, on_stale=on_stale, verify=verify)
+    return dict(eval=stage_sources(p, out, saes, progress=progress, **kw), darkmatter=stage_darkmatter_sources(p, out, saes, **kw),
+                specificity=stage_specificity_sources(p, out, saes, **kw))
 
 # %% ../nbs/95_pipeline.ipynb #0b70b33b
 def _interp(x:float, xs:np.ndarray, ys:np.ndarray, tol:float)->float:
@@ -715,7 +829,8 @@ def run(preset:str|Preset='demo', # preset name or object
         on_stale:str='error', # an artefact made from other settings (or by an older salmon): 'error' stops and names it, 'recompute' remakes it and what depends on it
         verify:bool=True, # check the content hash of every reused artefact (else sizes only)
         verbose:bool=True, # print the caches, comparison and claims tables
-       )->pd.DataFrame:  # the summary table
+        parallel:str|None=None, # under torchrun: SAE training 'ddp' (default) or 'sweep'; the other stages run on rank 0
+       )->pd.DataFrame|None:  # the summary table (None on ranks other than 0)
     "Run the pipeline for `preset`, skipping finished stages; print and save the summary"
     if not isinstance(preset, (str, Preset)): raise TypeError(f'preset={preset!r} is {type(preset).__name__}; expected a preset name or a Preset')
     p = preset if isinstance(preset, Preset) else get_preset(preset)
@@ -723,11 +838,15 @@ def run(preset:str|Preset='demo', # preset name or object
     out = _run_dir(p, out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time(); _ACTIONS.clear()
     kw = dict(on_stale=on_stale, verify=verify)
-    caches = stage_caches(p, out, progress=progress, **kw)
-    with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
-    saes = stage_saes(p, out, progress=progress, **kw)
+    from salmon.distributed import is_main, wait_main
+    if is_main():                   # with torchrun the caches are rank 0's; the other ranks wait
+        caches = stage_caches(p, out, progress=progress, **kw)
+        with atomic_write(out/'caches.csv', 'w') as f: caches.to_csv(f, index=False)
+    wait_main(timeout=24 * 3600)
+    saes = stage_saes(p, out, progress=progress, parallel=parallel, **kw)
+    if not is_main(): return None   # training was the ranks' shared work; evaluation, tables and figures are rank 0's
     ev = stage_eval(p, out, saes, progress=progress, **kw)
-    by_src = stage_sources(p, out, saes, progress=progress, **kw) if p.eval_per_source else None
+    by_src = stage_by_source(p, out, saes, progress=progress, **kw)['eval'] if p.eval_per_source else None
     tab = results_table(ev, stage_darkmatter(p, out, saes, **kw), stage_specificity(p, out, saes, **kw), stage_absorption(p, out, saes, **kw))
     comp, cl = comparison(tab, 'medical'), claims(tab, p.name)
     for name, df in [('table.csv', tab), ('comparison.csv', comp), ('claims.csv', cl)]:
@@ -778,6 +897,7 @@ def stage_memory(p:Preset|str, # preset (or its name)
                  device:str='cuda', # 'cuda': what the GPU holds; 'cpu': everything (the dry run's device)
                  seq_len:int|None=None, # longest tokenized text of a forward (default: `p.max_len`)
                  eval_tokens:int|None=None, # tokens of one held-out corpus's evaluation texts (default: `eval_texts · seq_len`)
+                 source_tokens:int|None=None, # tokens of the largest medical source's per-source texts (default: `eval_per_source · seq_len`)
                  probe_tokens:int|None=None, # rows of the dark-matter training cache (default: `p.probe_tokens`)
                  abs_tokens:int|None=None, # rows of the larger absorption task (default: from the preset's words and parents)
                 )->dict: # stage -> bytes at its peak
@@ -802,10 +922,12 @@ def stage_memory(p:Preset|str, # preset (or its name)
                           for F in p.widths)
     # evaluation: the group's SAEs, the clean sweep (kept on the host), per batch every variant and the logits chunks,
     # reconstruction's float64 copies of one [4096, F] latent block
-    N = eval_tokens or p.eval_texts * min(T, p.eval_max_len)
     Te = min(T, p.eval_max_len)
-    out['evaluation'] = max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
-                            + 3 * min(128, N) * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    ev = lambda N: max(lm + sum(S(F) for F in ws) + cpu * 2 * N * d * s + (len(ws) + 2) * B * Te * d * (4 + 2 * s)
+                       + 3 * min(128, N) * V * 4 + act(B, Te) + max(min(4096, N) * F * 21 for F in ws) for ws in _eval_groups(p))
+    out['evaluation'] = ev(eval_tokens or p.eval_texts * Te)
+    # by source (when the preset asks for it): the same, one source's texts at a time
+    if p.eval_per_source: out['sources'] = ev(source_tokens or p.eval_per_source * Te)
     # specificity: the group's SAEs, their per-latent statistics, one batch's latents
     out['specificity'] = max(lm + sum(S(F) + 64 * F for F in ws) + act(B, Te) + max(2 * B * Te * F * 4 for F in ws) for ws in _eval_groups(p))
     # dark matter: one SAE at a time on 8192-row chunks of the probe and test caches

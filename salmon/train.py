@@ -12,15 +12,16 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
+from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save, save_file as st_save_file
 from tqdm.auto import tqdm
 from .core import atomic_dir, atomic_write, check_choice, check_int, check_path, check_range
-from .store import FORMAT_VERSION, CorruptArtefactError, file_record, read_json, read_verified
+from .store import FORMAT_VERSION, CorruptArtefactError, file_digest, file_record, read_json, read_verified
 from .sae import JumpReLUSAE, fold_norm, save_sae, _window
 
 # %% auto #0
-__all__ = ['PRESETS', 'SPARSE_AUTO', 'SPEED_ONLY', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss', 'fused_grads',
-           'sparse_grads', 'train_grads', 'SAETrainer', 'results_settings', 'train_saes', 'plot_history']
+__all__ = ['PRESETS', 'SPARSE_AUTO', 'FUSED_ADAM_MIN', 'SPEED_ONLY', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss',
+           'work_buf', 'fused_grads', 'sparse_grads', 'train_grads', 'remove_parallel_', 'SAETrainer',
+           'results_settings', 'train_saes', 'plot_history']
 
 # %% ../nbs/06_train.ipynb #83741bb5
 @dataclass
@@ -144,19 +145,32 @@ def reference_loss(sae:JumpReLUSAE, # SAE on normalised inputs
     return mse + sp, dict(mse=mse, l0=l0, sparsity=sp)
 
 # %% ../nbs/06_train.ipynb #5750c0f2
+def work_buf(bufs:dict|None, # buffers by name, or None (then nothing is kept)
+             name:str, # which buffer
+             shape:tuple, # its shape
+             like:Tensor, # its dtype and device
+            )->Tensor|None: # the buffer (uninitialised when new), or None without `bufs`
+    "A buffer of `bufs` reused from call to call: a fresh large CPU tensor costs a page fault per 4 kB on first write"
+    if bufs is None: return None
+    b = bufs.get(name)
+    if b is None or b.shape != tuple(shape) or b.dtype != like.dtype or b.device != like.device:
+        b = bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return b
+
 @torch.no_grad()
 def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
                 cfg:TrainConfig, # penalty settings
                 coeff:float, # effective λ (after warm-up)
                 h:Tensor|None=None, # pre-activations if already computed (used as the buffer: overwritten)
+                bufs:dict|None=None, # work buffers kept between calls (`SAETrainer`'s, on CPU)
                )->dict: # grads per parameter name, plus batch statistics
     "Loss and gradients of `reference_loss`, computed by hand with one B×F buffer"
     B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
     theta = sae.theta
     W_enc, W_dec = sae.W_enc, sae.W_dec
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    buf = torch.addmm(sae.b_enc, xin, W_enc) if h is None else h  # h
+    buf = torch.addmm(sae.b_enc, xin, W_enc, out=work_buf(bufs, 'h', (B, F), x)) if h is None else h  # h
     win = _window(buf, theta, eps).nonzero()                     # (token, latent) pairs in the STE window
     rows, cols = win[:, 0], win[:, 1]
     mask = buf > theta
@@ -171,7 +185,7 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     sq = err.float().pow(2).sum(1)
     mse = sq.mean()
     g_out = err.mul_(2.0 / B)                                    # ∂L/∂x̂
-    g_W_dec = buf.t() @ g_out
+    g_W_dec = torch.mm(buf.t(), g_out, out=work_buf(bufs, 'W_dec', W_dec.shape, W_dec))
     g_b_dec = g_out.sum(0)
     if cfg.penalty == 'tanh':                                    # λ/B Σ tanh(c‖dᵢ‖f): a second B×F buffer
         c, n = cfg.tanh_scale, W_dec.norm(dim=1)
@@ -186,7 +200,7 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     g_theta.mul_(-theta / eps)
     torch.where(mask, buf, zero, out=buf)                        # ∂L/∂h
     g_b_enc = buf.sum(0)
-    g_W_enc = xin.t() @ buf
+    g_W_enc = torch.mm(xin.t(), buf, out=work_buf(bufs, 'W_enc', W_enc.shape, W_enc))
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
     if cfg.penalty == 'tanh': sp = sp_tanh
     elif cfg.penalty == 'quadratic':                             # per-token weights ∂L/∂L0_b
@@ -229,6 +243,16 @@ def _sddmm(ptr:Tensor, cols:Tensor, A:Tensor, W:Tensor)->Tensor:
                                       check_invariants=False)
     return torch.sparse.sampled_addmm(pat, A.to(dt), W.to(dt).t(), beta=0.0).values().to(A.dtype)
 
+def _csr_mm(ptr:Tensor, idx:Tensor, vals:Tensor, A:Tensor, out:Tensor|None)->Tensor:
+    "CSR(ptr, idx, vals) @ A, into `out` if given (fp32 for half dtypes)"
+    dt = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
+        S = torch.sparse_csr_tensor(ptr, idx, vals.to(dt), size=(len(ptr) - 1, A.shape[0]), check_invariants=False)
+        if out is None: return torch.sparse.mm(S, A.to(dt)).to(A.dtype)
+        if out.dtype != dt: return out.copy_(torch.sparse.mm(S, A.to(dt)))
+        return torch.addmm(out, S, A, beta=0.0, out=out)
+
 @torch.no_grad()
 def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                  x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
@@ -236,12 +260,13 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                  coeff:float, # effective λ (after warm-up)
                  h:Tensor|None=None, # pre-activations, if already computed
                  cand:Tensor|None=None, # `h > θ - ε/2`, if already computed
+                 bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
                 )->dict: # the same as `fused_grads`
     "`fused_grads` over the (token, latent) pairs that are active or in the STE window only"
     B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
     theta, W_enc = sae.theta, sae.W_enc
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    if h is None: h = torch.addmm(sae.b_enc, xin, W_enc)                    # the one dense product
+    if h is None: h = torch.addmm(sae.b_enc, xin, W_enc, out=work_buf(bufs, 'h', (B, F), x))   # the one dense product
     if cand is None: cand = h > theta - eps / 2
     flat = cand.view(-1).nonzero().squeeze(1)                                 # row-major: sorted by token
     rows, cols = flat.div(F, rounding_mode='floor'), flat.remainder(F)
@@ -255,7 +280,7 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     f = v * act
     l0 = act.sum().double() / B
     ptr = _row_ptr(rows, B)
-    err = sae.decode_sparse(ptr, cols, f).sub_(x)                             # x̂ - x
+    err = _csr_mm(ptr, cols, f, sae.W_dec, None).add_(sae.b_dec).sub_(x)     # x̂ - x: CSR [B, F] @ W_dec
     sq = err.float().pow(2).sum(1)
     mse = sq.mean()
     g_out = err.mul_(2.0 / B)                                                 # ∂L/∂x̂
@@ -276,11 +301,14 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
     g_b_enc = torch.zeros(F, dtype=g_h.dtype, device=x.device).index_add_(0, cols, g_h)
     key, perm = torch.sort(cols * B + rows)                                   # the pairs by latent, then token
     n_pair = torch.bincount(cols, minlength=F)
-    by_tok, off = key.remainder(B), n_pair.cumsum(0) - n_pair
-    bag = lambda src, w: torch.nn.functional.embedding_bag(by_tok, src, off, mode='sum', per_sample_weights=w.index_select(0, perm))
-    g_W_dec = bag(g_out, f)
+    by_tok, ptr_lat = key.remainder(B), torch.cat([n_pair.new_zeros(1), n_pair.cumsum(0)])
+    def by_lat(w, src, name):                                                 # CSR [F, B] @ src [B, ·]
+        return _csr_mm(ptr_lat, by_tok, w.index_select(0, perm), src, work_buf(bufs, name, (F, src.shape[1]), src))
+    g_W_dec = by_lat(f, g_out, 'W_dec')
     if cfg.penalty == 'tanh': g_W_dec += (coeff * c / B) * (q / n).unsqueeze(1) * sae.W_dec
-    g_W_enc = bag(xin, g_h).t().contiguous()
+    g_W_enc_t = by_lat(g_h, xin, 'W_enc_t')
+    if bufs is None: g_W_enc = g_W_enc_t.t().contiguous()
+    else: g_W_enc = work_buf(bufs, 'W_enc', W_enc.shape, W_enc).copy_(g_W_enc_t.t())
     if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
     n_act = torch.zeros(F, dtype=torch.long, device=x.device).index_add_(0, cols, act.long())
     zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
@@ -312,29 +340,42 @@ def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
                 cfg:TrainConfig, # penalty settings and `sparse` mode
                 coeff:float, # effective λ (after warm-up)
+                bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
                )->dict: # `fused_grads`'s output plus `sparse`: which path ran; with log-θ the gradient is `log_theta`'s
     "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch by `cfg.sparse`"
-    out = _path_grads(sae, x, cfg, coeff)
+    out = _path_grads(sae, x, cfg, coeff, bufs)
     if cfg.theta_param == 'log': out['grads']['log_theta'] = out['grads'].pop('theta') * sae.theta     # ∂L/∂log θ = θ ∂L/∂θ
     return out
 
-def _path_grads(sae, x, cfg, coeff):
+def _path_grads(sae, x, cfg, coeff, bufs=None):
     B, F = x.shape[0], sae.d_sae
     max_density, min_work = SPARSE_AUTO.get(x.device.type, SPARSE_AUTO['cuda'])
     if cfg.sparse_max_density is not None: max_density = cfg.sparse_max_density
     if cfg.sparse == 'off' or (cfg.sparse == 'auto' and B * sae.d_model * F < min_work):
-        return dict(fused_grads(sae, x, cfg, coeff), sparse=False)
+        return dict(fused_grads(sae, x, cfg, coeff, bufs=bufs), sparse=False)
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    h = torch.addmm(sae.b_enc, xin, sae.W_enc)
+    h = torch.addmm(sae.b_enc, xin, sae.W_enc, out=work_buf(bufs, 'h', (B, F), x))
     cand = h > sae.theta - sae.bandwidth / 2                   # active or in the STE window (θ ≥ 0)
     if cfg.sparse == 'on' or int(torch.count_nonzero(cand)) <= max_density * B * F:
-        return dict(sparse_grads(sae, x, cfg, coeff, h=h, cand=cand), sparse=True)
+        return dict(sparse_grads(sae, x, cfg, coeff, h=h, cand=cand, bufs=bufs), sparse=True)
     del cand
-    return dict(fused_grads(sae, x, cfg, coeff, h=h), sparse=False)
+    return dict(fused_grads(sae, x, cfg, coeff, h=h, bufs=bufs), sparse=False)
 
 # %% ../nbs/06_train.ipynb #1daf2308
 _DT = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
 _SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'sparse', 'n')
+FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch's fused kernel
+
+def remove_parallel_(g:Tensor, # decoder gradient [F, d], changed in place
+                     W:Tensor, # unit-norm decoder rows [F, d]
+                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries: in cache, on one thread)
+                    )->Tensor:
+    "gᵢ ← gᵢ - (gᵢ·dᵢ) dᵢ for every row, by blocks of rows (no F×d temporary; the same bits as in one go)"
+    rows = rows or max(1, (2**15 - 1) // g.shape[1])
+    for i in range(0, len(g), rows):
+        gi, wi = g[i:i + rows], W[i:i + rows]
+        gi -= (gi * wi).sum(1, keepdim=True) * wi
+    return g
 
 class SAETrainer:
     "One SAE with its optimiser, schedule and statistics"
@@ -351,9 +392,17 @@ class SAETrainer:
         self.params = dict(self.sae.named_parameters())
         if cfg.theta_param == 'log':                           # Adam moves log θ; θ = exp(log θ) is derived from it
             self.params['log_theta'] = torch.nn.Parameter(self.params.pop('theta').detach().log())
-        self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps)
+        self.opt = self.new_optimizer()
+        self.bufs = {} if self.device.type == 'cpu' else None   # CPU work buffers kept between steps (CUDA caches)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
+        self.grads = train_grads                               # `salmon.distributed.DDPGrads` under DDP: the global batch's
+
+    def new_optimizer(self)->torch.optim.Adam:
+        "Adam over `params`: torch's fused kernel from `FUSED_ADAM_MIN` weights per matrix, else its per-tensor loop"
+        c = self.cfg
+        fused = True if self.sae.d_model * c.d_sae >= FUSED_ADAM_MIN else None
+        return torch.optim.Adam(self.params.values(), lr=c.lr, betas=c.betas, eps=c.adam_eps, fused=fused)
 
     @torch.no_grad()
     def step(self, x:Tensor, t:int, var:float)->Tensor:
@@ -361,11 +410,10 @@ class SAETrainer:
         cfg, sae = self.cfg, self.sae
         coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
         if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())   # also right after a resume
-        out = train_grads(sae, x, cfg, coeff)
+        out = self.grads(sae, x, cfg, coeff, bufs=self.bufs)
         if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
         g = out['grads']
-        if cfg.unit_norm_decoder:
-            g['W_dec'] -= (g['W_dec'] * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
+        if cfg.unit_norm_decoder: remove_parallel_(g['W_dec'], sae.W_dec)
         for k, p in self.params.items(): p.grad = g[k]
         if cfg.grad_clip is not None: torch.nn.utils.clip_grad_norm_(self.params.values(), cfg.grad_clip)
         for grp in self.opt.param_groups: grp['lr'] = lr
@@ -395,8 +443,9 @@ class SAETrainer:
         return row
 
 # %% ../nbs/06_train.ipynb #6e47fc79
-def _norm_factor(batches:list[Tensor])->float:
+def _norm_factor(batches:list[Tensor], total=None)->float:
     s = sum(b.double().pow(2).sum().item() for b in batches); n = sum(len(b) for b in batches)
+    if total is not None: s, n = total(s, n)                 # summed over ranks (DDP)
     c = math.sqrt(s / n)
     if not math.isfinite(c) or c == 0: raise ValueError(f'cannot normalise: mean squared norm of the first {n} activations is {s / n!r}')
     return c
@@ -426,17 +475,15 @@ def _ckpt_save(root:Path, trainers:list[SAETrainer], state:dict, history:list[li
     root.mkdir(parents=True, exist_ok=True)
     for p in root.glob('.*.del'): shutil.rmtree(p, ignore_errors=True)
     for old in _ckpt_dirs(root)[max(keep - 1, 1):]: _drop(old)      # at most `keep` on disk, even while the next one is written
-    files = {f'sae_{i}.safetensors': st_save({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}) for i, tr in enumerate(trainers)}
-    buf = io.BytesIO()
-    torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
-                    rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), buf)
-    files['state.pt'] = buf.getvalue()
-    files['state.json'] = json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)).encode()
-    if stream is not None:                       # a resumable source's position and the batches read ahead (see `train_saes`)
-        buf = io.BytesIO(); torch.save(stream, buf); files['stream.pt'] = buf.getvalue()
-    with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:
-        for name, data in files.items(): (tmp/name).write_bytes(data)
-        (tmp/'manifest.json').write_text(json.dumps(dict(format=FORMAT_VERSION, step=state['step'], files={n: file_record(d) for n, d in files.items()})))
+    names = [f'sae_{i}.safetensors' for i in range(len(trainers))] + ['state.pt', 'state.json'] + ['stream.pt'] * (stream is not None)
+    with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:   # each file straight to disk: a 65k group's is GBs
+        for i, tr in enumerate(trainers): st_save_file({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}, tmp/names[i])
+        torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
+                        rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), tmp/'state.pt')
+        (tmp/'state.json').write_text(json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)))
+        if stream is not None: torch.save(stream, tmp/'stream.pt')   # a resumable source's position and the batches read ahead
+        recs = {n: dict(bytes=(tmp/n).stat().st_size, digest=file_digest(tmp/n)) for n in names}   # as `file_record`, read back
+        (tmp/'manifest.json').write_text(json.dumps(dict(format=FORMAT_VERSION, step=state['step'], files=recs)))
     for old in _ckpt_dirs(root)[keep:]: _drop(old)
 
 # %% ../nbs/06_train.ipynb #4ff6a240
@@ -491,6 +538,30 @@ def _ckpt_load(root:Path, configs:list[TrainConfig], meta:dict|None=None, device
     return None
 
 # %% ../nbs/06_train.ipynb #08ece4aa
+from types import SimpleNamespace
+from .distributed import DDPGrads, active, all_sum, gather_all, gather_main, is_main, my_share, wait_main, world
+
+def _cpu(o):
+    "`o` with every tensor in it moved to the CPU (for sending between ranks)"
+    if isinstance(o, Tensor): return o.detach().cpu()
+    if isinstance(o, dict): return {k: _cpu(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return type(o)(_cpu(v) for v in o)
+    return o
+
+def _ckpt_ranks(root:Path, trainers:list, own:list[int], state:dict, history:list, keep:int, stream:dict|None, mode:str|None):
+    "Checkpoint of a run on one or more ranks: rank 0 writes it, with every rank's source position and (sweep-parallel) every rank's SAEs"
+    if mode is None: return _ckpt_save(root, trainers, state, history, keep, stream)
+    streams = gather_main(stream)
+    parts = gather_main([dict(i=i, params=_cpu(tr.params), opt=_cpu(tr.opt.state_dict()), last_fired=tr.last_fired.cpu(),
+                              sums=dict(tr.sums), history=history[i]) for i, tr in zip(own, trainers)]) if mode == 'sweep' else None
+    if not is_main(): return
+    if mode == 'sweep':
+        got = sorted((d for part in parts for d in part), key=lambda d: d['i'])
+        trainers = [SimpleNamespace(params=d['params'], opt=SimpleNamespace(state_dict=lambda sd=d['opt']: sd), last_fired=d['last_fired'],
+                                    sums=d['sums']) for d in got]
+        history = [d['history'] for d in got]
+    _ckpt_save(root, trainers, state, history, keep, None if stream is None else dict(ranks=streams))
+
 class _Lookahead:
     "Iterator: the batches in `look` first (read ahead, or saved in a checkpoint), then the source's"
     def __init__(self, look:collections.deque, src): self.look, self.src = look, src
@@ -514,6 +585,7 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                progress:bool=True, # tqdm bar with tokens/s
                keep_checkpoints:int=2, # checkpoints kept while training (removed once the SAEs are saved)
                ckpt_dir:str|Path|None=None, # checkpoint folder, holding `step_<N>` folders (default: `out_dir/checkpoints`)
+               parallel:str|None=None, # under a process group of N > 1: 'ddp' (default: each rank its B/N rows of every batch) or 'sweep' (each rank its share of `configs`, whole batches)
               )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
     "Train one SAE per config on a single pass over `activations`; every batch is read once and used by all"
     if isinstance(configs, TrainConfig): configs = [configs]
@@ -535,6 +607,13 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
         raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
     B, n_steps = configs[0].batch_size, configs[0].n_steps
     if max_steps is not None: n_steps = min(n_steps, max_steps)
+    rank, n_proc = world()
+    if n_proc > 1 and not active(): raise RuntimeError(f'WORLD_SIZE={n_proc} but no process group is up: call salmon.distributed.init_distributed() first')
+    if parallel is not None: check_choice('parallel', parallel, ('ddp', 'sweep'))
+    mode = (parallel or 'ddp') if n_proc > 1 else None
+    if mode == 'ddp' and B % n_proc: raise ValueError(f'batch_size={B} does not split over {n_proc} processes (DDP: each takes batch_size / N rows); make it a multiple of {n_proc}')
+    own = my_share(len(configs)) if mode == 'sweep' else list(range(len(configs)))   # the configs this rank trains
+    B_in = B // n_proc if mode == 'ddp' else B                  # rows per batch of this rank's stream
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoints') if out_dir is not None else None
@@ -542,18 +621,26 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
     stateful = bool(getattr(activations, 'resumable', False))   # the source records its position (a streamed buffer)
     look = collections.deque()                                   # batches read but not yet trained on (C's head, a resumed run's)
     found = _ckpt_load(ckpt, configs, meta, device) if resume else None   # verified whole before anything is changed
+    if mode and len(set(steps := gather_all(found[0]['step'] if found else 0))) > 1:
+        raise RuntimeError(f'the ranks found different checkpoints in {str(ckpt)!r} (steps {steps}): they must share one file system')
     ss = found[0]['stream'] if found and stateful else None
+    if ss is not None and ('ranks' in ss or mode == 'ddp'):      # each rank continues its own source
+        n_saved = len(ss['ranks']) if 'ranks' in ss else 1
+        if n_saved != n_proc: raise ValueError(f"checkpoint {found[0]['path']!r} holds the stream positions of {n_saved} process(es); "
+                                               f'resume it with as many (this run has {n_proc})')
+        ss = ss['ranks'][rank]
     if ss is not None: activations.load_state_dict(ss['source']); look.extend(ss['lookahead'])
     it = _Lookahead(look, iter(activations))
     first = next(it, None)
     if first is None: raise ValueError('activations is empty')
     if not isinstance(first, Tensor) or first.ndim != 2: raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {type(first).__name__} {getattr(first, "shape", "")}')
-    if len(first) != B: raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have batch_size={B}; make them equal')
+    if len(first) != B_in: raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have batch_size={B}'
+                                            + (f' (DDP over {n_proc} processes: {B_in} per rank)' if mode == 'ddp' else '') + '; make them equal')
     d = first.shape[1]
     history = [[] for _ in configs]
     t0_step = 0
     if found:
-        st, trainers = found; history = st['history']
+        st, trainers = found; history = st['history']; trainers = [trainers[i] for i in own]
         if st['d_model'] != d: raise ValueError(f"checkpoint {st['path']!r} is for d_model={st['d_model']}; the stream has d={d} (use another out_dir, or resume=False)")
         C, t0_step = st['norm_factor'], st['step']
         look.appendleft(first); stream = it
@@ -561,58 +648,74 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
             for _ in range(t0_step):
                 if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
     else:
-        trainers = [SAETrainer(c, d, device) for c in configs]
+        trainers = [SAETrainer(configs[i], d, device) for i in own]
         if norm_factor == 'auto':
             head = [first] + list(itertools.islice(it, max(0, math.ceil(norm_tokens / B) - 1)))
-            C = _norm_factor(head)
+            C = _norm_factor(head, (lambda s, n: tuple(all_sum(torch.tensor([s, n], dtype=torch.float64, device=device)).tolist()))
+                             if mode == 'ddp' else None)
             look.extend(head)
         else:
             C = float(norm_factor)
             if not math.isfinite(C) or C <= 0: raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
             look.appendleft(first)
         stream = it
+    if mode == 'ddp':
+        for tr in trainers: tr.grads = DDPGrads(train_grads)
     inv_c = 1.0 / C
     state = dict(step=t0_step, d_model=d, norm_factor=C, configs=json.loads(json.dumps([asdict(c) for c in configs])),
                  meta=json.loads(json.dumps(meta or {}, default=str)))
     dtypes = sorted({tr.sae.dtype for tr in trainers}, key=str)
-    bar = tqdm(total=n_steps * B, initial=t0_step * B, unit='tok', unit_scale=True, disable=not progress, desc='training', mininterval=1.0)
+    bar = tqdm(total=n_steps * B, initial=t0_step * B, unit='tok', unit_scale=True, disable=not progress or rank != 0, desc='training', mininterval=1.0)
+    mine = [history[i] for i in own]
     t = t0_step
     try:
         for t in range(t0_step, n_steps):
             x = next(stream, None)
+            if mode == 'ddp' and all_sum(torch.tensor([float(x is None or len(x) != B_in)], device=device)).item() and x is not None and len(x) == B_in:
+                warnings.warn(f"another rank's stream ended after {t} of {n_steps} steps"); break   # every rank stops at the same step
             if x is None: warnings.warn(f'the stream ended after {t} of {n_steps} steps'); break
-            if len(x) != B: warnings.warn(f'dropping a final short batch of {len(x)} activations'); break
+            if len(x) != B_in: warnings.warn(f'dropping a final short batch of {len(x)} activations'); break
             x = x.to(device=device, dtype=torch.float32) * inv_c
-            xc = x - x.mean(0)
-            var = float(xc.pow_(2).sum(dtype=torch.float64)); del xc
+            if mode == 'ddp':                                       # the global batch's Σ‖x - x̄‖²
+                s = all_sum(torch.cat([x.sum(0, dtype=torch.float64), x.pow(2).sum(dtype=torch.float64).reshape(1)]))
+                var = float(s[-1] - s[:-1].pow(2).sum() / B)
+            else:
+                xc = x - x.mean(0)
+                var = float(xc.pow_(2).sum(dtype=torch.float64)); del xc
             xs = {dt: x if dt == torch.float32 else x.to(dt) for dt in dtypes}
             losses = [tr.step(xs[tr.sae.dtype], t, var) for tr in trainers]
             bad = [i for i, l in enumerate(losses) if not math.isfinite(float(l))]
             if bad:
                 where = f'; the last good checkpoint (step {state["step"]}) is kept in {str(ckpt)!r}' if ckpt is not None else ''
-                raise FloatingPointError(f'non-finite loss ({float(losses[bad[0]])}) at step {t} in SAE {labels[bad[0]]!r}; training stopped{where}')
+                raise FloatingPointError(f'non-finite loss ({float(losses[bad[0]])}) at step {t} in SAE {labels[own[bad[0]]]!r}; training stopped{where}')
             bar.update(B)
             if (t + 1) % log_every == 0 or t + 1 == n_steps:
-                for h, tr in zip(history, trainers): h.append(tr.log_row(t, (t + 1) * B, dead_window))
-                r = history[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
+                for h, tr in zip(mine, trainers): h.append(tr.log_row(t, (t + 1) * B, dead_window))
+                r = mine[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
             if ckpt is not None and ((t + 1) % ckpt_every == 0 or t + 1 == n_steps):
                 state['step'] = t + 1
-                _ckpt_save(ckpt, trainers, state, history, keep_checkpoints,
-                           dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None)
+                _ckpt_ranks(ckpt, trainers, own, state, history, keep_checkpoints,
+                            dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None, mode)
         else: t = n_steps
     finally: bar.close()
-    results = []
-    for c, tr, h in zip(configs, trainers, history):
+    results = {}
+    for i, tr in zip(own, trainers):
+        c = configs[i]
         sae = fold_norm(tr.sae, C)
         sae.cfg.update(dict(meta or {}), width=c.d_sae, norm_factor=C, n_tokens_trained=t * B, train=asdict(c))
-        df = pd.DataFrame(h)
-        if out_dir is not None:
+        results[i] = (sae, pd.DataFrame(history[i]))
+    if mode == 'sweep':                                  # every rank returns every SAE
+        for part in gather_all([(i, sae.cpu(), df) for i, (sae, df) in results.items()]):
+            for i, sae, df in part: results[i] = (sae.to(device), df)
+    results = [results[i] for i in range(len(configs))]
+    if out_dir is not None and rank == 0:               # rank 0 alone writes
+        for c, (sae, df) in zip(configs, results):
             save_sae(sae, out_dir/c.label)
             with atomic_write(out_dir/c.label/'history.csv', 'w') as f: df.to_csv(f, index=False)
-        results.append((sae, df))
-    if ckpt is not None and t >= configs[0].n_steps and ckpt.exists():   # finished and saved: the checkpoints have served
+    if rank == 0 and ckpt is not None and t >= configs[0].n_steps and ckpt.exists():   # finished and saved: the checkpoints have served
         for p in _ckpt_dirs(ckpt): _drop(p)
         shutil.rmtree(ckpt, ignore_errors=True)
+    if mode: wait_main()                                 # the files are there when any rank returns
     return results
 
 # %% ../nbs/06_train.ipynb #19a12bfa

@@ -5,7 +5,9 @@ import pytest
 import torch
 from salmon.sae import JumpReLUSAE, load_sae
 from salmon.synthetic import SparseDictionary, recovery
+import salmon.train
 from salmon.train import TrainConfig, SAETrainer, fused_grads, sparse_grads, train_grads, reference_loss, train_saes, lr_at
+from salmon.train import remove_parallel_
 
 
 @pytest.fixture(autouse=True)
@@ -163,9 +165,11 @@ def test_sparse_edge_cases():
     assert abs(b['loss'].item() / a['loss'].item() - 1) < 1e-2
 
 
+@pytest.mark.parametrize('fused', [False, True])
 @pytest.mark.parametrize('preset', ['paper', 'paper_faithful', 'gemmascope'])
-def test_sparse_training_matches_dense(preset):
-    "Ten optimiser steps through the sparse and the dense step end at the same parameters"
+def test_sparse_training_matches_dense(preset, fused, monkeypatch):
+    "Ten optimiser steps through the sparse and the dense step end at the same parameters, with either Adam kernel"
+    monkeypatch.setattr(salmon.train, 'FUSED_ADAM_MIN', 0 if fused else 2**62)
     data = SparseDictionary(d=32, n_features=64, l0=3, batch_tokens=256, n_batches=10, seed=2)
     kw = dict(target_l0=4.0) if preset != 'gemmascope' else dict(sparsity_coeff=1e-2)
     cfg = TrainConfig.preset(preset, d_sae=256, batch_size=256, n_tokens=2560, lr=1e-3, lr_warmup_steps=0,
@@ -178,7 +182,10 @@ def test_sparse_training_matches_dense(preset):
         assert ((a - b).abs().max() / a.abs().max()).item() < 1e-5, k
 
 
-def test_resume_bit_exact_sparse(tmp_path):
+@pytest.mark.parametrize('fused', [False, True])
+def test_resume_bit_exact_sparse(tmp_path, fused, monkeypatch):
+    monkeypatch.setattr(salmon.train, 'FUSED_ADAM_MIN', 0 if fused else 2**62)
+    assert SAETrainer(TrainConfig(d_sae=64), 32).opt.defaults['fused'] == (True if fused else None)
     data = _stream()
     cfg = TrainConfig.preset('paper', d_sae=64, batch_size=128, n_tokens=128 * 40, target_l0=4, lr=1e-3, lr_warmup_steps=8,
                              sparsity_warmup_steps=12, bandwidth=0.02, theta0=0.02, sparse='on')
@@ -195,22 +202,55 @@ def test_resume_bit_exact_sparse(tmp_path):
     assert hw.sparse_frac.iloc[-1] == 1.0
 
 
-def test_sparse_step_allocates_no_dense_float_beyond_h():
-    "Profiler: the only B×F float buffer of a sparse training step is the encoder's output (addmm); the rest are ≤ 1 byte/entry"
+def test_work_buffers_carry_nothing_over():
+    "Gradients written into reused buffers (`bufs`) do not depend on what the buffers held"
+    sae, x = _sae_at_l0(32, 1024, 20, pre_enc_bias=True)
+    cfg = TrainConfig(d_sae=1024, target_l0=12.0, batch_size=256, n_tokens=256)
+    ref = fused_grads(sae, x, cfg, 0.3)
+    for sparse in ('off', 'on'):
+        c, bufs = TrainConfig(**{**cfg.__dict__, 'sparse': sparse}), {}
+        train_grads(sae, x, c, 0.3, bufs=bufs)
+        assert {'h', 'W_enc', 'W_dec'} <= set(bufs), sorted(bufs)
+        for b in bufs.values(): b.fill_(float('nan'))
+        out = train_grads(sae, x, c, 0.3, bufs=bufs)
+        assert out['sparse'] == (sparse == 'on') and out['grads']['W_enc'].data_ptr() == bufs['W_enc'].data_ptr()
+        _assert_same(ref, out, 1e-5)
+    with torch.no_grad(): sae.theta.fill_(50.0)                       # no pair at all: the CSR products are empty
+    for b in bufs.values(): b.fill_(float('nan'))
+    out, ref = sparse_grads(sae, x, cfg, 0.3, bufs=bufs), fused_grads(sae, x, cfg, 0.3)
+    assert out['n_window'] == 0 and out['l0'].item() == 0
+    _assert_same(ref, out, 1e-5)
+
+
+def test_remove_parallel_blocks_same_bits():
+    g, W = torch.randn(2500, 48), torch.nn.functional.normalize(torch.randn(2500, 48), dim=1)
+    one = g - (g * W).sum(1, keepdim=True) * W
+    for rows in (None, 7, 1024, 4096): assert torch.equal(remove_parallel_(g.clone(), W, rows=rows), one), rows
+    assert (remove_parallel_(g.clone(), W) * W).sum(1).abs().max() < 1e-5
+
+
+def _big_allocs(fn, n_bytes):
+    "Allocations of at least `n_bytes` while `fn()` runs: [(op, bytes, input shapes)] (profile_memory, record_shapes)"
     from torch.profiler import profile
+    with profile(profile_memory=True, record_shapes=True) as p: fn()
+    return [(e.name, e.cpu_memory_usage, e.input_shapes) for e in p.events() if e.cpu_memory_usage >= n_bytes]
+
+
+def test_sparse_step_allocates_no_dense_float_beyond_h():
+    "Profiler: sparse gradients allocate one B×F float (h, by addmm) and ≤ 1 B/entry masks; later steps reuse h"
     B, d, F = 512, 32, 2048
     data = SparseDictionary(d=d, n_features=64, l0=3, batch_tokens=B, n_batches=1, seed=0)
     x = next(iter(data))
     tr = SAETrainer(TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 10, sparse='on'), d)
     with torch.no_grad(): tr.sae.theta.copy_(torch.quantile(tr.sae.pre_acts(x), 1 - 20 / F, dim=0).clamp(min=0))   # L0 ≈ 20
+    big = _big_allocs(lambda: sparse_grads(tr.sae, x, tr.cfg, 1.0), B * F)
+    floats = [a for a in big if a[1] >= 4 * B * F and not a[0].startswith('aten::empty')]
+    assert [a[0] for a in floats] == ['aten::addmm'] and floats[0][2][:3] == [[F], [B, d], [d, F]], big
+    assert max(a[1] for a in big if a[0] != 'aten::addmm') < 2 * B * F, big
     tr.step(x, 0, 1.0)
-    with profile(profile_memory=True) as p: tr.step(x, 1, 1.0)
-    big = {}
-    for e in p.events():
-        if e.cpu_memory_usage >= B * F: big.setdefault(e.name, []).append(e.cpu_memory_usage)
-    floats = {k: v for k, v in big.items() if any(m >= 4 * B * F for m in v) and not k.startswith('aten::empty')}
-    assert set(floats) == {'aten::addmm'} and len(floats['aten::addmm']) == 1, big
-    assert max(m for k, v in big.items() if k != 'aten::addmm' for m in v) < 2 * B * F, big
+    big = _big_allocs(lambda: tr.step(x, 1, 1.0), B * F)
+    assert big and all(a[1] < 2 * B * F for a in big), big          # only the bool mask of the pairs
+    assert 'h' in tr.bufs and tr.bufs['h'].shape == (B, F)
 
 
 def _saelens_grads(sae, x, mode, coeff, target_l0=None, tanh_scale=4.0, log_theta=False):
