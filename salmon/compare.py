@@ -22,7 +22,9 @@ __all__ = ['MATCH', 'compare_table', 'default_sae', 'compare_prepare', 'salmon_n
 _CORE = [('ce_loss_score', 'loss_recovered_zero'), ('kl_div_score', 'kl_score'), ('ce_loss_with_sae', 'ce_sae'),
          ('ce_loss_without_sae', 'ce_clean'), ('ce_loss_with_ablation', 'ce_zero'), ('explained_variance_legacy', 'ev_legacy'),
          ('l0', 'l0'), ('cossim', 'cossim'), ('l2_ratio', 'l2_ratio')]
-_KL = [('kl_div_with_sae', 'kl_sae'), ('kl_div_with_ablation', 'kl_zero')]   # raw mean KLs: measured 1.1e-4 relative apart, not yet explained
+# raw mean KLs: 1.2e-4 relative apart on the demo SAE (the scores agree to 2e-5), not yet explained: float32 KL sums account
+# for 1.2e-5 and TransformerLens vs Hugging Face logits for 1.2e-7 (measured on 8 of the texts)
+_KL = [('kl_div_with_sae', 'kl_sae'), ('kl_div_with_ablation', 'kl_zero')]
 MATCH = [  # (tool run, tool quantity, salmon column, salmon convention, tolerance)
     *[('saelens', q, c, 'saelens', 1e-4) for q, c in _CORE], ('saelens', 'explained_variance', 'fve', 'saelens', 1e-4),
     ('saelens', 'mse', 'mse', 'saelens', 1e-4), *[('saelens', q, c, 'saelens', 1e-3) for q, c in _KL],
