@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_absorption.ipynb #522c5600
 from __future__ import annotations
-import json, math, random, time, warnings
+import json, math, random, textwrap, time, warnings
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
@@ -681,7 +681,7 @@ def plot_absorption_vs_l0(summary:pd.DataFrame, # from `absorption_summary`
     fig, axs = plt.subplots(1, len(cols), figsize=figsize, squeeze=False)
     for ax, c in zip(axs[0], cols):
         why = not_measurable(summary, c)      # a metric without a finite value says why instead of drawing a line
-        if why: ax.text(0.5, 0.5, why.replace(' (', '\n('), ha='center', va='center', transform=ax.transAxes, wrap=True,
+        if why: ax.text(0.5, 0.5, textwrap.fill(why, 28), ha='center', va='center', transform=ax.transAxes, wrap=True,
                         color='0.35')
         for fam, g in summary.sort_values('l0').groupby('family', sort=True):
             if not why: ax.plot(g.l0, g[c], marker='o', label=str(fam))

@@ -82,7 +82,7 @@ def not_measurable(df:pd.DataFrame, # a results table
     "The words for a metric with no finite value in `df`: 'not measurable (reason)' (reason from `<col>_reason` if given)"
     v = pd.to_numeric(df[col], errors='coerce') if col in df else pd.Series(dtype=float)
     if np.isfinite(v.to_numpy(float)).any(): return None
-    r = df[col + REASON].dropna().astype(str).unique() if col + REASON in df else []
+    r = df[col + REASON].dropna().astype(str).str.removeprefix('not measurable: ').unique() if col + REASON in df else []
     return 'not measurable' + (f' ({"; ".join(r)})' if len(r) else ' (no finite value)')
 
 # %% ../nbs/09_plots.ipynb #f1bd4d61
@@ -92,7 +92,7 @@ def _fmt(df:pd.DataFrame, digits:int)->pd.DataFrame:
     for c in out.columns:
         if not pd.api.types.is_float_dtype(df[c]): continue
         why = df[c + REASON] if c + REASON in df else pd.Series([None] * len(df), index=df.index)
-        out[c] = [f'{v:,.{digits}f}' if np.isfinite(v) else (f'not measurable ({w})' if isinstance(w, str) and w else '—')
+        out[c] = [f'{v:,.{digits}f}' if np.isfinite(v) else (f"not measurable ({w.removeprefix('not measurable: ')})" if isinstance(w, str) and w else '—')
                   for v, w in zip(df[c].to_numpy(float), why)]
     return out
 
