@@ -23,3 +23,12 @@ def test_committed_outputs(fn):
             html = ''.join(o.get('data', {}).get('text/html', ''))
             assert '<svg' not in html, f'{where}: inline <svg> in an HTML output (JupyterLab strips it from untrusted notebooks)'
             assert '<script' not in html, f'{where}: a <script> in an HTML output (never runs in an untrusted notebook)'
+
+
+@pytest.mark.parametrize('fn', NBS, ids=ids)
+def test_source_lines_split(fn):
+    "JupyterLab saves a cell's source one line per string: a string holding several lines would change on open-and-save"
+    for i, c in enumerate(json.loads(fn.read_text())['cells']):
+        src = c['source'] if isinstance(c['source'], list) else [c['source']]
+        bad = [s for s in src if '\n' in s[:-1]]
+        assert not bad, f'{fn.name} cell {i}: a source string holds several lines: {bad[0][:120]!r}'
