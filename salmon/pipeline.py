@@ -34,11 +34,11 @@ __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'cache_provenance',
            'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
            'base_model', 'gemmascope_family', 'sae_provenance', 'sae_fingerprint', 'SAEStore', 'sae_groups',
-           'per_group', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens',
-           'stage_eval', 'held_out_by_source', 'by_source', 'each_source', 'sae_meta', 'stage_sources',
-           'stage_darkmatter', 'stage_darkmatter_sources', 'stage_specificity', 'stage_specificity_sources',
-           'stage_absorption', 'stage_by_source', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
-           'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
+           'per_group', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens', 'sae_meta',
+           'stage_eval', 'held_out_by_source', 'by_source', 'each_source', 'stage_sources', 'stage_darkmatter',
+           'stage_darkmatter_sources', 'stage_specificity', 'stage_specificity_sources', 'stage_absorption',
+           'stage_by_source', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures',
+           'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -511,6 +511,11 @@ def _lm_settings(p:Preset)->dict:
     return dict(model=p.model, layer=p.layer, source=p.source, mix_seed=p.mix_seed, lm_dtype=p.lm_dtype, bos=p.bos, eval_texts=p.eval_texts,
                 eval_max_len=p.eval_max_len)
 
+def sae_meta(saes:Mapping)->pd.DataFrame:
+    "name, family, width and target L0 of each SAE (its config only)"
+    return pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
+                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
+
 def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True,
                convention:str='salmon', # evaluation convention (`salmon.metrics.CONVENTIONS`); 'paper' to set beside the paper's numbers
                on_stale:str='error', # a table made from other settings: 'error' or 'recompute'
@@ -519,9 +524,7 @@ def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True
     "Evaluate every SAE (`p.eval_group` at a time) on the held-out split of each corpus (cached per corpus and convention)"
     check_choice('convention', convention, CONVENTIONS)
     def one(texts, corpus, grp):
-        meta = pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
-                                  target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal')))
-                             for k, s in grp.items()])
+        meta = sae_meta(grp)
         df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
                       convention=convention, eval_corpus=corpus)
         return meta.merge(df, on='name')
@@ -574,11 +577,6 @@ def each_source(texts:dict, # source_dataset -> texts
     for s, t in texts.items():
         df = fn(t); df.insert(int('name' in df), 'source_dataset', s); parts.append(df)
     return pd.concat(parts, ignore_index=True)
-
-def sae_meta(saes:Mapping)->pd.DataFrame:
-    "name, family, width and target L0 of each SAE (its config only)"
-    return pd.DataFrame([dict(name=k, family=s.cfg.get('family'), width=s.d_sae,
-                              target_l0=s.cfg.get('train', {}).get('target_l0', s.cfg.get('l0_nominal'))) for k, s in saes.items()])
 
 def stage_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True,
                   convention:str='salmon', # evaluation convention, as `stage_eval`'s
