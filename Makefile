@@ -27,6 +27,7 @@ help:
 	@echo "make dryrun the gemma-2-2b preset on CPU with no hub: random-weight Gemma-2 2B, true shapes (~12 GiB RAM)"
 	@echo "make floors install the lowest supported versions in .cache/floors and run the tiny test path"
 	@echo "make browser-test  drive JupyterLab in headless Chromium (needs /usr/bin/chromium): notebooks, cards, browser"
+	@echo "make gpu-check  on a CUDA machine: bench gpu for both paper presets, CUDA sparse/dense checks, tiny pipeline on CUDA"
 	@echo "make paper-notebooks  re-execute nbs/paper/*.ipynb on the demo results (after make demo) and save their outputs"
 
 .venv/bin/python:
@@ -87,6 +88,11 @@ export: install-dev
 
 bench: install-dev
 	$(PY) -m salmon.bench all
+
+# on a CUDA machine (the README's "Measured on an NVIDIA H200"): everything it writes goes to $(GPU_OUT)
+GPU_OUT ?= results/gpu
+gpu-check: install-dev
+	OUT=$(GPU_OUT) PATH=$(dir $(PY)):$$PATH bash tools/gpu_check.sh
 
 # salmon against SAELens 6.x and SAEBench 0.6 run as they install themselves, in their own venv (sae-bench pins datasets<4, which
 # salmon's constraints do not allow, so only the torch pin is shared; torchvision, which sae-bench never imports, breaks transformer_lens).

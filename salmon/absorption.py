@@ -541,6 +541,7 @@ def absorption_eval(sae:JumpReLUSAE, # the SAE (reads the task's layer)
     if task.probe is None: fit_probes(task)
     W, b, pf1 = task.probe['W'], task.probe['b'], task.probe['f1']
     Fa = _encode(sae, task.X)
+    W_dec = sae.W_dec.detach().float().cpu()                        # latents, probes and prompts are on the CPU
     tr, te = task.train, ~task.train
     sb = task.protocol == 'saebench'
     f1k, splits = k_sparse_probing(Fa[tr], task.Y[tr], Fa[te], task.Y[te], k_max=k_max, tau=tau, protocol=task.protocol, seed=task.seed)
@@ -557,7 +558,7 @@ def absorption_eval(sae:JumpReLUSAE, # the SAE (reads the task's layer)
                    mean_absorption=np.nan, full_absorption_rate=np.nan, frag_neff=np.nan, frag_n90=np.nan)
         if kept:
             p_hat = W[:, c] / W[:, c].norm()
-            ta = token_absorption(Xte[tp], Fte[tp], sae.W_dec, p_hat, splits[c], cos_weighted=sb)
+            ta = token_absorption(Xte[tp], Fte[tp], W_dec, p_hat, splits[c], cos_weighted=sb)
             ta.insert(0, 'class', name); ta.insert(1, 'item', items.item[tp.numpy()].values)
             row.update(mean_absorption=ta.absorption.mean(), full_absorption_rate=ta.full_absorption.mean(),
                        frag_neff=ta.frag_neff.mean(), frag_n90=ta.frag_n90.mean())

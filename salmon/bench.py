@@ -252,7 +252,7 @@ def _gpu_key(name:str)->str:
     "The `salmon.pipeline.GPUS` key of a CUDA device name ('NVIDIA A100-SXM4-40GB' -> 'A100-40GB'), or the name itself"
     n = name.upper()
     for k, pats in {'T4': ['T4'], 'L4': ['L4'], 'A100-40GB': ['A100-SXM4-40GB', 'A100-PCIE-40GB'], 'A100-80GB': ['A100-SXM4-80GB', 'A100 80GB', 'A100-PCIE-80GB'],
-                    'H100-80GB': ['H100']}.items():
+                    'H100-80GB': ['H100'], 'H200': ['H200']}.items():
         if any(p in n for p in pats): return k
     return name
 

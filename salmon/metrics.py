@@ -36,8 +36,8 @@ def rechunk(source:Iterable[torch.Tensor], # chunks `[n_i, d]` of any sizes
 # %% ../nbs/07_metrics.ipynb #2367a3d6
 class ReconStats:
     "Running float64 sums for the reconstruction metrics"
-    def __init__(self, d_model:int, d_sae:int|None):
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
+    def __init__(self, d_model:int, d_sae:int|None, device:str|torch.device='cpu'):
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)
         self.n, self.S_xx, self.S_x, self.S_ee, self.S_e, self.S_xh, self.S_hh = 0, z(()), z(d_model), z(()), z(d_model), z(()), z(())
         self.cos, self.l2r, self.err, self.nmse, self.legacy, self.l0, self.l1 = (z(()) for _ in range(7))
         self.fired = None if d_sae is None else torch.zeros(d_sae, dtype=torch.long)
@@ -51,7 +51,8 @@ class ReconStats:
         self.cos += F.cosine_similarity(x, xh, dim=-1).sum(); self.l2r += (nh / nx).sum(); self.err += ne2.sqrt().sum()
         self.nmse += (ne2 / nx.pow(2)).sum(); self.legacy += (1 - ne2 / (x - x.mean(0)).pow(2).sum(-1)).sum()
         active = f != 0
-        self.l0 += active.sum(); self.l1 += f.abs().sum(dtype=torch.float64)
+        self.l0 += active.sum().to(self.l0.device)          # the latents may live on the SAE's device, not x's
+        self.l1 += f.abs().sum(dtype=torch.float64).to(self.l1.device)
         if self.fired is not None: self.fired += active.sum(0).cpu()
 
     def result(self, **labels)->dict:
@@ -97,7 +98,7 @@ def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on ra
         if not bool(torch.isfinite(x).all()): raise ValueError(f'activations hold {int((~torch.isfinite(x)).sum())} non-finite values (NaN or inf); '
                                                       'expected finite activations (the metrics would be NaN)')
         xh, f = _sae_apply(sae, x)
-        st = st or ReconStats(x.shape[-1], f.shape[-1] if getattr(sae, 'd_sae', None) else None)
+        st = st or ReconStats(x.shape[-1], f.shape[-1] if getattr(sae, 'd_sae', None) else None, x.device)
         st.update(x, xh, f)
     if st is None: raise ValueError('no tokens were evaluated (empty activation source?)')
     return st.result(**labels, bos=bos, convention=convention)

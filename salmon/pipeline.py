@@ -869,7 +869,8 @@ def run(preset:str|Preset='demo', # preset name or object
 GPUS = {  # dense peak TFLOP/s (fp32 via TF32 for SAE training, bf16 for the LM) and memory (GiB)
     'T4': dict(train=8.1, lm=8.1, mem=15),  # no TF32 and no bf16 tensor cores: Gemma-2 (bf16) runs at fp32 rate
     'L4': dict(train=60, lm=121, mem=22), 'A100-40GB': dict(train=156, lm=312, mem=40),
-    'A100-80GB': dict(train=156, lm=312, mem=80), 'H100-80GB': dict(train=495, lm=989, mem=80)}
+    'A100-80GB': dict(train=156, lm=312, mem=80), 'H100-80GB': dict(train=495, lm=989, mem=80),
+    'H200': dict(train=495, lm=989, mem=140)}    # the H100's rates with 141 GB (140 GiB as nvidia-smi reports it)
 MODELS = {  # parameters, residual width, blocks, vocabulary, query heads, MLP width
     'google/gemma-2-2b': dict(params=2.614e9, d=2304, layers=26, vocab=256_000, heads=8, ff=9216),
     'google/gemma-2-9b': dict(params=9.242e9, d=3584, layers=42, vocab=256_000, heads=16, ff=14336),

@@ -333,7 +333,8 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                 loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=n_act > 0, n_window=int(win.sum()))
 
 # %% ../nbs/06_train.ipynb #889fe8cd
-SPARSE_AUTO = dict(cpu=(0.05, 2**31), cuda=(0.01, 2**28))   # device type -> (largest density of pairs, smallest B·d·F) for 'auto'
+SPARSE_AUTO = dict(cpu=(0.05, 2**31), cuda=(0.05, 2**28))   # device type -> (largest density of pairs, smallest B·d·F) for 'auto'
+# cuda: on an H200 at 2304×16384, B=2048, the sparse gradient was still 1.2× faster at density 0.068 (README)
 
 @torch.no_grad()
 def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
@@ -368,9 +369,10 @@ FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch'
 
 def remove_parallel_(g:Tensor, # decoder gradient [F, d], changed in place
                      W:Tensor, # unit-norm decoder rows [F, d]
-                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries: in cache, on one thread)
+                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries on CPU, in cache; all rows on a GPU)
                     )->Tensor:
     "gᵢ ← gᵢ - (gᵢ·dᵢ) dᵢ for every row, by blocks of rows (no F×d temporary; the same bits as in one go)"
+    if rows is None and g.device.type != 'cpu': rows = len(g)     # a GPU: one launch (blocks of 14 rows: 10⁴ launches)
     rows = rows or max(1, (2**15 - 1) // g.shape[1])
     for i in range(0, len(g), rows):
         gi, wi = g[i:i + rows], W[i:i + rows]
