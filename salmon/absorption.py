@@ -11,15 +11,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 from .core import check_choice, check_range, data_dir
-from .models import resid_module, resid_output, torch_model
+from .models import model_device, resid_module, resid_output, torch_model
 from .sae import JumpReLUSAE
 
 # %% auto #0
 __all__ = ['LETTERS', 'single_token_words', 'first_letter_prompts', 'trace_spans', 'ProbeTask', 'saebench_words',
            'first_letter_task', 'medical_concepts', 'domain_task', 'fit_probe', 'f1_scores', 'fit_probes',
-           'saebench_icl_prompt', 'saebench_train_probe', 'first_letter_task_saebench', 'k_sparse_probing',
-           'token_absorption', 'Absorption', 'absorption_eval', 'toy_hierarchy', 'train_toy_sae', 'toy_task',
-           'absorption_summary', 'plot_absorption_vs_l0']
+           'saebench_icl_prompt', 'saebench_train_probe', 'token_text', 'first_letter_task_saebench',
+           'k_sparse_probing', 'token_absorption', 'Absorption', 'absorption_eval', 'toy_hierarchy', 'train_toy_sae',
+           'toy_task', 'absorption_summary', 'plot_absorption_vs_l0']
 
 # %% ../nbs/11_absorption.ipynb #3f8b744a
 _MARKS = ('▁', 'Ġ')   # SentencePiece and byte-level-BPE leading-space markers
@@ -84,7 +84,7 @@ def trace_spans(lm, # an nnsight model (`salmon.models.load_lm`)
     if not texts: raise ValueError('texts is empty')
     check_range('batch_size', batch_size, 1); check_range('max_len', max_len, 2)
     tok, mod = lm.tokenizer, resid_module(lm, layer)
-    dev = next(torch_model(lm).parameters()).device
+    dev = model_device(lm)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     acts, meta = [], []
     for b0 in range(0, len(texts), batch_size):
@@ -323,7 +323,7 @@ def saebench_train_probe(X:Tensor, # inputs [n, d] (activations, or SAE latents 
     return probe.weight.detach().t().contiguous(), probe.bias.detach().clone()
 
 # %% ../nbs/11_absorption.ipynb #fbb73366
-def _token_text(tok, i:int)->str:
+def token_text(tok, i:int)->str:
     "A vocabulary token as text, a SentencePiece '▁' read as a leading space (SAEBench's `convert_tokens_to_string`)"
     t = tok.convert_ids_to_tokens(int(i)); w = tok.convert_tokens_to_string([t])
     return ' ' + w if t.startswith('▁') and not w.startswith(' ') else w
@@ -349,7 +349,7 @@ def first_letter_task_saebench(lm, # an nnsight model
     parts = [(w, True, sh[:cut]) for w in sh[:cut]] + [(w, False, sh[cut:]) for w in sh[cut:]]
     texts, spans = zip(*[saebench_icl_prompt(w, pool, rng, template) for w, _, pool in parts])
     X, m = trace_spans(lm, list(texts), list(spans), layer, batch_size=batch_size, max_len=1024)
-    ok = np.array([n == 1 and _token_text(tok, i) == w for n, i, (w, _, _) in zip(m.n_span_tokens, m.token_id, parts)])
+    ok = np.array([n == 1 and token_text(tok, i) == w for n, i, (w, _, _) in zip(m.n_span_tokens, m.token_id, parts)])
     if not ok.any(): raise ValueError('no word tokenised to its own vocabulary token inside the prompt')
     items = pd.DataFrame(dict(item=[w for w, _, _ in parts], token_id=m.token_id.values,
                               **{'class': [w.strip()[0].lower() for w, _, _ in parts]}, text=texts))[ok].reset_index(drop=True)
@@ -365,7 +365,7 @@ def first_letter_task_saebench(lm, # an nnsight model
     if fresh:
         tx, sp = zip(*[saebench_icl_prompt(items.item[j], vocab, rng2, template) for j in fresh])
         Xe, me = trace_spans(lm, list(tx), list(sp), layer, batch_size=batch_size, max_len=1024)
-        good = torch.tensor([n == 1 and _token_text(tok, i) == items.item[j] for n, i, j in zip(me.n_span_tokens, me.token_id, fresh)])
+        good = torch.tensor([n == 1 and token_text(tok, i) == items.item[j] for n, i, j in zip(me.n_span_tokens, me.token_id, fresh)])
         X_eval[torch.tensor(fresh)] = torch.where(good[:, None], Xe, torch.full_like(Xe, float('nan')))   # NaN: not scored
     return ProbeTask('first_letter', LETTERS, X, Y, train, items, time.perf_counter() - t0,
                      probe=dict(W=W, b=b, f1=f1, l2=1e-4), X_eval=X_eval, protocol='saebench', seed=seed)

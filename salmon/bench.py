@@ -11,9 +11,9 @@ from torch import Tensor
 from .data import medical_qa
 from .darkmatter import bench_darkmatter
 from .metrics import loss_recovered
-from .models import block_path, d_model, load_lm, n_layers, resid_output, tiny_lm, torch_model
+from .models import block_path, d_model, load_lm, model_device, n_layers, resid_output, tiny_lm, torch_model
 from .sae import JumpReLUSAE
-from .trace import ActivationStream, _model_device, _tokenize
+from .trace import ActivationStream, tokenize_batch
 from .train import SAETrainer, TrainConfig, fused_grads, sparse_grads
 
 # %% auto #0
@@ -57,7 +57,7 @@ def bench_trace(lm, # nnsight model
     texts = list(medical_qa('train', limit=n_texts))
     model = torch_model(lm); block = model.get_submodule(f'{block_path(lm)}.{layer}')
     batches = [texts[i:i+batch_size] for i in range(0, len(texts), batch_size)]
-    toks = [_tokenize(lm.tokenizer, b, max_len)[:2] for b in batches]
+    toks = [tokenize_batch(lm.tokenizer, b, max_len)[:2] for b in batches]
     stream = ActivationStream(lm, [], layer, batch_size=batch_size, max_len=max_len, bos='keep', progress=False)
     runs = dict(salmon=lambda: sum(len(stream.trace_batch(b)) for b in batches),
                 hook=lambda: sum(len(_hook_trace(model, block, i, m)) for i, m in toks))
@@ -230,13 +230,13 @@ def bench_eval(lm, # nnsight model
               )->list[dict]:
     "Throughput and peak memory of `loss_recovered` on sweeps of SAEs against three plain forwards per SAE on the same texts"
     texts = list(medical_qa('test', limit=n_texts)); model = torch_model(lm)
-    toks = [_tokenize(lm.tokenizer, texts[i:i+batch_size], max_len)[:2] for i in range(0, len(texts), batch_size)]
+    toks = [tokenize_batch(lm.tokenizer, texts[i:i+batch_size], max_len)[:2] for i in range(0, len(texts), batch_size)]
     n_tok = sum(int(m[:, 1:].sum()) for _, m in toks)
     def plain3():
         for _ in range(3):
             for ids, m in toks:
-                with torch.no_grad(): model(input_ids=ids.to(_model_device(lm)), attention_mask=m.to(_model_device(lm))).logits.float().log_softmax(-1)
-    saes = lambda n: {f'sae{i}': JumpReLUSAE(d_model(lm), d_sae, device=_model_device(lm)).requires_grad_(False) for i in range(n)}
+                with torch.no_grad(): model(input_ids=ids.to(model_device(lm)), attention_mask=m.to(model_device(lm))).logits.float().log_softmax(-1)
+    saes = lambda n: {f'sae{i}': JumpReLUSAE(d_model(lm), d_sae, device=model_device(lm)).requires_grad_(False) for i in range(n)}
     loss_recovered(lm, saes(1), texts[:batch_size], layer, batch_size=batch_size, max_len=max_len, progress=False)   # warm-up
     _, t_p, m_p = _peak_mem(plain3)
     rows = []

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save as st_save
 from .core import atomic_write, check_range
 from .metrics import CONVENTIONS, evaluate
-from .trace import _tokenize
+from .trace import tokenize_batch
 
 # %% auto #0
 __all__ = ['MATCH', 'compare_table', 'default_sae', 'compare_prepare', 'salmon_numbers', 'prepare_absorption',
@@ -78,7 +78,7 @@ def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results
     tok = load_lm(model, device='cpu').tokenizer
     texts = [t for t in medical_qa('test') if len(tok(t)['input_ids']) >= ctx][:n_texts]
     if len(texts) < n_texts: raise ValueError(f'only {len(texts)} held-out medical texts have >= {ctx} tokens; lower n_texts or ctx')
-    ids, mask, _ = _tokenize(tok, texts, ctx)
+    ids, mask, _ = tokenize_batch(tok, texts, ctx)
     save_saelens(sae, out/'sae')
     with atomic_write(out/'tokens.safetensors', 'wb') as f: f.write(st_save({'tokens': ids.contiguous()}))
     inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}', layer=int(sae.cfg['layer']),
@@ -97,7 +97,7 @@ def salmon_numbers(out:str|Path, # the work folder of `compare_prepare`
     out = Path(out); inp = json.loads((out/'inputs.json').read_text())
     lm = load_lm(inp['model'], device='cpu'); sae = load_sae(inp['sae'])
     ids = load_file(str(out/'tokens.safetensors'))['tokens']
-    if not torch.equal(_tokenize(lm.tokenizer, inp['texts'], inp['ctx'])[0], ids): raise ValueError('the texts no longer tokenise to the written ids')
+    if not torch.equal(tokenize_batch(lm.tokenizer, inp['texts'], inp['ctx'])[0], ids): raise ValueError('the texts no longer tokenise to the written ids')
     return pd.concat([evaluate({'sae': sae}, lm, inp['texts'], inp['layer'], batch_size=inp['batch_size'], max_len=inp['ctx'],
                                convention=c, progress=progress) for c in conventions], ignore_index=True)
 
@@ -111,7 +111,7 @@ def prepare_absorption(out:str|Path, # work folder
                        min_probe_f1:float=0.6, # probe F1 a letter needs (SAEBench: 0.6)
                       )->dict: # what was written
     "Write the SAE (SAELens format), the vocabulary and `inputs.json` for SAEBench's absorption and salmon's, side by side"
-    from salmon.absorption import saebench_words, _token_text
+    from salmon.absorption import saebench_words, token_text
     from salmon.models import embedded_model_dir, load_lm
     from salmon.sae import load_sae, save_saelens
     check_range('max_per_letter', max_per_letter, 1); check_range('min_letters', min_letters, 2); check_range('min_probe_f1', min_probe_f1, 0.0, 1.0)
@@ -121,7 +121,7 @@ def prepare_absorption(out:str|Path, # work folder
     w = saebench_words(tok, max_per_letter=max_per_letter, seed=seed)
     nl, has = (tok(t, add_special_tokens=False)['input_ids'] for t in ('\n', '\n has'))
     keep = [s for s, i in zip(w.word, w.token_id)       # one token, its own, inside a prompt line (else SAEBench stops)
-            if _token_text(tok, i) == s and tok('\n' + s + ' has', add_special_tokens=False)['input_ids'] == nl + [int(i)] + has[len(nl):]]
+            if token_text(tok, i) == s and tok('\n' + s + ' has', add_special_tokens=False)['input_ids'] == nl + [int(i)] + has[len(nl):]]
     save_saelens(sae, out/'sae')
     inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}', layer=int(sae.cfg['layer']),
                sae=str(sae_path), core=False,

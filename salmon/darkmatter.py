@@ -13,7 +13,7 @@ import torch
 import matplotlib.pyplot as plt
 from matplotlib.tri import Triangulation
 from .core import check_choice, check_range
-from .models import resid_module, resid_output, torch_model
+from .models import model_device, resid_module, resid_output, torch_model
 
 # %% auto #0
 __all__ = ['METRICS', 'PROTOCOLS', 'NormalEq', 'DarkMatterResult', 'train_mask', 'dark_matter_stream', 'dark_matter',
@@ -397,7 +397,7 @@ class PackedActivations:
     def __len__(self)->int: return -(-len(self.ids) // self.batch_size)
 
     def __iter__(self)->Iterator[torch.Tensor]:
-        dev = next(torch_model(self.lm).parameters()).device
+        dev = model_device(self.lm)
         for i in range(0, len(self.ids), self.batch_size):
             b = self.ids[i:i + self.batch_size].to(dev)
             with torch.no_grad(), self.lm.trace(b, attention_mask=torch.ones_like(b)) as tr:

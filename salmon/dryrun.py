@@ -133,7 +133,7 @@ def dry_run(preset:str|pl.Preset='gemma-2-2b', # a paper preset (or its name)
     import shutil
     t_all = time.time()
     q = dry_run_preset(preset, root, **overrides)
-    out = pl._run_dir(q, out)
+    out = pl.preset_dir(q, out)
     if fresh and out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, tops, res = [], {}, {}

@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 from .core import check_choice, check_range
-from .models import torch_model
-from .trace import ActivationStream, _tokenize
+from .models import model_device, torch_model
+from .trace import ActivationStream, tokenize_batch
 
 # %% auto #0
 __all__ = ['STOPWORDS', 'SPEC_STATS', 'PROMPTS', 'CLIENTS', 'SAEBENCH_AUTOINTERP', 'generic_token_mask', 'LatentStats',
@@ -128,7 +128,7 @@ class LatentStats:
                 f'{self.n_tokens:,} tokens from {len(self.texts)} texts, {self.seconds:.1f}s)')
 
 # %% ../nbs/12_interp.ipynb #ef15ce95
-def _as_dict(saes)->tuple[dict, bool]:
+def _saes_and_flag(saes)->tuple[dict, bool]:
     if isinstance(saes, dict):
         if not saes: raise ValueError('saes is an empty dict; expected at least one SAE')
         return saes, True
@@ -152,7 +152,7 @@ def latent_stats(saes, # an SAE (`encode`, `d_sae`) or a dict name -> SAE, all r
                  seed:int=0, # seed of the random samples
                 )->LatentStats|dict: # one `LatentStats`, or a dict of them for a dict of SAEs
     "Trace `texts` once and collect every latent's statistics for one SAE or several"
-    saes, many = _as_dict(saes)
+    saes, many = _saes_and_flag(saes)
     check_range('k', k, 1); check_range('n_samples', n_samples, 0); check_range('n_negatives', n_negatives, 0)
     check_range('left', left, 0); check_range('right', right, 0); check_range('n_frequent', n_frequent, 0); check_range('n_bins', n_bins, 1)
     texts = list(texts)
@@ -165,7 +165,7 @@ def latent_stats(saes, # an SAE (`encode`, `d_sae`) or a dict name -> SAE, all r
     # the token table, built from the same tokenisation and BOS rule as the trace
     parts = []
     for b in range(0, len(texts), batch_size):
-        ids, mask, _ = _tokenize(tok, texts[b:b + batch_size], max_len)
+        ids, mask, _ = tokenize_batch(tok, texts[b:b + batch_size], max_len)
         keep = mask.bool()
         if bos == 'drop' and tok.bos_token_id is not None: keep[:, 0] &= ids[:, 0] != tok.bos_token_id
         i, p = keep.nonzero(as_tuple=True)
@@ -555,7 +555,7 @@ def domain_specificity_summary(saes:dict, # name -> SAE, all reading `layer` of 
                                **kw, # `latent_stats` options (max_len, batch_size, bos, ...)
                               )->pd.DataFrame: # one row per SAE
     "Domain-specificity summary of several SAEs: one shared pass per corpus, one row per SAE"
-    saes, _ = _as_dict(saes)
+    saes, _ = _saes_and_flag(saes)
     kw = dict(SPEC_STATS, **kw)
     dom, gen = stats if stats is not None else (latent_stats(saes, lm, domain_texts, layer, **kw), latent_stats(saes, lm, general_texts, layer, **kw))
     rows = []
@@ -688,7 +688,7 @@ class LocalClient:
         check_range('max_new_tokens', max_new_tokens, 1)
         text = self.tok.apply_chat_template([dict(role='user', content=prompt)], tokenize=False, add_generation_prompt=True) if self.chat else prompt
         ids = self.tok(text, return_tensors='pt', add_special_tokens=not self.chat)['input_ids'][:, -self.max_prompt_tokens:]
-        dev = next(self.model.parameters()).device
+        dev = model_device(self.model)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         out = self.model.generate(ids.to(dev), attention_mask=torch.ones_like(ids).to(dev), max_new_tokens=max_new_tokens,
                                   do_sample=False, pad_token_id=pad)

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import check_choice, check_range
-from .models import _walk, block_path, resid_module, resid_output, torch_model
-from .trace import _model_device, _tokenize
+from .models import walk_attr, block_path, resid_module, resid_output, torch_model
+from .models import model_device
+from .trace import tokenize_batch
 
 # %% auto #0
 __all__ = ['CONVENTIONS', 'rechunk', 'ReconStats', 'reconstruction_metrics', 'Convention', 'special_token_mask',
@@ -121,7 +122,7 @@ def _head_path(model)->str:
 @contextmanager
 def _skip_blocks(model, n:int, as_tuple:bool):
     "Temporarily make the first `n` decoder blocks identity functions"
-    blocks = _walk(model, block_path(model))[:n]
+    blocks = walk_attr(model, block_path(model))[:n]
     ident = (lambda *a, **k: ((a[0] if a else k['hidden_states']),)) if as_tuple else (lambda *a, **k: a[0] if a else k['hidden_states'])
     saved = [b.__dict__.get('forward') for b in blocks]
     try:
@@ -139,21 +140,21 @@ class _Batch:
 
 def _clean_pass(lm, ids, mask, layer:int)->_Batch:
     "Clean forward to the unembedding's input; keep layer `layer`'s output and the final hidden state"
-    dev = _model_device(lm)
+    dev = model_device(lm)
     with torch.no_grad(), lm.trace(ids.to(dev), attention_mask=mask.to(dev)) as tr:
         raw = resid_module(lm, layer).output.save()
-        fin = _walk(lm, _head_path(torch_model(lm))).input.save()
+        fin = walk_attr(lm, _head_path(torch_model(lm))).input.save()
         tr.stop()
     return _Batch(ids, mask, resid_output(raw, len(ids)), fin, isinstance(raw, tuple))
 
 def _patched_pass(lm, b:_Batch, layer:int, patched:torch.Tensor)->torch.Tensor:
     "Final hidden states with block `layer`'s output replaced by `patched`, skipping blocks before it"
-    dev = _model_device(lm)
+    dev = model_device(lm)
     with torch.no_grad(), _skip_blocks(torch_model(lm), layer, b.as_tuple):
         with lm.trace(b.ids.to(dev), attention_mask=b.mask.to(dev)) as tr:
             out = resid_module(lm, layer)
             out.output = (patched,) if b.as_tuple else patched
-            fin = _walk(lm, _head_path(torch_model(lm))).input.save()
+            fin = walk_attr(lm, _head_path(torch_model(lm))).input.save()
             tr.stop()
     return fin
 
@@ -263,7 +264,7 @@ def _clean_sweep(lm, texts:list[str], layer:int, batch_size:int, max_len:int, pr
     out = []
     bar = tqdm(total=len(texts), desc='clean pass', unit='text', disable=not progress)
     for i in range(0, len(texts), batch_size):
-        ids, mask, _ = _tokenize(lm.tokenizer, texts[i:i+batch_size], max_len)
+        ids, mask, _ = tokenize_batch(lm.tokenizer, texts[i:i+batch_size], max_len)
         b = _clean_pass(lm, ids, mask, layer)
         out.append(_Batch(b.ids, b.mask, b.h.cpu(), b.fin.cpu(), b.as_tuple)); bar.update(len(ids))
     bar.close()
@@ -281,7 +282,7 @@ def _loss_from_sweep(lm, saes:dict, batches:list[_Batch], layer:int, *, splice_b
     bar = tqdm(total=sum(int(b.mask.sum()) for b in batches), desc='spliced passes', unit='tok', unit_scale=True, disable=not progress)
     for b in batches:
         m = convention_masks(b.ids, b.mask, tok, convention, splice_bos=splice_bos)
-        dev = _model_device(lm); h = b.h.to(dev)
+        dev = model_device(lm); h = b.h.to(dev)
         variants = {f'sae:{k}': (_sae_apply(s, h.reshape(-1, h.shape[-1]))[0].reshape(h.shape), m['splice']) for k, s in saes.items()}
         variants.update(zero=(torch.zeros_like(h), m['zero']), mean=(mean_act.to(h).expand_as(h), m['splice']))
         fins = {k: _patched_pass(lm, b, layer, torch.where(w[..., None].to(dev), v.to(h.dtype), h)) for k, (v, w) in variants.items()}

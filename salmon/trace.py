@@ -16,10 +16,10 @@ from safetensors.torch import load as st_load
 from .core import atomic_write, check_choice, check_int, check_path, check_range
 from .store import (FORMAT_VERSION, CorruptArtefactError, StaleArtefactError, file_record, fingerprint, read_json,
                           read_verified, settings_diff, verify_file)
-from .models import resid_module, resid_output, torch_model, d_model
+from .models import resid_module, resid_output, torch_model, d_model, model_device
 
 # %% auto #0
-__all__ = ['TraceStats', 'ActivationStream', 'add_method', 'state_dict', 'load_state_dict', 'trace_activations',
+__all__ = ['TraceStats', 'tokenize_batch', 'ActivationStream', 'add_method', 'state_dict', 'load_state_dict', 'trace_activations',
            'ActivationBuffer', 'model_name', 'ActivationCache', 'cache_activations']
 
 # %% ../nbs/03_trace.ipynb #f389b7c5
@@ -32,9 +32,7 @@ class TraceStats:
     seconds:float=0.0  # wall time spent tracing
 
 # %% ../nbs/03_trace.ipynb #4ecc1a35
-def _model_device(lm)->torch.device: return next(torch_model(lm).parameters()).device
-
-def _tokenize(tok, texts:list[str], max_len:int):
+def tokenize_batch(tok, texts:list[str], max_len:int):
     "Right-padded ids and mask, plus the number of texts that were truncated"
     ids = tok(texts, add_special_tokens=True)['input_ids']
     n_trunc = sum(len(x) > max_len for x in ids)
@@ -78,10 +76,10 @@ class ActivationStream:
     def trace_batch(self, batch:list[str])->torch.Tensor:
         "Activations `[n_real_tokens, d]` of one batch of texts"
         lm, tok = self.lm, self.lm.tokenizer
-        ids, mask, n_trunc = _tokenize(tok, batch, self.max_len)
+        ids, mask, n_trunc = tokenize_batch(tok, batch, self.max_len)
         ctx = getattr(torch_model(lm).config, 'max_position_embeddings', None)
         if ctx and ids.shape[1] > ctx: warnings.warn(f"a text of {ids.shape[1]} tokens is longer than the model's context of {ctx} (positions it was never trained on); lower max_len={self.max_len} to at most {ctx}")
-        dev = _model_device(lm)
+        dev = model_device(lm)
         with torch.no_grad(), lm.trace(ids.to(dev), attention_mask=mask.to(dev)) as tr:
             h = resid_module(lm, self.layer).output.save()
             tr.stop()

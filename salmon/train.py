@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load, load_file as st_load_file, save a
 from tqdm.auto import tqdm
 from .core import atomic_dir, atomic_write, check_choice, check_int, check_path, check_range
 from .store import FORMAT_VERSION, CorruptArtefactError, file_digest, file_record, read_json, read_verified
-from .sae import JumpReLUSAE, fold_norm, save_sae, _window
+from .sae import JumpReLUSAE, fold_norm, save_sae, ste_window
 
 # %% auto #0
 __all__ = ['PRESETS', 'SPARSE_AUTO', 'FUSED_ADAM_MIN', 'SPEED_ONLY', 'TrainConfig', 'lr_at', 'sparsity_at', 'reference_loss',
@@ -171,7 +171,7 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
     W_enc, W_dec = sae.W_enc, sae.W_dec
     xin = x - sae.b_dec if sae.pre_enc_bias else x
     buf = torch.addmm(sae.b_enc, xin, W_enc, out=work_buf(bufs, 'h', (B, F), x)) if h is None else h  # h
-    win = _window(buf, theta, eps).nonzero()                     # (token, latent) pairs in the STE window
+    win = ste_window(buf, theta, eps).nonzero()                     # (token, latent) pairs in the STE window
     rows, cols = win[:, 0], win[:, 1]
     mask = buf > theta
     if bool((theta < 0).any()): mask &= buf > 0

@@ -114,7 +114,7 @@ def tiny_pipeline(out, sources=False):
         p = replace(p, name='tiny-sources', source=paper.source, mix_seed=paper.mix_seed, stream=True, hub_root=str(hub),
                     families=('domain',), train_tokens=256 * 24, probe_tokens=2_000, eval_texts=100, eval_max_len=64,
                     eval_per_source=64)
-    d = pl._run_dir(p, out)
+    d = pl.preset_dir(p, out)
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res['caches'] = pl.stage_caches(p, d, progress=False) is not None
