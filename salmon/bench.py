@@ -117,7 +117,7 @@ def _saelens_sae(sae:JumpReLUSAE):
 
 # %% ../nbs/98_bench.ipynb #4c7db6a3
 def _saelens_step(sae:JumpReLUSAE, lr:float=1e-7):
-    "A SAELens JumpReLU training step as its trainer runs it, starting from `sae`'s parameters; None if sae-lens is missing"
+    "A SAELens JumpReLU training step as its trainer runs it, from `sae`'s parameters; None if sae-lens is missing"
     sl = _saelens_sae(sae)
     if sl is None: return None
     from sae_lens.saes.sae import TrainStepInput
@@ -261,7 +261,8 @@ def bench_train_profile(d:int=64, F:int=1024, B:int=512,
     "Allocations of at least B·F bytes during one salmon training step, by op (float buffers are 4 B·F bytes)"
     from torch.profiler import profile
     x = torch.randn(B, d) / math.sqrt(d)
-    cfg = TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 100, lr_warmup_steps=0, sparsity_warmup_steps=0, sparse=sparse)
+    cfg = TrainConfig(d_sae=F, batch_size=B, n_tokens=B * 100, lr_warmup_steps=0, sparsity_warmup_steps=0,
+                      sparse=sparse)
     tr = SAETrainer(cfg, d)
     if l0 is not None: _set_l0(tr.sae, x, l0)
     tr.step(x, 0, 1.0)
@@ -360,7 +361,8 @@ def bench_eval(lm, # nnsight model
 def _dm_data(n_tokens:int, d:int, seed:int)->tuple[Tensor, Tensor]:
     "Synthetic activations `x` [n_tokens, d] (fp32, uneven scales and offsets) and their error `e`"
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_tokens, d, generator=g) * torch.exp(0.5 * torch.randn(d, generator=g)) + torch.randn(d, generator=g)
+    scale = torch.exp(0.5 * torch.randn(d, generator=g))
+    x = torch.randn(n_tokens, d, generator=g) * scale + torch.randn(d, generator=g)
     e = 0.2 * x.roll(1, dims=1) + 0.3 * torch.tanh(x) + 0.2 * torch.randn(n_tokens, d, generator=g)
     return x, e
 
@@ -414,7 +416,7 @@ def _gpu_key(name:str)->str:
 
 # %% ../nbs/98_bench.ipynb #9b6d2452
 def _timed(fn, device:torch.device, repeats:int)->tuple:
-    "Best-of-`repeats` seconds of `fn()` (after one warm-up) and the peak memory allocated on `device` (GiB; NaN on CPU)"
+    "Best-of-`repeats` seconds of `fn()` (after one warm-up) and the peak GiB allocated on `device` (NaN on CPU)"
     fn()
     cuda = device.type == 'cuda'
     if cuda:
@@ -604,7 +606,8 @@ def _parser()->argparse.ArgumentParser:
     p.add_argument('--shapes', default=None,
                    help="train shapes 'dxF' or 'dxFxB', comma-separated (default: the four of the README)")
     p.add_argument('--l0s', default='20,50,100', help='L0s to train at (train)')
-    p.add_argument('--crossover', action='store_true', help='train: also time the dense and sparse gradient paths by L0 / F')
+    p.add_argument('--crossover', action='store_true',
+                   help='train: also time the dense and sparse gradient paths by L0 / F')
     p.add_argument('--profile', action='store_true', help='train: large allocations of a sparse step (torch.profiler)')
     p.add_argument('--preset', default='gemma-2-2b',
                    help='paper preset whose model, batch and widths the gpu benchmark uses (gpu)')
@@ -625,14 +628,15 @@ def _main_dist(a):
           f'{os.getloadavg()[0]:.1f} at the start (other jobs share this machine)')
     _print_rows(bench_dist(procs=_procs(a)))
     print(f'load average {os.getloadavg()[0]:.1f} at the end. With {os.cpu_count()} cores, {max(_procs(a))} '
-          'single-thread processes can at best show the ideal ratio when the cores are free; this measures CPU processes '
-          'and gloo over loopback, not GPUs or NCCL.')
+          'single-thread processes can at best show the ideal ratio when the cores are free; '
+          'this measures CPU processes and gloo over loopback, not GPUs or NCCL.')
 
 # %% ../nbs/98_bench.ipynb #d7e3c747
 def _main_gpu(a)->dict:
     "`gpu`: the preset's rates on this CUDA device, written as JSON (a one-line exit elsewhere)"
     if not torch.cuda.is_available():
-        raise SystemExit('salmon.bench gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU machine')
+        raise SystemExit('salmon.bench gpu: no CUDA device here (torch.cuda.is_available() is False); '
+                         'run it on a GPU machine')
     from salmon.pipeline import results_dir
     r = bench_gpu(a.preset)
     f = Path(a.json or results_dir()/'bench'/f"gpu-{r['gpu']}-{r['model']}.json")
@@ -644,7 +648,7 @@ def _main_gpu(a)->dict:
 # %% ../nbs/98_bench.ipynb #4a539373
 def _train_shapes(a)->list[tuple]:
     "The (d, F, B) of `--shapes` (B defaults to `--batch`), else the README's four paper shapes"
-    if not a.shapes: return [(640, 4096, a.batch), (640, 16384, a.batch), (2304, 16384, a.batch), (2304, 65536, a.batch)]
+    if not a.shapes: return [(d, F, a.batch) for d, F in ((640, 4096), (640, 16384), (2304, 16384), (2304, 65536))]
     parse = lambda s: tuple(int(v) for v in s.split('x')) + ((a.batch,) if s.count('x') == 1 else ())
     return [parse(s) for s in a.shapes.split(',')]
 

@@ -20,10 +20,11 @@ __all__ = ['MATCH', 'compare_table', 'default_sae', 'compare_prepare', 'salmon_n
 
 # %% ../nbs/96_compare.ipynb #e003345c
 _CORE = [('ce_loss_score', 'loss_recovered_zero'), ('kl_div_score', 'kl_score'), ('ce_loss_with_sae', 'ce_sae'),
-         ('ce_loss_without_sae', 'ce_clean'), ('ce_loss_with_ablation', 'ce_zero'), ('explained_variance_legacy', 'ev_legacy'),
+         ('ce_loss_without_sae', 'ce_clean'), ('ce_loss_with_ablation', 'ce_zero'),
+         ('explained_variance_legacy', 'ev_legacy'),
          ('l0', 'l0'), ('cossim', 'cossim'), ('l2_ratio', 'l2_ratio')]
-# raw mean KLs: 1.2e-4 relative apart on the demo SAE (the scores agree to 2e-5), not yet explained: float32 KL sums account
-# for 1.2e-5 and TransformerLens vs Hugging Face logits for 1.2e-7 (measured on 8 of the texts)
+# raw mean KLs: 1.2e-4 relative apart on the demo SAE (the scores agree to 2e-5), not yet explained: float32 KL sums
+# account for 1.2e-5 and TransformerLens vs Hugging Face logits for 1.2e-7 (measured on 8 of the texts)
 _KL = [('kl_div_with_sae', 'kl_sae'), ('kl_div_with_ablation', 'kl_zero')]
 MATCH = [  # (tool run, tool quantity, salmon column, salmon convention, tolerance)
     *[('saelens', q, c, 'saelens', 1e-4) for q, c in _CORE], ('saelens', 'explained_variance', 'fve', 'saelens', 1e-4),
@@ -35,8 +36,8 @@ MATCH = [  # (tool run, tool quantity, salmon column, salmon convention, toleran
 ]
 
 # %% ../nbs/96_compare.ipynb #06129677
-_RELATIVE = {'ce_loss_with_sae', 'ce_loss_without_sae', 'ce_loss_with_ablation', 'kl_div_with_sae', 'kl_div_with_ablation',
-             'l0', 'mse'}
+_RELATIVE = {'ce_loss_with_sae', 'ce_loss_without_sae', 'ce_loss_with_ablation', 'kl_div_with_sae',
+             'kl_div_with_ablation', 'l0', 'mse'}
 
 def compare_table(salmon:pd.DataFrame, # one row per convention (`salmon_numbers`)
                   external:dict, # {run: {quantity: value}} as written by tools/external_evals.py
@@ -49,9 +50,10 @@ def compare_table(salmon:pd.DataFrame, # one row per convention (`salmon_numbers
         if run not in external or q not in external[run]: continue
         a, b = float(s.loc[conv, col]), float(external[run][q])
         diff = abs(a - b) / max(abs(b), 1e-12) if q in _RELATIVE else abs(a - b)
-        rows.append(dict(tool=run, quantity=q, salmon_column=col, convention=conv, salmon=a, tool_value=b, difference=diff,
-                         kind='relative' if q in _RELATIVE else 'absolute', tolerance=tol, ok=bool(diff <= tol)))
-    if not rows: raise ValueError(f'no quantity of {sorted(external)} matched; expected the output of tools/external_evals.py')
+        rows.append(dict(tool=run, quantity=q, salmon_column=col, convention=conv, salmon=a, tool_value=b,
+                         difference=diff, kind='relative' if q in _RELATIVE else 'absolute', tolerance=tol, ok=bool(diff <= tol)))
+    if not rows:
+        raise ValueError(f'no quantity of {sorted(external)} matched; expected the output of tools/external_evals.py')
     return pd.DataFrame(rows)
 
 # %% ../nbs/96_compare.ipynb #a7164dea
@@ -79,7 +81,8 @@ def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results
     check_range('ctx', ctx, 2)
     check_range('batch_size', batch_size, 1)
     if n_texts % batch_size:
-        raise ValueError(f'n_texts={n_texts} must be a multiple of batch_size={batch_size} (the tools drop a partial batch)')
+        raise ValueError(f'n_texts={n_texts} must be a multiple of batch_size={batch_size} '
+                         '(the tools drop a partial batch)')
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sae_path = Path(sae_path or default_sae())
@@ -91,8 +94,8 @@ def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results
     ids, mask, _ = tokenize_batch(tok, texts, ctx)
     save_saelens(sae, out/'sae')
     with atomic_write(out/'tokens.safetensors', 'wb') as f: f.write(st_save({'tokens': ids.contiguous()}))
-    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}', layer=int(sae.cfg['layer']),
-               sae=str(sae_path), batch_size=batch_size, n_texts=n_texts, ctx=ctx, texts=texts)
+    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}',
+               layer=int(sae.cfg['layer']), sae=str(sae_path), batch_size=batch_size, n_texts=n_texts, ctx=ctx, texts=texts)
     with atomic_write(out/'inputs.json', 'w') as f: f.write(json.dumps(inp, indent=1))
     return inp
 
@@ -111,8 +114,9 @@ def salmon_numbers(out:str|Path, # the work folder of `compare_prepare`
     ids = load_file(str(out/'tokens.safetensors'))['tokens']
     if not torch.equal(tokenize_batch(lm.tokenizer, inp['texts'], inp['ctx'])[0], ids):
         raise ValueError('the texts no longer tokenise to the written ids')
-    return pd.concat([evaluate({'sae': sae}, lm, inp['texts'], inp['layer'], batch_size=inp['batch_size'], max_len=inp['ctx'],
-                               convention=c, progress=progress) for c in conventions], ignore_index=True)
+    kw = dict(batch_size=inp['batch_size'], max_len=inp['ctx'], progress=progress)
+    rows = [evaluate({'sae': sae}, lm, inp['texts'], inp['layer'], convention=c, **kw) for c in conventions]
+    return pd.concat(rows, ignore_index=True)
 
 # %% ../nbs/96_compare.ipynb #4254f600
 def _one_token_words(tok, w)->list[str]:
@@ -120,7 +124,8 @@ def _one_token_words(tok, w)->list[str]:
     from salmon.absorption import token_text
     nl, has = (tok(t, add_special_tokens=False)['input_ids'] for t in ('\n', '\n has'))
     line = lambda s: tok('\n' + s + ' has', add_special_tokens=False)['input_ids']
-    return [s for s, i in zip(w.word, w.token_id) if token_text(tok, i) == s and line(s) == nl + [int(i)] + has[len(nl):]]
+    own = lambda s, i: token_text(tok, i) == s and line(s) == nl + [int(i)] + has[len(nl):]
+    return [s for s, i in zip(w.word, w.token_id) if own(s, i)]
 
 # %% ../nbs/96_compare.ipynb #917f79fb
 def prepare_absorption(out:str|Path, # work folder
@@ -131,7 +136,7 @@ def prepare_absorption(out:str|Path, # work folder
                        min_letters:int=2, # letters needed (SAEBench: 20; lowered identically on both sides)
                        min_probe_f1:float=0.6, # probe F1 a letter needs (SAEBench: 0.6)
                       )->dict: # what was written
-    "Write the SAE (SAELens format), the vocabulary and `inputs.json` for SAEBench's absorption and salmon's, side by side"
+    "Write the SAE (SAELens format), the vocabulary and `inputs.json` for SAEBench's absorption and salmon's"
     from salmon.absorption import saebench_words
     from salmon.models import embedded_model_dir, load_lm
     from salmon.sae import load_sae, save_saelens
@@ -148,8 +153,8 @@ def prepare_absorption(out:str|Path, # work folder
     save_saelens(sae, out/'sae')
     ab = dict(words=keep, seed=seed, min_letters=min_letters, min_probe_f1=min_probe_f1, max_per_letter=max_per_letter,
               llm_batch_size=10, dropped_multi_token=len(w) - len(keep))
-    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}', layer=int(sae.cfg['layer']),
-               sae=str(sae_path), core=False, absorption=ab)
+    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}',
+               layer=int(sae.cfg['layer']), sae=str(sae_path), core=False, absorption=ab)
     with atomic_write(out/'inputs.json', 'w') as f: f.write(json.dumps(inp, indent=1))
     return inp
 
@@ -179,7 +184,8 @@ def _absorption_rows(s:dict, k:pd.DataFrame, ext:dict)->list[tuple]:
     rows = [(f'letters with probe F1 > {f1min}', 'probe_f1', int((k.probe_f1 > f1min).sum()), n_tool)]
     if not ext.get('refused'):
         m = ext['mean']
-        rows += [('mean_absorption_fraction_score', 'mean_absorption', s['mean_absorption'], m['mean_absorption_fraction_score']),
+        rows += [('mean_absorption_fraction_score', 'mean_absorption', s['mean_absorption'],
+                  m['mean_absorption_fraction_score']),
                  ('mean_full_absorption_score', 'full_absorption_rate', s['full_absorption_rate'],
                   m['mean_full_absorption_score']),
                  ('mean_num_split_features', 'mean_num_split_features', s['mean_num_split_features'],
@@ -219,7 +225,8 @@ def _report_core(out:Path, ext:dict, progress:bool, fmt)->pd.DataFrame:
     with atomic_write(out/'salmon.csv', 'w') as f: sal.to_csv(f, index=False)
     tab = compare_table(sal, ext)
     print(tab.to_string(index=False, float_format=fmt))
-    cols = ['ce_clean', 'ce_sae', 'ce_zero', 'loss_recovered_zero', 'kl_score', 'fve', 'ev_legacy', 'ev_saebench', 'l0', 'cossim']
+    cols = ['ce_clean', 'ce_sae', 'ce_zero', 'loss_recovered_zero', 'kl_score', 'fve', 'ev_legacy', 'ev_saebench', 'l0',
+            'cossim']
     print('\nsalmon, every convention (same SAE, same tokens):')
     print(sal.set_index('convention')[cols].to_string(float_format=lambda v: f'{v:.4f}'))
     return tab
@@ -230,7 +237,8 @@ def _report_absorption(out:Path, ext:dict, fmt)->pd.DataFrame:
     with atomic_write(out/'absorption_salmon.csv', 'w') as f: sa['classes'].to_csv(f, index=False)
     tab = absorption_table(sa, ext['absorption'])
     a = ext['absorption']
-    print(f"\nabsorption (SAEBench protocol): {sa['n_words']} words ({sa['n_dropped']} dropped by salmon), seed {a['seed']}, "
+    print(f"\nabsorption (SAEBench protocol): {sa['n_words']} words ({sa['n_dropped']} dropped by salmon), "
+          f"seed {a['seed']}, "
           f"letters needed {a['min_letters']} (SAEBench: 20), probe F1 > {a['min_probe_f1']}"
           + (f"; SAEBench refused: {a['note']}" if a.get('refused') else ''))
     print(tab.to_string(index=False, float_format=fmt))
@@ -248,18 +256,21 @@ def report(out:str|Path, progress:bool=True)->pd.DataFrame:
         if 'saelens' in ext or 'saebench' in ext: tabs.append(_report_core(out, ext, progress, fmt))
         if 'absorption' in ext: tabs.append(_report_absorption(out, ext, fmt))
     if not tabs:
-        raise ValueError(f'{out/"external.json"} has neither core nor absorption results; expected tools/external_evals.py output')
+        raise ValueError(f'{out/"external.json"} has neither core nor absorption results; '
+                         'expected tools/external_evals.py output')
     tab = pd.concat(tabs, ignore_index=True)
     with atomic_write(out/'compare.csv', 'w') as f: tab.to_csv(f, index=False)
     bad = tab[~tab.ok]
-    if len(bad): raise AssertionError(f'{len(bad)} of {len(tab)} quantities differ beyond tolerance: {bad.quantity.tolist()}')
+    if len(bad):
+        raise AssertionError(f'{len(bad)} of {len(tab)} quantities differ beyond tolerance: {bad.quantity.tolist()}')
     print(f'\nall {len(tab)} quantities agree within tolerance')
     return tab
 
 # %% ../nbs/96_compare.ipynb #2cdaeec8
 def _parser()->argparse.ArgumentParser:
     "The command line of `python -m salmon.compare`"
-    p = argparse.ArgumentParser('python -m salmon.compare', description='salmon against SAELens and SAEBench, number for number')
+    p = argparse.ArgumentParser('python -m salmon.compare',
+                                description='salmon against SAELens and SAEBench, number for number')
     p.add_argument('step', choices=['prepare', 'prepare-absorption', 'report'])
     p.add_argument('--out', default=None, help='work folder (default: results/compare, results/compare-absorption)')
     p.add_argument('--sae', default=None, help='salmon SAE folder (default: the demo domain SAE at L0 20)')
@@ -268,7 +279,8 @@ def _parser()->argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=4)
     p.add_argument('--max-per-letter', type=int, default=40, help='absorption: vocabulary words per letter')
     p.add_argument('--seed', type=int, default=42, help='absorption: the seed of every draw, both sides')
-    p.add_argument('--min-letters', type=int, default=2, help="absorption: letters needed, both sides (SAEBench's own: 20)")
+    p.add_argument('--min-letters', type=int, default=2,
+                   help="absorption: letters needed, both sides (SAEBench's own: 20)")
     p.add_argument('--min-probe-f1', type=float, default=0.6, help='absorption: probe F1 a letter needs, both sides')
     return p
 
@@ -285,8 +297,8 @@ def main(argv:list[str]|None=None):
         inp = prepare_absorption(out, a.sae, max_per_letter=a.max_per_letter, seed=a.seed, min_letters=a.min_letters,
                                  min_probe_f1=a.min_probe_f1)
         ab = inp['absorption']
-        print(f"wrote {out}: SAE {inp['sae']}, {len(ab['words'])} words ({ab['dropped_multi_token']} not one token in a "
-              f"prompt), layer {inp['layer']}, seed {ab['seed']}")
+        print(f"wrote {out}: SAE {inp['sae']}, {len(ab['words'])} words "
+              f"({ab['dropped_multi_token']} not one token in a prompt), layer {inp['layer']}, seed {ab['seed']}")
     else: report(out)
 
 # %% ../nbs/96_compare.ipynb #6e685065

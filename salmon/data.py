@@ -16,12 +16,13 @@ __all__ = ['format_mmlu', 'FORMATTERS', 'MEDICAL_HUB', 'GENERAL_HUB', 'HUB_ROOT_
            'medical_qa', 'mix', 'general_text']
 
 # %% ../nbs/02_data.ipynb #16c1f214
-def format_medqa(rec:dict, # openlifescienceai/medqa or an MMLU subset: {'data': {'Question', 'Options', 'Correct Option'}}
+def format_medqa(rec:dict, # openlifescienceai/medqa or MMLU: {'data': {'Question', 'Options', 'Correct Option'}}
                 )->str:
     "MedQA / MMLU template: question, 'The options are:', options, 'Correct option: <text>'"
     d = rec['data']
     opts = {k: v for k, v in d['Options'].items() if v is not None}
-    return f"{d['Question']}\nThe options are:\n" + '\n'.join(opts.values()) + f"\nCorrect option: {opts[d['Correct Option']]}"
+    return (f"{d['Question']}\nThe options are:\n" + '\n'.join(opts.values())
+            + f"\nCorrect option: {opts[d['Correct Option']]}")
 
 format_mmlu = format_medqa   # identical template in the authors' code
 
@@ -35,17 +36,18 @@ def format_medmcqa(rec:dict, # a record of openlifescienceai/medmcqa: question, 
     return head + f"\nExplanation: {rec['exp']}".split('Ref')[0]
 
 # %% ../nbs/02_data.ipynb #56b4cca9
-def format_pubmedqa(rec:dict, # openlifescienceai/pubmedqa: {'data': {'Context', 'Question', 'Options', 'Correct Answer', ...}}
+def format_pubmedqa(rec:dict, # openlifescienceai/pubmedqa: {'data': {'Context', 'Question', 'Options', ...}}
                    )->str:
     "PubMedQA template: context, question, options, correct answer, detailed answer"
     d = rec['data']
     opts = [v for v in d['Options'].values() if v is not None]
-    return ('Context:\n' + '\n'.join(d['Context']) + f"\nQuestion: {d['Question']}\nThe options are:\n" + '\n'.join(opts)
+    return ('Context:\n' + '\n'.join(d['Context']) + f"\nQuestion: {d['Question']}\nThe options are:\n"
+            + '\n'.join(opts)
             + f"\nCorrect option: {d['Correct Answer']}\nDetailed answer: {d['Long Answer']}")
 
 # %% ../nbs/02_data.ipynb #b88f4ab9
-FORMATTERS = dict(medqa=format_medqa, medmcqa=format_medmcqa, pubmed_qa=format_pubmedqa, mmlu_college_medicine=format_mmlu,
-                  mmlu_clinical_knowledge=format_mmlu, mmlu_professional_medicine=format_mmlu)
+FORMATTERS = dict(medqa=format_medqa, medmcqa=format_medmcqa, pubmed_qa=format_pubmedqa,
+                  mmlu_college_medicine=format_mmlu, mmlu_clinical_knowledge=format_mmlu, mmlu_professional_medicine=format_mmlu)
 
 MEDICAL_HUB = [  # (source_dataset, hub id, split), in the order of the authors' dataset.py
     ('medqa', 'openlifescienceai/medqa', 'train'),
@@ -92,7 +94,7 @@ def load_records(path_or_id:str|Path, # a local .jsonl/.json/.parquet/.csv/.txt 
 HUB_ROOT_ENV = 'SALMON_HUB_ROOT'   # environment variable: a local mirror of the hub used instead of the hub
 
 def hub_location(hub_id:str, # a hub dataset id 'org/name' (a local file or folder is returned as is)
-                 root:str|Path|None=None, # a local mirror: `root/org/name/` holds the hub's data files ($SALMON_HUB_ROOT)
+                 root:str|Path|None=None, # a local mirror: `root/org/name/` holds the hub's files ($SALMON_HUB_ROOT)
                 )->str:
     "Where `load_records` reads `hub_id` from: the hub id itself, or its folder in a local mirror"
     root = root if root is not None else os.environ.get(HUB_ROOT_ENV) or None
@@ -121,8 +123,8 @@ def _hub_record(name:str, r:dict, i:int)->dict:
     "A shipped record in the hub schema of source `name`, made unique by a tag"
     tag = f'[{name} {i}] '
     if name == 'medmcqa':
-        return dict(id=f'{name}-{i}', question=tag + r['question'], opa=r['opa'], opb=r['opb'], opc=r['opc'], opd=r['opd'],
-                    cop=int(r['cop']), choice_type=r.get('choice_type', 'single'), exp=r.get('exp'),
+        return dict(id=f'{name}-{i}', question=tag + r['question'], opa=r['opa'], opb=r['opb'], opc=r['opc'],
+                    opd=r['opd'], cop=int(r['cop']), choice_type=r.get('choice_type', 'single'), exp=r.get('exp'),
                     subject_name=r.get('subject_name', ''), topic_name=r.get('topic_name', ''))
     d = dict(r['data'])
     d['Question'] = tag + d['Question']

@@ -17,17 +17,21 @@ __all__ = ['WIDTHS', 'REPOS', 'LADDER', 'D_MODEL', 'gemmascope_entry', 'gemmasco
            'write_gemmascope_mirror', 'sanity_check']
 
 # %% ../nbs/08_gemmascope.ipynb #aae26f84
-WIDTHS = {'16k': 16_384, '32k': 32_768, '65k': 65_536, '131k': 131_072, '262k': 262_144, '524k': 524_288, '1m': 1_048_576}
+WIDTHS = {'16k': 16_384, '32k': 32_768, '65k': 65_536, '131k': 131_072, '262k': 262_144, '524k': 524_288,
+          '1m': 1_048_576}
 REPOS = {'gemma-2-2b': 'google/gemma-scope-2b-pt-res', 'gemma-2-9b': 'google/gemma-scope-9b-pt-res'}
 _L20 = {  # (model, width): average_l0 folders at layer 20; `paper` marks those the paper used
     ('gemma-2-2b', '16k'): [22, 38, 71, 139, 294], ('gemma-2-2b', '65k'): [20, 34, 61, 114, 221],
     ('gemma-2-9b', '16k'): [11, 20, 36, 58, 68, 138, 310, 408], ('gemma-2-9b', '32k'): [11, 57, 344],
     ('gemma-2-9b', '65k'): [11, 55, 298], ('gemma-2-9b', '131k'): [11, 19, 34, 53, 62, 114, 221, 276],
-    ('gemma-2-9b', '262k'): [11, 50, 259], ('gemma-2-9b', '524k'): [10, 48, 241], ('gemma-2-9b', '1m'): [11, 19, 34, 57, 101, 193]}
-_CANONICAL = {('gemma-2-2b', '16k'): 71, ('gemma-2-2b', '65k'): 114, ('gemma-2-9b', '16k'): 68, ('gemma-2-9b', '32k'): 57}
+    ('gemma-2-9b', '262k'): [11, 50, 259], ('gemma-2-9b', '524k'): [10, 48, 241],
+    ('gemma-2-9b', '1m'): [11, 19, 34, 57, 101, 193]}
+_CANONICAL = {('gemma-2-2b', '16k'): 71, ('gemma-2-2b', '65k'): 114, ('gemma-2-9b', '16k'): 68,
+              ('gemma-2-9b', '32k'): 57}
 _PAPER = {('gemma-2-2b', '16k'), ('gemma-2-2b', '65k'), ('gemma-2-9b', '16k'), ('gemma-2-9b', '32k')}
 
-LADDER = pd.DataFrame([dict(model=m, layer=20, width=w, d_sae=WIDTHS[w], average_l0=l0, canonical=_CANONICAL.get((m, w)) == l0,
+LADDER = pd.DataFrame([dict(model=m, layer=20, width=w, d_sae=WIDTHS[w], average_l0=l0,
+                            canonical=_CANONICAL.get((m, w)) == l0,
                             in_paper=(m, w) in _PAPER, repo=REPOS[m],
                             path=f'layer_20/width_{w}/average_l0_{l0}/params.npz')
                        for (m, w), l0s in _L20.items() for l0 in l0s])
@@ -58,7 +62,7 @@ def gemmascope_entry(model:str, layer:int, width, l0:int)->pd.Series:
 
 # %% ../nbs/08_gemmascope.ipynb #eceaf47e
 def gemmascope_file(model:str, layer:int, width, l0:int,
-                    local_dir:str|Path|None=None, # a local copy of the repo's layout (None: the hub's cached file, downloaded once)
+                    local_dir:str|Path|None=None, # a local copy of the repo's layout (None: the hub's cached file)
                    )->Path:
     "Where the `params.npz` of one GemmaScope SAE is read from (the `source` its loaded SAE records)"
     e = gemmascope_entry(model, layer, width, l0)
@@ -175,7 +179,8 @@ def sanity_check(sae, # SAE to check (GemmaScope or salmon)
                 )->dict: # the measured metrics, plus `ok`
     "Measure L0 and FVE on `texts` (BOS dropped) and warn if they look like a wrong layer, BOS or attention setup"
     nominal = nominal_l0 if nominal_l0 is not None else getattr(sae, 'cfg', {}).get('l0_nominal')
-    acts = trace_activations(lm, texts, layer, max_len=max_len, batch_size=batch_size, bos='drop', progress=False).collect()
+    stream = trace_activations(lm, texts, layer, max_len=max_len, batch_size=batch_size, bos='drop', progress=False)
+    acts = stream.collect()
     r = reconstruction_metrics(sae, acts)
     problems = []
     if nominal and not (nominal / l0_factor <= r['l0'] <= nominal * l0_factor):

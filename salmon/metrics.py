@@ -29,9 +29,12 @@ def rechunk(source:Iterable[torch.Tensor], # chunks `[n_i, d]` of any sizes
     check_range('batch_size', size, 1)
     buf, n = [], 0
     for c in source:
-        buf.append(c); n += len(c)
+        buf.append(c)
+        n += len(c)
         while n >= size:
-            cat = torch.cat(buf); yield cat[:size]; buf, n = [cat[size:]], n - size
+            cat = torch.cat(buf)
+            yield cat[:size]
+            buf, n = [cat[size:]], n - size
     if n: yield torch.cat(buf)
 
 # %% ../nbs/07_metrics.ipynb #2367a3d6
@@ -100,11 +103,11 @@ def _sae_apply(sae, x:torch.Tensor):
 
 # %% ../nbs/07_metrics.ipynb #69e22f3c
 def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on raw activations
-                           activations:torch.Tensor|Iterable[torch.Tensor], # `[N, d]`, or a stream of chunks (cache, trace)
+                           activations:torch.Tensor|Iterable[torch.Tensor], # `[N, d]`, or a stream of chunks
                            *,
                            batch_size:int|None=4096, # rows per evaluation batch (`ev_legacy`'s batch); None: the chunks
                            bos:str='drop', # the BOS policy the activations were made with (a label)
-                           convention:str='salmon', # the convention the tokens were chosen by (a label; see `CONVENTIONS`)
+                           convention:str='salmon', # the convention that chose the tokens (a label; `CONVENTIONS`)
                            **labels, # extra labels for the result (name, family, width, ...)
                           )->dict:   # metrics, counts and labels
     "Reconstruction metrics of `sae` on `activations`, streamed in float64"
@@ -206,7 +209,7 @@ def _next_real(mask:torch.Tensor)->torch.Tensor:
 
 # %% ../nbs/07_metrics.ipynb #85caffe5
 def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
-                ce_sel:torch.Tensor|None=None, # [B, T] positions whose next-token CE counts (default: all with a real next token)
+                ce_sel:torch.Tensor|None=None, # [B, T] positions whose next-token CE counts (default: real next token)
                 kl_sel:torch.Tensor|None=None, # [B, T] positions whose KL counts (default: `ce_sel`)
                ):
     "Add one batch's CE (pooled and per text) and KL, computing logits `chunk` tokens at a time"
@@ -214,7 +217,7 @@ def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
     kl_sel = ce_sel if kl_sel is None else kl_sel.bool()
     pos = ce_sel | kl_sel
     rows = torch.arange(len(b.ids))[:, None].expand_as(pos)[pos]
-    tgt = torch.cat([b.ids[:, 1:], b.ids[:, :1]], 1)[pos]            # the last column's target is a placeholder (KL only)
+    tgt = torch.cat([b.ids[:, 1:], b.ids[:, :1]], 1)[pos]     # the last column's target is a placeholder (KL only)
     m_ce, m_kl = ce_sel[pos].double(), kl_sel[pos].double()
     pick = lambda h: h[pos.to(h.device)]
     clean = pick(b.fin)
@@ -262,8 +265,8 @@ CONVENTIONS = {
                          'salmon: held out, BOS excluded and kept clean in every pass'),
     'saelens': Convention('saelens', 'not_special', 'all', 'not_special', True, _SAELENS_SPECIAL, 'not_special',
                           'text_batch', 'pooled', 'SAELens 6.54 run_evals (exclude_special_tokens=True)'),
-    'saebench': Convention('saebench', 'all', 'all', 'not_special', True, ('pad_token_id', 'eos_token_id', 'bos_token_id'),
-                           'not_special', 'text_batch', 'pooled',
+    'saebench': Convention('saebench', 'all', 'all', 'not_special', True,
+                           ('pad_token_id', 'eos_token_id', 'bos_token_id'), 'not_special', 'text_batch', 'pooled',
                            'SAEBench 0.6 core (exclude_special_tokens_from_reconstruction=False)'),
     'paper': Convention('paper', 'all', 'all', 'target', False, ('pad_token_id',), 'all', 'rows', 'per_text',
                         "the salmon paper: dictionary_learning loss_recovered, per text"),
@@ -354,7 +357,7 @@ def _sweep_sums(lm, saes:dict, batches:list[_Batch], layer:int, splice_bos:bool,
 
 # %% ../nbs/07_metrics.ipynb #20aee0a0
 def _loss_row(k:str, ce:dict, kl:dict, per:dict|None, n:int, conv:Convention, splice_bos:bool)->dict:
-    "The loss-recovered numbers of SAE `k` from mean CEs `ce`, mean KLs `kl` and (per-text averaging) per-text CEs `per`"
+    "The loss-recovered numbers of SAE `k` from mean CEs `ce`, mean KLs `kl` and (per-text average) per-text CEs `per`"
     s = ce[f'sae:{k}']
     lr0 = (ce['zero'] - s) / (ce['zero'] - ce['clean'])
     lrm = (ce['mean'] - s) / (ce['mean'] - ce['clean'])
@@ -410,8 +413,8 @@ def loss_recovered(lm, # an nnsight model
     single = hasattr(saes, 'encode')
     saes = _as_dict(saes)
     batches = _clean_sweep(lm, list(texts), layer, batch_size, max_len, progress)
-    rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens,
-                            progress=progress, convention=convention)
+    rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act,
+                            chunk_tokens=chunk_tokens, progress=progress, convention=convention)
     return next(iter(rows.values())) if single else pd.DataFrame([dict(name=k, **v) for k, v in rows.items()])
 
 # %% ../nbs/07_metrics.ipynb #ba1be5f0

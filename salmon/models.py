@@ -11,8 +11,8 @@ from typing import Iterator
 import torch
 from safetensors.torch import save as st_save
 from torch import nn
-from .core import (atomic_dir, atomic_write, cache_dir, check_choice, check_int, check_range, data_dir, default_device,
-                         default_dtype)
+from .core import (atomic_dir, atomic_write, cache_dir, check_choice, check_int, check_range, data_dir,
+                         default_device, default_dtype)
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'BLOCK_PATHS', 'GEMMA2', 'GEMMA2_COMMON', 'torch_model', 'model_device', 'convert_gguf',
@@ -41,7 +41,7 @@ def _from_folder(src:str|Path, dtype, device, **kw):
     if getattr(text_cfg, 'attn_logit_softcapping', None) and 'attn_implementation' not in kw:
         kw['attn_implementation'] = 'eager'   # SDPA ignores Gemma-2's soft-capping
     dev = torch.device(device)
-    dm = kw.pop('device_map', None)          # e.g. 'auto' or a dict: accelerate places the layers (and moves activations) itself
+    dm = kw.pop('device_map', None)          # 'auto' or a dict: accelerate places the layers (and moves activations) itself
     place = {'device_map': dm} if dm is not None else {'device_map': str(dev)} if dev.type == 'cuda' else {}
     model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust, **place, **kw)
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust)
@@ -115,14 +115,16 @@ def load_lm(name_or_path:str|Path, # alias ('gemma-3-270m'), 'random:gemma-2-2b'
     if name.startswith('random:'): return random_lm(name.removeprefix('random:'), dtype=dtype, device=device)
     if p.is_file():
         if p.suffix != '.gguf':
-            raise ValueError(f"model file {name!r} is not a .gguf file; pass a .gguf file, an HF model folder, a hub id or "
+            raise ValueError(f"model file {name!r} is not a .gguf file; pass a .gguf file, an HF model folder, "
+                             f"a hub id or "
                              f"one of {list(EMBEDDED)}")
         dest = _gguf_cache(p)
         if not (dest/'config.json').exists(): convert_gguf(p, dest)
         return _from_folder(dest, dtype, device, **kw)
     if p.is_dir():
         if not (p/'config.json').exists():
-            raise FileNotFoundError(f"model folder {name!r} has no config.json; expected a folder written by save_pretrained")
+            raise FileNotFoundError(f"model folder {name!r} has no config.json; "
+                                    "expected a folder written by save_pretrained")
         return _from_folder(p, dtype, device, **kw)
     if name.endswith('.gguf') or name.startswith(('/', './', '../', '~')) or name.count('/') > 1:
         raise FileNotFoundError(f"model path {name!r} does not exist")
@@ -181,8 +183,8 @@ def tiny_lm(seed:int=0, # initialisation seed
     "A small random Gemma-2 with a project-trained tokenizer, wrapped for nnsight (seconds, deterministic)"
     from transformers import Gemma2Config, Gemma2ForCausalLM
     tok = tiny_tokenizer(vocab_size)
-    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=d_model, intermediate_size=4*d_model, num_hidden_layers=n_layers,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=d_model//4, max_position_embeddings=2048,
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=d_model, intermediate_size=4*d_model,
+                       num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=d_model//4, max_position_embeddings=2048,
                        sliding_window=64, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                        eos_token_id=tok.eos_token_id, attn_implementation='eager')
     torch.manual_seed(seed)
@@ -211,7 +213,7 @@ def _train_tiny(model, tok, steps:int, seed:int, batch:int=8, ctx:int=128):
     model.eval()
 
 def _trained_tiny(model, tok, steps:int, seed:int):
-    "Train the tiny model, or load the same training's result from salmon's cache (keyed by tokenizer, config, steps, seed)"
+    "Train the tiny model, or load that training's result from salmon's cache (keyed by tokenizer, config, steps, seed)"
     from safetensors.torch import load_file
     spec = f'{_tiny_tokenizer_json(len(tok))}|{model.config.to_json_string()}|{steps}|{seed}|{torch.__version__}'
     key = hashlib.sha1(spec.encode()).hexdigest()[:16]
@@ -275,11 +277,12 @@ def resid_output(out, # a decoder block's output: tensor [B, T, d] or tuple whos
 
 # %% ../nbs/01_models.ipynb #b9c57c39
 GEMMA2 = {  # the published Gemma-2 configs (google/gemma-2-2b, google/gemma-2-9b config.json)
-    'gemma-2-2b': dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                       intermediate_size=9216, query_pre_attn_scalar=256),
-    'gemma-2-9b': dict(hidden_size=3584, num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
-                       intermediate_size=14336, query_pre_attn_scalar=256)}
-GEMMA2_COMMON = dict(vocab_size=256_000, max_position_embeddings=8192, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+    'gemma-2-2b': dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
+                       head_dim=256, intermediate_size=9216, query_pre_attn_scalar=256),
+    'gemma-2-9b': dict(hidden_size=3584, num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=256, intermediate_size=14336, query_pre_attn_scalar=256)}
+GEMMA2_COMMON = dict(vocab_size=256_000, max_position_embeddings=8192, final_logit_softcapping=30.0,
+                     attn_logit_softcapping=50.0,
                      sliding_window=4096, hidden_activation='gelu_pytorch_tanh', rms_norm_eps=1e-6, rope_theta=10_000.0,
                      tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=2)
 
@@ -291,7 +294,7 @@ def gemma2_config(name:str, # a key of `GEMMA2`
 
 # %% ../nbs/01_models.ipynb #985f65c2
 def _init_random(model:nn.Module, cfg, dev:torch.device, seed:int)->nn.Module:
-    "`model` (on meta) materialised on `dev`: N(0, initializer_range) matrices, zero RMSNorm weights, buffers recomputed"
+    "`model` (on meta) materialised on `dev`: N(0, initializer_range) matrices, zero RMSNorm weights, fresh buffers"
     model = model.to_empty(device=dev)
     g = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
@@ -308,17 +311,17 @@ def _init_random(model:nn.Module, cfg, dev:torch.device, seed:int)->nn.Module:
 def random_lm(name:str='gemma-2-2b', # a key of `GEMMA2`
               *,
               dtype:torch.dtype=torch.bfloat16, # weight dtype (the paper presets run bf16)
-              device:str|torch.device='cpu', # 'meta': shapes only (no memory, no weights), returned as the bare torch module
+              device:str|torch.device='cpu', # 'meta': shapes only (no memory, no weights), as the bare torch module
               seed:int=0, # initialisation seed
               vocab_size:int=4096, # of the project-trained stand-in tokenizer (its ids are < the model's vocabulary)
              ):  # an nnsight `TransformersModel` (on meta: the `Gemma2ForCausalLM`)
-    "Gemma-2 `name` at its true shapes with random weights (N(0, 0.02) matrices, unit RMSNorm scales), wrapped for nnsight"
+    "Gemma-2 `name` at its true shapes with random weights (N(0, 0.02) matrices, unit RMSNorm scales), for nnsight"
     from transformers import Gemma2ForCausalLM
     cfg = gemma2_config(name)
     dev = torch.device(device)
     with torch.device('meta'): model = Gemma2ForCausalLM(cfg).to(dtype)    # shapes only: no init pass over 2.6B weights
     tied = cfg.tie_word_embeddings
-    if tied: model.lm_head.weight = None                   # `to_empty` would give the head its own 1.2 GB copy; tied below
+    if tied: model.lm_head.weight = None          # `to_empty` would give the head its own 1.2 GB copy; tied below
     if dev.type != 'meta': model = _init_random(model, cfg, dev, seed)
     if tied: model.lm_head.weight = model.model.embed_tokens.weight   # one tensor, as in Gemma
     model.config._name_or_path = f'random:{name}'

@@ -26,8 +26,8 @@ set_style()
 
 # %% ../nbs/09_plots.ipynb #63a0d819
 FAMILY_COLORS = {'domain': '#636EFA', 'broad': '#EF553B', 'ours': '#636EFA', 'gemmascope': '#EF553B'}
-_REF_NAMES = {'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero', 'rel_recon_bias': 'rel_bias', 'ce_orig': 'ce_clean',
-              'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'}   # the paper's column names -> salmon's
+_REF_NAMES = {'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero', 'rel_recon_bias': 'rel_bias',
+              'ce_orig': 'ce_clean', 'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'}   # the paper's column names -> salmon's
 
 def paper_reference(model:str|None=None, # keep one model ('gemma-2-2b' or 'gemma-2-9b'); None keeps both
                    )->pd.DataFrame:
@@ -43,7 +43,8 @@ def _lines(ax, df, x, y, family, width, alpha, prefix, lw):
         for fam, g in df[df[width] == w].groupby(family, sort=False):
             g = g.sort_values(x)
             label = f'{prefix}{fam}, width {int(w):,}' if pd.api.types.is_number(w) else f'{prefix}{fam}, {w}'
-            ax.plot(g[x], g[y], styles[i % 4], marker='o', ms=4, lw=lw, alpha=alpha, color=FAMILY_COLORS.get(fam), label=label)
+            ax.plot(g[x], g[y], styles[i % 4], marker='o', ms=4, lw=lw, alpha=alpha, color=FAMILY_COLORS.get(fam),
+                    label=label)
 
 # %% ../nbs/09_plots.ipynb #b81ecb72
 _YLABEL = {'fve': 'fraction of variance explained', 'loss_recovered_zero': 'loss recovered (zero-ablation)',
@@ -54,7 +55,7 @@ def pareto(df:pd.DataFrame, # one row per SAE: columns `x`, `y`, `family`, `widt
            *,
            x:str='l0', # measured L0
            family:str='family', width:str='width', # grouping columns
-           ref:pd.DataFrame|None=None, # a reference table drawn faded (e.g. `paper_reference(model)`); skipped if it lacks `y`
+           ref:pd.DataFrame|None=None, # a reference drawn faded (e.g. `paper_reference(model)`); skipped if it lacks `y`
            ax:plt.Axes|None=None, # draw here (else a new 6×4 figure)
            title:str|None=None,
           )->plt.Figure:
@@ -66,7 +67,8 @@ def pareto(df:pd.DataFrame, # one row per SAE: columns `x`, `y`, `family`, `widt
     ax.set(xlabel='L0 (measured)', ylabel=_YLABEL.get(y, y), title=title)
     why = not_measurable(df, y)
     if why:                                   # never drawn as 0: the panel says what is missing and why
-        ax.text(0.5, 0.5, why.replace(' (', '\n('), ha='center', va='center', transform=ax.transAxes, wrap=True, color='0.35')
+        ax.text(0.5, 0.5, why.replace(' (', '\n('), ha='center', va='center', transform=ax.transAxes, wrap=True,
+                color='0.35')
         ax.set_yticks([])
     else:
         if ref is not None and y in ref and ref[y].notna().any():
@@ -84,7 +86,7 @@ REASON = '_reason'   # a table's column `<metric>_reason` says why `<metric>` is
 def not_measurable(df:pd.DataFrame, # a results table
                    col:str, # a metric column
                   )->str|None: # 'not measurable (why)', or None when some value is finite
-    "The words for a metric with no finite value in `df`: 'not measurable (reason)' (reason from `<col>_reason` if given)"
+    "The words for a metric with no finite value in `df`: 'not measurable (reason)', the reason from `<col>_reason`"
     v = pd.to_numeric(df[col], errors='coerce') if col in df else pd.Series(dtype=float)
     if np.isfinite(v.to_numpy(float)).any(): return None
     r = []
@@ -122,5 +124,6 @@ def show_table(df:pd.DataFrame, # any table
     cap = f'<p><b>{html.escape(title)}</b></p>' if title else ''
     shown = df[key + [c + REASON for c in key if c + REASON in df]]
     rest = len([c for c in df.columns if not c.endswith(REASON)]) - len(key)
-    more = f'<details><summary>all {len(df.columns)} columns ({rest} more)</summary>{tab(df)}</details>' if rest > 0 else ''
+    more = ''
+    if rest > 0: more = f'<details><summary>all {len(df.columns)} columns ({rest} more)</summary>{tab(df)}</details>'
     return HTML(cap + tab(shown) + more)

@@ -61,7 +61,8 @@ def settings_diff(old:dict|None, # settings recorded with the artefact (None: no
     diff = [f"{k} {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k)]
     more = f'; and {len(diff) - limit} more' if len(diff) > limit else ''
-    return ('; '.join(diff[:limit]) + more) if diff else 'the settings are equal (the fingerprint differs only by format)'
+    if not diff: return 'the settings are equal (the fingerprint differs only by format)'
+    return '; '.join(diff[:limit]) + more
 
 # %% ../nbs/00a_store.ipynb #03b6a274
 def digest(data:bytes, # the content
@@ -130,7 +131,8 @@ def read_json(path:str|Path, # a JSON file
     except UnicodeDecodeError as e:
         raise ValueError(f'{p}: {what} is not UTF-8 text ({e.reason} at byte {e.start})') from None
     try: return json.loads(text)
-    except json.JSONDecodeError as e: raise ValueError(f'{p}:{e.lineno}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{p}:{e.lineno}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
 
 # %% ../nbs/00a_store.ipynb #a0a3efa8
 def iter_jsonl(path:str|Path, # a JSON-lines file: one JSON object per line (blank lines skipped)
@@ -142,10 +144,12 @@ def iter_jsonl(path:str|Path, # a JSON-lines file: one JSON object per line (bla
     with open(p, 'rb') as f:
         for i, raw in enumerate(f, 1):
             try: line = raw.decode('utf-8')
-            except UnicodeDecodeError as e: raise ValueError(f'{p}:{i}: {what} line is not UTF-8 text ({e.reason})') from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f'{p}:{i}: {what} line is not UTF-8 text ({e.reason})') from None
             if not line.strip(): continue
             try: rec = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e: raise ValueError(f'{p}:{i}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{p}:{i}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
             if not isinstance(rec, dict):
                 raise ValueError(f'{p}:{i}: {what} line holds a {type(rec).__name__}; expected a JSON object')
             yield rec
@@ -191,7 +195,8 @@ def check_stamped(path:str|Path, # the file
     if not sp.exists(): return Status('stale', path, settings_diff(None, settings))
     try: st = read_json(sp, 'provenance stamp')
     except ValueError as e: return Status('damaged', path, str(e))
-    if st.get('fingerprint') != fingerprint(settings): return Status('stale', path, settings_diff(st.get('settings'), settings))
+    if st.get('fingerprint') != fingerprint(settings):
+        return Status('stale', path, settings_diff(st.get('settings'), settings))
     try: verify_file(path, st, 'table', full=verify)
     except CorruptArtefactError as e: return Status('damaged', path, f'{e} (or its write was interrupted)')
     return Status('ok', path)
@@ -207,7 +212,8 @@ def resolve(st:Status, # from `check_stamped` or a stage's own check
     if st.kind == 'ok': return True
     if st.kind == 'damaged': warnings.warn(f'{st.reason}; recomputing it')
     if st.kind == 'stale' and on_stale == 'error':
-        raise StaleArtefactError(f"{str(st.path)!r} was made from other settings: {st.reason}. To recompute it and everything that "
+        raise StaleArtefactError(f"{str(st.path)!r} was made from other settings: {st.reason}. "
+                                 "To recompute it and everything that "
                                  "depends on it, rerun with on_stale='recompute' (command line: --on-stale recompute); "
                                  "or keep it and write to another results folder (--out)")
     return False

@@ -57,7 +57,7 @@ def add_method(cls:type):
 
 # %% ../nbs/03_trace.ipynb #c2887780
 class ActivationStream:
-    "Iterable of `[n_tokens, d]` activation chunks: the residual stream after `layer` at real tokens, one chunk per LM batch"
+    "Iterable of `[n_tokens, d]` activation chunks: the residual stream after `layer` at real tokens, one per LM batch"
     def __init__(self,
                  lm, # an nnsight model (`salmon.models.load_lm`)
                  texts:Iterable[str], # the corpus, one example per context
@@ -71,7 +71,8 @@ class ActivationStream:
                  progress:bool=True, # show a tqdm bar with tokens/s
                  desc:str='tracing', # progress-bar label
                 ):
-        if isinstance(texts, str): raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
+        if isinstance(texts, str):
+            raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
         check_choice('bos', bos, {'drop', 'keep'})
         check_range('max_len', max_len, 2)
         check_range('batch_size', batch_size, 1)
@@ -168,7 +169,7 @@ def trace_activations(lm, # an nnsight model
 
 # %% ../nbs/03_trace.ipynb #209d33f0
 class ActivationBuffer:
-    "The paper's shuffling buffer: batches of `batch_tokens` rows drawn without replacement from `capacity` buffered rows"
+    "The paper's shuffling buffer: batches of `batch_tokens` rows drawn without replacement from `capacity` rows"
     def __init__(self,
                  source:Iterable[torch.Tensor], # chunks `[n, d]` (an `ActivationStream`, a cache's chunks, ...)
                  capacity:int=250_000, # rows held; refilled when fewer than half are unread
@@ -187,7 +188,8 @@ class ActivationBuffer:
     @property
     def resumable(self)->bool:
         "Whether `state_dict` can record this buffer (its source knows its position, like an `ActivationStream`)"
-        return callable(getattr(self.source, 'state_dict', None)) and callable(getattr(self.source, 'load_state_dict', None))
+        src = self.source
+        return callable(getattr(src, 'state_dict', None)) and callable(getattr(src, 'load_state_dict', None))
 
 # %% ../nbs/03_trace.ipynb #6a44cacd
 @add_method(ActivationBuffer)
@@ -252,7 +254,7 @@ def __iter__(self:ActivationBuffer)->Iterator[torch.Tensor]:
 # %% ../nbs/03_trace.ipynb #b9c2d3e4
 @add_method(ActivationBuffer)
 def state_dict(self:ActivationBuffer)->dict:
-    "Everything needed to continue this buffer's batches elsewhere: unread rows, their slots, RNG, pending rows, source position"
+    "What continues this buffer's batches elsewhere: unread rows, their slots, RNG, pending rows, source position"
     if not self.resumable:
         raise TypeError(f'the buffer\'s source ({type(self.source).__name__}) has no state_dict; only a buffer over a '
                         'resumable source (an ActivationStream) can be checkpointed')
@@ -262,14 +264,16 @@ def state_dict(self:ActivationBuffer)->dict:
     return dict(slots=slots, rows=rows, d=-1 if self._buf is None else self._buf.shape[1], rng=self._g.get_state(),
                 exhausted=self._exhausted, pending=self._pending.cpu() if self._pending is not None else torch.empty(0),
                 has_pending=self._pending is not None, source=self.source.state_dict(),
-                config=dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed, dtype=str(self.dtype)))
+                config=dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed,
+                            dtype=str(self.dtype)))
 
 # %% ../nbs/03_trace.ipynb #b1bbf278
 @add_method(ActivationBuffer)
 def load_state_dict(self:ActivationBuffer, state:dict):
-    "Continue where `state` was saved: the next batch is the one the saved buffer would have served (call before iterating)"
+    "Continue where `state` was saved: the next batch is the one the saved buffer would have served (call first)"
     want = dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed, dtype=str(self.dtype))
-    if state['config'] != want: raise ValueError(f'buffer state was saved with {state["config"]}; this buffer has {want}')
+    if state['config'] != want:
+        raise ValueError(f'buffer state was saved with {state["config"]}; this buffer has {want}')
     self.source.load_state_dict(state['source'])
     self._start()
     self._g.set_state(state['rng'])
@@ -314,7 +318,8 @@ class ActivationCache:
                 ):
         self.path, self.verify = check_path('path', path, kind='dir'), verify
         mf = self.path/'manifest.json'
-        if not mf.exists(): raise FileNotFoundError(f'no activation cache at {str(self.path)!r} (manifest.json missing)')
+        if not mf.exists():
+            raise FileNotFoundError(f'no activation cache at {str(self.path)!r} (manifest.json missing)')
         self.manifest = _read_manifest(mf)
 
     @property
@@ -326,7 +331,8 @@ class ActivationCache:
     @property
     def fingerprint(self)->str|None: return self.manifest.get('fingerprint')
     def __repr__(self):
-        return f"ActivationCache({str(self.path)!r}, {self.n_tokens:,} tokens, layer {self.manifest['layer']} of {self.manifest['model']})"
+        m = self.manifest
+        return f"ActivationCache({str(self.path)!r}, {self.n_tokens:,} tokens, layer {m['layer']} of {m['model']})"
 
 # %% ../nbs/03_trace.ipynb #2fa7e8dd
 @add_method(ActivationCache)
@@ -350,7 +356,8 @@ def chunks(self:ActivationCache, shuffle:bool=False, seed:int=0)->Iterator[torch
     order = torch.randperm(len(shards), generator=g).tolist() if shuffle else range(len(shards))
     for i in order:
         f = self.path/shards[i]['file']
-        if self.verify: yield _load_acts(read_verified(f, shards[i] if 'digest' in shards[i] else None, 'activation shard'), f)
+        rec = shards[i] if 'digest' in shards[i] else None
+        if self.verify: yield _load_acts(read_verified(f, rec, 'activation shard'), f)
         else:
             try:
                 with safe_open(f, framework='pt') as h: yield h.get_tensor('acts')
@@ -361,7 +368,8 @@ def chunks(self:ActivationCache, shuffle:bool=False, seed:int=0)->Iterator[torch
 @add_method(ActivationCache)
 def batches(self:ActivationCache, batch_tokens:int=2048, capacity:int=250_000, seed:int=0, **kw)->ActivationBuffer:
     "Shuffled training batches: shards in random order through an `ActivationBuffer`"
-    return ActivationBuffer(self.chunks(shuffle=True, seed=seed), capacity=capacity, batch_tokens=batch_tokens, seed=seed, **kw)
+    src = self.chunks(shuffle=True, seed=seed)
+    return ActivationBuffer(src, capacity=capacity, batch_tokens=batch_tokens, seed=seed, **kw)
 
 @add_method(ActivationCache)
 def read_all(self:ActivationCache, dtype:torch.dtype=torch.float32)->torch.Tensor:
@@ -372,8 +380,9 @@ def read_all(self:ActivationCache, dtype:torch.dtype=torch.float32)->torch.Tenso
 def _check_manifest(path:Path, man:dict, want:dict, provenance:dict|None=None):
     "Raise unless the cache's manifest `man` matches the request `want` (and was made from `provenance`)"
     if 'fingerprint' in want and man.get('fingerprint') != want['fingerprint']:
-        raise StaleArtefactError(f'activation cache {str(path)!r} was made from other settings: '
-                                 f'{settings_diff(man.get("provenance"), provenance)} (use another folder, or overwrite=True)')
+        diff = settings_diff(man.get("provenance"), provenance)
+        raise StaleArtefactError(f'activation cache {str(path)!r} was made from other settings: {diff} '
+                                 '(use another folder, or overwrite=True)')
     bad = {k: (man.get(k), v) for k, v in want.items() if man.get(k) != v}
     if bad: raise ValueError(f'activation cache {str(path)!r} does not match the request: '
                              + '; '.join(f'{k} is {a!r} in the cache, requested {b!r}' for k, (a, b) in bad.items())
@@ -391,16 +400,18 @@ def _truncate(man:dict, i:int)->dict|None:
 # %% ../nbs/03_trace.ipynb #9a8288d6
 def _check_cache_args(texts, layer:int, shard_tokens:int, dtype:torch.dtype):
     "Refuse a single string as the corpus, a bad layer or shard size, and a non-float dtype"
-    if isinstance(texts, str): raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
+    if isinstance(texts, str):
+        raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
     check_int('layer', layer, 0)
     check_int('shard_tokens', shard_tokens, 1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f'dtype={dtype!r} is not a floating torch dtype; expected torch.float16, torch.bfloat16 or torch.float32')
+        raise TypeError(f'dtype={dtype!r} is not a floating torch dtype; '
+                        'expected torch.float16, torch.bfloat16 or torch.float32')
 
 # %% ../nbs/03_trace.ipynb #9e9a7347
 def _cache_request(lm, layer:int, model:str|None, corpus:str, split:str, bos:str, max_len:int, dtype:torch.dtype,
                    provenance:dict|None)->dict:
-    "What a matching cache records: model, layer, corpus, split, BOS policy, length, dtype (and the settings' fingerprint)"
+    "What a matching cache records: model, layer, corpus, split, BOS policy, length, dtype (and settings' fingerprint)"
     fp = {'fingerprint': fingerprint(provenance)} if provenance is not None else {}
     return dict(model=model or model_name(lm), layer=layer, corpus=corpus, split=split, bos=bos, max_len=max_len,
                 dtype=str(dtype).removeprefix('torch.'), **fp)
@@ -478,10 +489,10 @@ def cache_activations(lm, # an nnsight model
                       dtype:torch.dtype=torch.float16, # on-disk dtype
                       overwrite:bool=False, # discard a mismatching or finished cache
                       batch_size:int=8, max_len:int=1024, bos:str='drop', progress:bool=True,
-                      provenance:dict|None=None, # settings the cache is made from: recorded; a cache made from others is stale
-                      verify:bool=True, # check finished shards' content hashes before reusing or resuming (else sizes only)
+                      provenance:dict|None=None, # settings it is made from: recorded; a cache made from others is stale
+                      verify:bool=True, # check finished shards' content hashes before reuse or resume (else sizes only)
                      )->ActivationCache:
-    "Trace `texts` at `layer` into a resumable on-disk cache (a finished matching cache is reused, a damaged shard re-traced)"
+    "Trace `texts` at `layer` into a resumable disk cache (a finished matching one is reused, a damaged shard re-traced)"
     path = check_path('path', path, kind='dir')
     _check_cache_args(texts, layer, shard_tokens, dtype)
     path.mkdir(parents=True, exist_ok=True)
