@@ -15,7 +15,7 @@ from .metrics import CONVENTIONS, evaluate
 from .trace import tokenize_batch
 
 # %% auto #0
-__all__ = ['MATCH', 'compare_table', 'default_sae', 'compare_prepare', 'salmon_numbers', 'prepare_absorption',
+__all__ = ['MATCH', 'compare_table', 'default_sae', 'long_texts', 'compare_prepare', 'salmon_numbers', 'prepare_absorption',
            'salmon_absorption', 'absorption_table', 'report', 'main']
 
 # %% ../nbs/96_compare.ipynb #e003345c
@@ -65,6 +65,18 @@ def default_sae(root:Path|None=None)->Path:
     if not hits: raise FileNotFoundError(f'no demo SAE under {root}: run `make demo` first, or pass --sae FOLDER')
     return hits[0].parent
 
+# %% ../nbs/96_compare.ipynb #4194d81c
+def long_texts(tok, # the tokenizer that counts
+               n_texts:int, # how many
+               ctx:int, # tokens each needs at least (BOS included)
+              )->list[str]:
+    "The first `n_texts` held-out medical texts of at least `ctx` tokens, or an error saying how many there are"
+    from salmon.data import medical_qa
+    texts = [t for t in medical_qa('test') if len(tok(t)['input_ids']) >= ctx][:n_texts]
+    if len(texts) < n_texts:
+        raise ValueError(f'only {len(texts)} held-out medical texts have >= {ctx} tokens; lower n_texts or ctx')
+    return texts
+
 # %% ../nbs/96_compare.ipynb #ba317642
 def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results)
                     sae_path:str|Path|None=None, # a salmon SAE folder (default `default_sae()`)
@@ -74,7 +86,6 @@ def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results
                     batch_size:int=4, # texts per forward pass, both sides (`ev_legacy`'s batch)
                    )->dict: # what was written
     "Write the SAE (SAELens format), token ids and `inputs.json` for a side-by-side run"
-    from salmon.data import medical_qa
     from salmon.models import embedded_model_dir, load_lm
     from salmon.sae import load_sae, save_saelens
     check_range('n_texts', n_texts, 1)
@@ -88,9 +99,7 @@ def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results
     sae_path = Path(sae_path or default_sae())
     sae = load_sae(sae_path)
     tok = load_lm(model, device='cpu').tokenizer
-    texts = [t for t in medical_qa('test') if len(tok(t)['input_ids']) >= ctx][:n_texts]
-    if len(texts) < n_texts:
-        raise ValueError(f'only {len(texts)} held-out medical texts have >= {ctx} tokens; lower n_texts or ctx')
+    texts = long_texts(tok, n_texts, ctx)
     ids, mask, _ = tokenize_batch(tok, texts, ctx)
     save_saelens(sae, out/'sae')
     with atomic_write(out/'tokens.safetensors', 'wb') as f: f.write(st_save({'tokens': ids.contiguous()}))

@@ -396,6 +396,7 @@ def _as_dict(saes)->dict:
     name = lambda i, s: s.cfg.get('name', f'sae{i}') if isinstance(getattr(s, 'cfg', None), dict) else f'sae{i}'
     return {name(i, s): s for i, s in enumerate(saes)}
 
+# %% ../nbs/07_metrics.ipynb #f23daab1
 def loss_recovered(lm, # an nnsight model
                    saes, # one SAE, a list, or a dict name -> SAE
                    texts:list[str], # evaluation texts
