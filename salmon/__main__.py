@@ -27,7 +27,8 @@ def _run_options(s:argparse.ArgumentParser):
     s.add_argument('--no-progress', action='store_true', help='hide progress bars')
     s.add_argument('--on-stale', choices=ON_STALE, default='error',
                    help='a cached artefact made from other settings (or by an older salmon): '
-                        'stop and name it (error, default) or recompute it and everything that depends on it (recompute)')
+                        'stop and name it (error, default) '
+                        'or recompute it and everything that depends on it (recompute)')
     s.add_argument('--no-verify', action='store_true',
                    help="skip the content-hash check of reused artefacts (sizes are still checked)")
     s.add_argument('--parallel', choices=('ddp', 'sweep'), default='ddp',

@@ -361,7 +361,7 @@ def bench_eval(lm, # nnsight model
 def _dm_data(n_tokens:int, d:int, seed:int)->tuple[Tensor, Tensor]:
     "Synthetic activations `x` [n_tokens, d] (fp32, uneven scales and offsets) and their error `e`"
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_tokens, d, generator=g)                 # then the scales, then the offsets (the generator's order)
+    x = torch.randn(n_tokens, d, generator=g)        # then the scales, then the offsets (the generator's order)
     x = x * torch.exp(0.5 * torch.randn(d, generator=g)) + torch.randn(d, generator=g)
     e = 0.2 * x.roll(1, dims=1) + 0.3 * torch.tanh(x) + 0.2 * torch.randn(n_tokens, d, generator=g)
     return x, e

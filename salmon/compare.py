@@ -51,7 +51,8 @@ def compare_table(salmon:pd.DataFrame, # one row per convention (`salmon_numbers
         a, b = float(s.loc[conv, col]), float(external[run][q])
         diff = abs(a - b) / max(abs(b), 1e-12) if q in _RELATIVE else abs(a - b)
         rows.append(dict(tool=run, quantity=q, salmon_column=col, convention=conv, salmon=a, tool_value=b,
-                         difference=diff, kind='relative' if q in _RELATIVE else 'absolute', tolerance=tol, ok=bool(diff <= tol)))
+                         difference=diff, kind='relative' if q in _RELATIVE else 'absolute', tolerance=tol,
+                         ok=bool(diff <= tol)))
     if not rows:
         raise ValueError(f'no quantity of {sorted(external)} matched; expected the output of tools/external_evals.py')
     return pd.DataFrame(rows)
@@ -104,7 +105,8 @@ def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results
     save_saelens(sae, out/'sae')
     with atomic_write(out/'tokens.safetensors', 'wb') as f: f.write(st_save({'tokens': ids.contiguous()}))
     inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}',
-               layer=int(sae.cfg['layer']), sae=str(sae_path), batch_size=batch_size, n_texts=n_texts, ctx=ctx, texts=texts)
+               layer=int(sae.cfg['layer']), sae=str(sae_path), batch_size=batch_size, n_texts=n_texts, ctx=ctx,
+               texts=texts)
     with atomic_write(out/'inputs.json', 'w') as f: f.write(json.dumps(inp, indent=1))
     return inp
 

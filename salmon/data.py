@@ -47,7 +47,8 @@ def format_pubmedqa(rec:dict, # openlifescienceai/pubmedqa: {'data': {'Context',
 
 # %% ../nbs/02_data.ipynb #b88f4ab9
 FORMATTERS = dict(medqa=format_medqa, medmcqa=format_medmcqa, pubmed_qa=format_pubmedqa,
-                  mmlu_college_medicine=format_mmlu, mmlu_clinical_knowledge=format_mmlu, mmlu_professional_medicine=format_mmlu)
+                  mmlu_college_medicine=format_mmlu, mmlu_clinical_knowledge=format_mmlu,
+                  mmlu_professional_medicine=format_mmlu)
 
 MEDICAL_HUB = [  # (source_dataset, hub id, split), in the order of the authors' dataset.py
     ('medqa', 'openlifescienceai/medqa', 'train'),

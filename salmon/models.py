@@ -41,7 +41,7 @@ def _from_folder(src:str|Path, dtype, device, **kw):
     if getattr(text_cfg, 'attn_logit_softcapping', None) and 'attn_implementation' not in kw:
         kw['attn_implementation'] = 'eager'   # SDPA ignores Gemma-2's soft-capping
     dev = torch.device(device)
-    dm = kw.pop('device_map', None)          # 'auto' or a dict: accelerate places the layers (and moves activations) itself
+    dm = kw.pop('device_map', None)   # 'auto' or a dict: accelerate places the layers (and moves activations) itself
     place = {'device_map': dm} if dm is not None else {'device_map': str(dev)} if dev.type == 'cuda' else {}
     model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust, **place, **kw)
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust)
@@ -184,7 +184,8 @@ def tiny_lm(seed:int=0, # initialisation seed
     from transformers import Gemma2Config, Gemma2ForCausalLM
     tok = tiny_tokenizer(vocab_size)
     cfg = Gemma2Config(vocab_size=len(tok), hidden_size=d_model, intermediate_size=4*d_model,
-                       num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=d_model//4, max_position_embeddings=2048,
+                       num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=d_model//4,
+                       max_position_embeddings=2048,
                        sliding_window=64, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                        eos_token_id=tok.eos_token_id, attn_implementation='eager')
     torch.manual_seed(seed)

@@ -27,7 +27,7 @@ set_style()
 # %% ../nbs/09_plots.ipynb #63a0d819
 FAMILY_COLORS = {'domain': '#636EFA', 'broad': '#EF553B', 'ours': '#636EFA', 'gemmascope': '#EF553B'}
 _REF_NAMES = {'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero', 'rel_recon_bias': 'rel_bias',
-              'ce_orig': 'ce_clean', 'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'}   # the paper's column names -> salmon's
+              'ce_orig': 'ce_clean', 'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'}   # the paper's -> salmon's
 
 def paper_reference(model:str|None=None, # keep one model ('gemma-2-2b' or 'gemma-2-9b'); None keeps both
                    )->pd.DataFrame:
@@ -55,7 +55,7 @@ def pareto(df:pd.DataFrame, # one row per SAE: columns `x`, `y`, `family`, `widt
            *,
            x:str='l0', # measured L0
            family:str='family', width:str='width', # grouping columns
-           ref:pd.DataFrame|None=None, # a reference drawn faded (e.g. `paper_reference(model)`); skipped if it lacks `y`
+           ref:pd.DataFrame|None=None, # drawn faded (e.g. `paper_reference(model)`); skipped if it lacks `y`
            ax:plt.Axes|None=None, # draw here (else a new 6×4 figure)
            title:str|None=None,
           )->plt.Figure:

@@ -492,7 +492,7 @@ def cache_activations(lm, # an nnsight model
                       provenance:dict|None=None, # settings it is made from: recorded; a cache made from others is stale
                       verify:bool=True, # check finished shards' content hashes before reuse or resume (else sizes only)
                      )->ActivationCache:
-    "Trace `texts` at `layer` into a resumable disk cache (a finished matching one is reused, a damaged shard re-traced)"
+    "Trace `texts` at `layer` into a resumable disk cache (a matching finished one is reused, damaged shards re-traced)"
     path = check_path('path', path, kind='dir')
     _check_cache_args(texts, layer, shard_tokens, dtype)
     path.mkdir(parents=True, exist_ok=True)
