@@ -26,8 +26,9 @@ set_style()
 
 # %% ../nbs/09_plots.ipynb #63a0d819
 FAMILY_COLORS = {'domain': '#636EFA', 'broad': '#EF553B', 'ours': '#636EFA', 'gemmascope': '#EF553B'}
-_REF_NAMES = {'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero', 'rel_recon_bias': 'rel_bias',
-              'ce_orig': 'ce_clean', 'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'}   # the paper's -> salmon's
+_REF_NAMES = {  # the paper's column names -> salmon's
+              'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero', 'rel_recon_bias': 'rel_bias',
+              'ce_orig': 'ce_clean', 'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'}
 
 def paper_reference(model:str|None=None, # keep one model ('gemma-2-2b' or 'gemma-2-9b'); None keeps both
                    )->pd.DataFrame:
