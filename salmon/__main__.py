@@ -14,31 +14,45 @@ __all__ = ['parse_args', 'main']
 # %% ../nbs/99_cli.ipynb #aaea2a93
 def _folder(s:str)->str:
     "An --out value: a non-empty path that is not an existing file"
-    if not s.strip(): raise argparse.ArgumentTypeError(f"{s!r} is empty; expected a folder path (omit --out for the default)")
+    if not s.strip():
+        raise argparse.ArgumentTypeError(f"{s!r} is empty; expected a folder path (omit --out for the default)")
     if os.path.isfile(os.path.expanduser(s)): raise argparse.ArgumentTypeError(f"{s!r} is a file; expected a folder")
     return s
 
+# %% ../nbs/99_cli.ipynb #b9af0698
+def _run_options(s:argparse.ArgumentParser):
+    "The options `demo` and `reproduce` share: output folder, progress, stale artefacts, verification, parallelism"
+    s.add_argument('--out', default=None, type=_folder,
+                   help='results folder (default: $SALMON_RESULTS, else results/ of this checkout)')
+    s.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    s.add_argument('--on-stale', choices=ON_STALE, default='error',
+                   help='a cached artefact made from other settings (or by an older salmon): '
+                        'stop and name it (error, default) '
+                        'or recompute it and everything that depends on it (recompute)')
+    s.add_argument('--no-verify', action='store_true',
+                   help="skip the content-hash check of reused artefacts (sizes are still checked)")
+    s.add_argument('--parallel', choices=('ddp', 'sweep'), default='ddp',
+                   help='under torchrun: train each SAE group data-parallel (ddp: every rank all of them, '
+                        'B/N rows of each batch; its own shard of the texts when streaming) '
+                        'or sweep-parallel (sweep: every rank its share of the SAEs, whole batches)')
+
+# %% ../nbs/99_cli.ipynb #56a96e64
 def parse_args(argv:list[str]|None=None)->argparse.Namespace:
     "Parse salmon's command line"
     p = argparse.ArgumentParser('salmon', description='Domain-specific JumpReLU SAEs: run the pipeline')
     sub = p.add_subparsers(dest='cmd', required=True)
     d = sub.add_parser('demo', help='run the whole pipeline on the embedded Gemma 3 270M and the shipped corpora')
     r = sub.add_parser('reproduce', help='run the pipeline for a preset')
-    r.add_argument('--preset', choices=list(PRESETS), default='demo', help='scale: tiny (tests), demo (this machine), gemma-2-2b / gemma-2-9b (GPU + hub)')
-    r.add_argument('--dry-run', action='store_true', help='a paper preset on CPU with no hub: random-weight Gemma-2 at its true shapes, '
-                   'local hub-schema data and GemmaScope mirror, token counts reduced; prints time and peak memory per stage')
-    for s in (d, r):
-        s.add_argument('--out', default=None, type=_folder, help='results folder (default: $SALMON_RESULTS, else results/ of this checkout)')
-        s.add_argument('--no-progress', action='store_true', help='hide progress bars')
-        s.add_argument('--on-stale', choices=ON_STALE, default='error',
-                       help='a cached artefact made from other settings (or by an older salmon): stop and name it (error, default) '
-                            'or recompute it and everything that depends on it (recompute)')
-        s.add_argument('--no-verify', action='store_true', help="skip the content-hash check of reused artefacts (sizes are still checked)")
-        s.add_argument('--parallel', choices=('ddp', 'sweep'), default='ddp',
-                       help='under torchrun: train each SAE group data-parallel (ddp: every rank all of them, B/N rows of each batch; '
-                            'its own shard of the texts when streaming) or sweep-parallel (sweep: every rank its share of the SAEs, whole batches)')
+    r.add_argument('--preset', choices=list(PRESETS), default='demo',
+                   help='scale: tiny (tests), demo (this machine), gemma-2-2b / gemma-2-9b (GPU + hub)')
+    r.add_argument('--dry-run', action='store_true',
+                   help='a paper preset on CPU with no hub: random-weight Gemma-2 at its true shapes, '
+                        'local hub-schema data and GemmaScope mirror, token counts reduced; '
+                        'prints time and peak memory per stage')
+    for s in (d, r): _run_options(s)
     return p.parse_args(argv)
 
+# %% ../nbs/99_cli.ipynb #0928a94c
 def main(argv:list[str]|None=None):
     "Entry point of `python -m salmon` and the `salmon` command"
     a = parse_args(argv)
@@ -48,9 +62,10 @@ def main(argv:list[str]|None=None):
         return dry_run(a.preset, a.out, progress=not a.no_progress)
     from salmon.distributed import close_distributed, init_distributed
     init_distributed()                    # torchrun's ranks join one process group (a no-op for one process)
-    try: return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale, verify=not a.no_verify,
-                    parallel=a.parallel)
-    except StaleArtefactError as e: raise SystemExit(f'salmon: {e}') from None    # the message says what changed and how to go on
+    try: return run('demo' if a.cmd == 'demo' else a.preset, a.out, progress=not a.no_progress, on_stale=a.on_stale,
+                    verify=not a.no_verify, parallel=a.parallel)
+    except StaleArtefactError as e:     # the message says what changed and how to go on
+        raise SystemExit(f'salmon: {e}') from None
     finally: close_distributed()
 
 # %% ../nbs/99_cli.ipynb #57d0094b

@@ -15,40 +15,46 @@ from .metrics import CONVENTIONS, evaluate
 from .trace import tokenize_batch
 
 # %% auto #0
-__all__ = ['MATCH', 'compare_table', 'default_sae', 'compare_prepare', 'salmon_numbers', 'prepare_absorption',
+__all__ = ['MATCH', 'compare_table', 'default_sae', 'long_texts', 'compare_prepare', 'salmon_numbers', 'prepare_absorption',
            'salmon_absorption', 'absorption_table', 'report', 'main']
 
 # %% ../nbs/96_compare.ipynb #e003345c
 _CORE = [('ce_loss_score', 'loss_recovered_zero'), ('kl_div_score', 'kl_score'), ('ce_loss_with_sae', 'ce_sae'),
-         ('ce_loss_without_sae', 'ce_clean'), ('ce_loss_with_ablation', 'ce_zero'), ('explained_variance_legacy', 'ev_legacy'),
+         ('ce_loss_without_sae', 'ce_clean'), ('ce_loss_with_ablation', 'ce_zero'),
+         ('explained_variance_legacy', 'ev_legacy'),
          ('l0', 'l0'), ('cossim', 'cossim'), ('l2_ratio', 'l2_ratio')]
-# raw mean KLs: 1.2e-4 relative apart on the demo SAE (the scores agree to 2e-5), not yet explained: float32 KL sums account
-# for 1.2e-5 and TransformerLens vs Hugging Face logits for 1.2e-7 (measured on 8 of the texts)
+# raw mean KLs: 1.2e-4 relative apart on the demo SAE (the scores agree to 2e-5), not yet explained: float32 KL sums
+# account for 1.2e-5 and TransformerLens vs Hugging Face logits for 1.2e-7 (measured on 8 of the texts)
 _KL = [('kl_div_with_sae', 'kl_sae'), ('kl_div_with_ablation', 'kl_zero')]
 MATCH = [  # (tool run, tool quantity, salmon column, salmon convention, tolerance)
     *[('saelens', q, c, 'saelens', 1e-4) for q, c in _CORE], ('saelens', 'explained_variance', 'fve', 'saelens', 1e-4),
     ('saelens', 'mse', 'mse', 'saelens', 1e-4), *[('saelens', q, c, 'saelens', 1e-3) for q, c in _KL],
-    *[('saebench', q, c, 'saebench', 1e-4) for q, c in _CORE], ('saebench', 'explained_variance', 'ev_saebench', 'saebench', 1e-4),
+    *[('saebench', q, c, 'saebench', 1e-4) for q, c in _CORE],
+    ('saebench', 'explained_variance', 'ev_saebench', 'saebench', 1e-4),
     *[('saebench', q, c, 'saebench', 1e-3) for q, c in _KL],
     *[('saebench_exclude_special', q, c, 'saelens', 1e-4) for q, c in _CORE[:2]],
 ]
 
 # %% ../nbs/96_compare.ipynb #06129677
-_RELATIVE = {'ce_loss_with_sae', 'ce_loss_without_sae', 'ce_loss_with_ablation', 'kl_div_with_sae', 'kl_div_with_ablation', 'l0', 'mse'}
+_RELATIVE = {'ce_loss_with_sae', 'ce_loss_without_sae', 'ce_loss_with_ablation', 'kl_div_with_sae',
+             'kl_div_with_ablation', 'l0', 'mse'}
 
 def compare_table(salmon:pd.DataFrame, # one row per convention (`salmon_numbers`)
                   external:dict, # {run: {quantity: value}} as written by tools/external_evals.py
                   match:list|None=None, # pairs to compare (default `MATCH`)
                  )->pd.DataFrame: # one row per pair: values, difference, tolerance, ok
     "The side-by-side table of salmon's numbers (in the matching convention) and the tools' own"
-    s = salmon.set_index('convention'); rows = []
+    s = salmon.set_index('convention')
+    rows = []
     for run, q, col, conv, tol in match or MATCH:
         if run not in external or q not in external[run]: continue
         a, b = float(s.loc[conv, col]), float(external[run][q])
         diff = abs(a - b) / max(abs(b), 1e-12) if q in _RELATIVE else abs(a - b)
         rows.append(dict(tool=run, quantity=q, salmon_column=col, convention=conv, salmon=a, tool_value=b,
-                         difference=diff, kind='relative' if q in _RELATIVE else 'absolute', tolerance=tol, ok=bool(diff <= tol)))
-    if not rows: raise ValueError(f'no quantity of {sorted(external)} matched; expected the output of tools/external_evals.py')
+                         difference=diff, kind='relative' if q in _RELATIVE else 'absolute', tolerance=tol,
+                         ok=bool(diff <= tol)))
+    if not rows:
+        raise ValueError(f'no quantity of {sorted(external)} matched; expected the output of tools/external_evals.py')
     return pd.DataFrame(rows)
 
 # %% ../nbs/96_compare.ipynb #a7164dea
@@ -60,6 +66,19 @@ def default_sae(root:Path|None=None)->Path:
     if not hits: raise FileNotFoundError(f'no demo SAE under {root}: run `make demo` first, or pass --sae FOLDER')
     return hits[0].parent
 
+# %% ../nbs/96_compare.ipynb #4194d81c
+def long_texts(tok, # the tokenizer that counts
+               n_texts:int, # how many
+               ctx:int, # tokens each needs at least (BOS included)
+              )->list[str]:
+    "The first `n_texts` held-out medical texts of at least `ctx` tokens, or an error saying how many there are"
+    from salmon.data import medical_qa
+    texts = [t for t in medical_qa('test') if len(tok(t)['input_ids']) >= ctx][:n_texts]
+    if len(texts) < n_texts:
+        raise ValueError(f'only {len(texts)} held-out medical texts have >= {ctx} tokens; lower n_texts or ctx')
+    return texts
+
+# %% ../nbs/96_compare.ipynb #ba317642
 def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results)
                     sae_path:str|Path|None=None, # a salmon SAE folder (default `default_sae()`)
                     model:str='gemma-3-270m', # the embedded model alias
@@ -68,21 +87,26 @@ def compare_prepare(out:str|Path, # work folder (inputs, then the tools' results
                     batch_size:int=4, # texts per forward pass, both sides (`ev_legacy`'s batch)
                    )->dict: # what was written
     "Write the SAE (SAELens format), token ids and `inputs.json` for a side-by-side run"
-    from salmon.data import medical_qa
     from salmon.models import embedded_model_dir, load_lm
     from salmon.sae import load_sae, save_saelens
-    check_range('n_texts', n_texts, 1); check_range('ctx', ctx, 2); check_range('batch_size', batch_size, 1)
-    if n_texts % batch_size: raise ValueError(f'n_texts={n_texts} must be a multiple of batch_size={batch_size} (the tools drop a partial batch)')
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    sae_path = Path(sae_path or default_sae()); sae = load_sae(sae_path)
+    check_range('n_texts', n_texts, 1)
+    check_range('ctx', ctx, 2)
+    check_range('batch_size', batch_size, 1)
+    if n_texts % batch_size:
+        raise ValueError(f'n_texts={n_texts} must be a multiple of batch_size={batch_size} '
+                         '(the tools drop a partial batch)')
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sae_path = Path(sae_path or default_sae())
+    sae = load_sae(sae_path)
     tok = load_lm(model, device='cpu').tokenizer
-    texts = [t for t in medical_qa('test') if len(tok(t)['input_ids']) >= ctx][:n_texts]
-    if len(texts) < n_texts: raise ValueError(f'only {len(texts)} held-out medical texts have >= {ctx} tokens; lower n_texts or ctx')
+    texts = long_texts(tok, n_texts, ctx)
     ids, mask, _ = tokenize_batch(tok, texts, ctx)
     save_saelens(sae, out/'sae')
     with atomic_write(out/'tokens.safetensors', 'wb') as f: f.write(st_save({'tokens': ids.contiguous()}))
-    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}', layer=int(sae.cfg['layer']),
-               sae=str(sae_path), batch_size=batch_size, n_texts=n_texts, ctx=ctx, texts=texts)
+    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}',
+               layer=int(sae.cfg['layer']), sae=str(sae_path), batch_size=batch_size, n_texts=n_texts, ctx=ctx,
+               texts=texts)
     with atomic_write(out/'inputs.json', 'w') as f: f.write(json.dumps(inp, indent=1))
     return inp
 
@@ -94,14 +118,27 @@ def salmon_numbers(out:str|Path, # the work folder of `compare_prepare`
     "salmon's `evaluate` of the prepared SAE and texts, one row per convention"
     from salmon.models import load_lm
     from salmon.sae import load_sae
-    out = Path(out); inp = json.loads((out/'inputs.json').read_text())
-    lm = load_lm(inp['model'], device='cpu'); sae = load_sae(inp['sae'])
+    out = Path(out)
+    inp = json.loads((out/'inputs.json').read_text())
+    lm = load_lm(inp['model'], device='cpu')
+    sae = load_sae(inp['sae'])
     ids = load_file(str(out/'tokens.safetensors'))['tokens']
-    if not torch.equal(tokenize_batch(lm.tokenizer, inp['texts'], inp['ctx'])[0], ids): raise ValueError('the texts no longer tokenise to the written ids')
-    return pd.concat([evaluate({'sae': sae}, lm, inp['texts'], inp['layer'], batch_size=inp['batch_size'], max_len=inp['ctx'],
-                               convention=c, progress=progress) for c in conventions], ignore_index=True)
+    if not torch.equal(tokenize_batch(lm.tokenizer, inp['texts'], inp['ctx'])[0], ids):
+        raise ValueError('the texts no longer tokenise to the written ids')
+    kw = dict(batch_size=inp['batch_size'], max_len=inp['ctx'], progress=progress)
+    rows = [evaluate({'sae': sae}, lm, inp['texts'], inp['layer'], convention=c, **kw) for c in conventions]
+    return pd.concat(rows, ignore_index=True)
 
 # %% ../nbs/96_compare.ipynb #4254f600
+def _one_token_words(tok, w)->list[str]:
+    "The words of `w` that are one token of their own inside a prompt line (else SAEBench stops)"
+    from salmon.absorption import token_text
+    nl, has = (tok(t, add_special_tokens=False)['input_ids'] for t in ('\n', '\n has'))
+    line = lambda s: tok('\n' + s + ' has', add_special_tokens=False)['input_ids']
+    own = lambda s, i: token_text(tok, i) == s and line(s) == nl + [int(i)] + has[len(nl):]
+    return [s for s, i in zip(w.word, w.token_id) if own(s, i)]
+
+# %% ../nbs/96_compare.ipynb #917f79fb
 def prepare_absorption(out:str|Path, # work folder
                        sae_path:str|Path|None=None, # a salmon SAE folder (default `default_sae()`)
                        model:str='gemma-3-270m', # the embedded model alias
@@ -110,23 +147,25 @@ def prepare_absorption(out:str|Path, # work folder
                        min_letters:int=2, # letters needed (SAEBench: 20; lowered identically on both sides)
                        min_probe_f1:float=0.6, # probe F1 a letter needs (SAEBench: 0.6)
                       )->dict: # what was written
-    "Write the SAE (SAELens format), the vocabulary and `inputs.json` for SAEBench's absorption and salmon's, side by side"
-    from salmon.absorption import saebench_words, token_text
+    "Write the SAE (SAELens format), the vocabulary and `inputs.json` for SAEBench's absorption and salmon's"
+    from salmon.absorption import saebench_words
     from salmon.models import embedded_model_dir, load_lm
     from salmon.sae import load_sae, save_saelens
-    check_range('max_per_letter', max_per_letter, 1); check_range('min_letters', min_letters, 2); check_range('min_probe_f1', min_probe_f1, 0.0, 1.0)
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    sae_path = Path(sae_path or default_sae()); sae = load_sae(sae_path)
+    check_range('max_per_letter', max_per_letter, 1)
+    check_range('min_letters', min_letters, 2)
+    check_range('min_probe_f1', min_probe_f1, 0.0, 1.0)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sae_path = Path(sae_path or default_sae())
+    sae = load_sae(sae_path)
     tok = load_lm(model, device='cpu').tokenizer
     w = saebench_words(tok, max_per_letter=max_per_letter, seed=seed)
-    nl, has = (tok(t, add_special_tokens=False)['input_ids'] for t in ('\n', '\n has'))
-    keep = [s for s, i in zip(w.word, w.token_id)       # one token, its own, inside a prompt line (else SAEBench stops)
-            if token_text(tok, i) == s and tok('\n' + s + ' has', add_special_tokens=False)['input_ids'] == nl + [int(i)] + has[len(nl):]]
+    keep = _one_token_words(tok, w)
     save_saelens(sae, out/'sae')
-    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}', layer=int(sae.cfg['layer']),
-               sae=str(sae_path), core=False,
-               absorption=dict(words=keep, seed=seed, min_letters=min_letters, min_probe_f1=min_probe_f1, max_per_letter=max_per_letter,
-                               llm_batch_size=10, dropped_multi_token=len(w) - len(keep)))
+    ab = dict(words=keep, seed=seed, min_letters=min_letters, min_probe_f1=min_probe_f1, max_per_letter=max_per_letter,
+              llm_batch_size=10, dropped_multi_token=len(w) - len(keep))
+    inp = dict(model=model, model_dir=str(embedded_model_dir(model)), tl_name=f'google/{model}',
+               layer=int(sae.cfg['layer']), sae=str(sae_path), core=False, absorption=ab)
     with atomic_write(out/'inputs.json', 'w') as f: f.write(json.dumps(inp, indent=1))
     return inp
 
@@ -137,36 +176,53 @@ def salmon_absorption(out:str|Path, # the work folder of `prepare_absorption`
     from salmon.absorption import absorption_eval, first_letter_task_saebench
     from salmon.models import load_lm
     from salmon.sae import load_sae
-    out = Path(out); inp = json.loads((out/'inputs.json').read_text()); a = inp['absorption']
-    lm = load_lm(inp['model'], device='cpu'); sae = load_sae(inp['sae'])
+    out = Path(out)
+    inp = json.loads((out/'inputs.json').read_text())
+    a = inp['absorption']
+    lm = load_lm(inp['model'], device='cpu')
+    sae = load_sae(inp['sae'])
     task = first_letter_task_saebench(lm, inp['layer'], words=a['words'], seed=a['seed'])
     ab = absorption_eval(sae, task, min_probe_f1=a['min_probe_f1'])
     return dict(summary=ab.summary(a['min_letters']), classes=ab.classes, tokens=ab.tokens, n_words=len(task.items),
                 n_dropped=len(a['words']) - len(task.items))
 
+# %% ../nbs/96_compare.ipynb #46ba18a3
+def _absorption_rows(s:dict, k:pd.DataFrame, ext:dict)->list[tuple]:
+    "(quantity, salmon column, salmon's value, SAEBench's) for the letter count, the means and each scored letter"
+    f1min = ext.get('min_probe_f1', 0.6)
+    pf = ext.get('probe_f1', {})
+    n_tool = sum(v > f1min for v in pf.values()) if pf else np.nan
+    rows = [(f'letters with probe F1 > {f1min}', 'probe_f1', int((k.probe_f1 > f1min).sum()), n_tool)]
+    if not ext.get('refused'):
+        m = ext['mean']
+        rows += [('mean_absorption_fraction_score', 'mean_absorption', s['mean_absorption'],
+                  m['mean_absorption_fraction_score']),
+                 ('mean_full_absorption_score', 'full_absorption_rate', s['full_absorption_rate'],
+                  m['mean_full_absorption_score']),
+                 ('mean_num_split_features', 'mean_num_split_features', s['mean_num_split_features'],
+                  m['mean_num_split_features'])]
+        for d in ext['details']:
+            c = d['first_letter']
+            rows += [(f'{c}: mean_absorption_fraction', 'mean_absorption', k.loc[c, 'mean_absorption'],
+                      d['mean_absorption_fraction']),
+                     (f'{c}: full_absorption_rate', 'full_absorption_rate', k.loc[c, 'full_absorption_rate'],
+                      d['full_absorption_rate']),
+                     (f'{c}: num_probe_true_positives', 'n_tp', k.loc[c, 'n_tp'], d['num_probe_true_positives']),
+                     (f'{c}: num_split_features', 'n_split', k.loc[c, 'n_split'], d['num_split_features'])]
+    for c, f in sorted(ext.get('probe_f1', {}).items()):
+        rows.append((f'{c}: probe F1', 'probe_f1', k.loc[c, 'probe_f1'], f))
+    return rows
+
+# %% ../nbs/96_compare.ipynb #2e584dfd
 def absorption_table(sal:dict, # from `salmon_absorption`
                      ext:dict, # `external.json`'s 'absorption' (tools/absorption_external.py)
                      tol:float=1e-3, # absolute tolerance
                     )->pd.DataFrame: # one row per quantity: the means, and each letter SAEBench scored
     "salmon's SAEBench-protocol absorption against SAEBench's own, quantity by quantity"
-    s, k = sal['summary'], sal['classes'].set_index('class')
-    f1min = ext.get('min_probe_f1', 0.6); pf = ext.get('probe_f1', {})
-    rows = [(f'letters with probe F1 > {f1min}', 'probe_f1', int((k.probe_f1 > f1min).sum()), sum(v > f1min for v in pf.values()) if pf else np.nan)]
-    if not ext.get('refused'):
-        m = ext['mean']
-        rows += [('mean_absorption_fraction_score', 'mean_absorption', s['mean_absorption'], m['mean_absorption_fraction_score']),
-                 ('mean_full_absorption_score', 'full_absorption_rate', s['full_absorption_rate'], m['mean_full_absorption_score']),
-                 ('mean_num_split_features', 'mean_num_split_features', s['mean_num_split_features'], m['mean_num_split_features'])]
-        for d in ext['details']:
-            c = d['first_letter']
-            rows += [(f'{c}: mean_absorption_fraction', 'mean_absorption', k.loc[c, 'mean_absorption'], d['mean_absorption_fraction']),
-                     (f'{c}: full_absorption_rate', 'full_absorption_rate', k.loc[c, 'full_absorption_rate'], d['full_absorption_rate']),
-                     (f'{c}: num_probe_true_positives', 'n_tp', k.loc[c, 'n_tp'], d['num_probe_true_positives']),
-                     (f'{c}: num_split_features', 'n_split', k.loc[c, 'n_split'], d['num_split_features'])]
-    for c, f in sorted(ext.get('probe_f1', {}).items()):
-        rows.append((f'{c}: probe F1', 'probe_f1', k.loc[c, 'probe_f1'], f))
+    rows = _absorption_rows(sal['summary'], sal['classes'].set_index('class'), ext)
     t = pd.DataFrame(rows, columns=['quantity', 'salmon_column', 'salmon', 'tool_value'])
-    t.insert(0, 'tool', 'saebench_absorption'); t.insert(3, 'convention', 'saebench')
+    t.insert(0, 'tool', 'saebench_absorption')
+    t.insert(3, 'convention', 'saebench')
     t['difference'] = (t.salmon.astype(float) - t.tool_value.astype(float)).abs()
     both_nan = t.salmon.isna() & t.tool_value.isna()
     t['kind'], t['tolerance'] = 'absolute', tol
@@ -174,49 +230,75 @@ def absorption_table(sal:dict, # from `salmon_absorption`
     return t
 
 # %% ../nbs/96_compare.ipynb #fd21c773
+def _report_core(out:Path, ext:dict, progress:bool, fmt)->pd.DataFrame:
+    "Evaluate salmon in every convention, save `salmon.csv`, print and return the core comparison"
+    sal = salmon_numbers(out, progress=progress)
+    with atomic_write(out/'salmon.csv', 'w') as f: sal.to_csv(f, index=False)
+    tab = compare_table(sal, ext)
+    print(tab.to_string(index=False, float_format=fmt))
+    cols = ['ce_clean', 'ce_sae', 'ce_zero', 'loss_recovered_zero', 'kl_score', 'fve', 'ev_legacy', 'ev_saebench', 'l0',
+            'cossim']
+    print('\nsalmon, every convention (same SAE, same tokens):')
+    print(sal.set_index('convention')[cols].to_string(float_format=lambda v: f'{v:.4f}'))
+    return tab
+
+def _report_absorption(out:Path, ext:dict, fmt)->pd.DataFrame:
+    "Run salmon's absorption, save its per-letter table, print and return the comparison with SAEBench"
+    sa = salmon_absorption(out)
+    with atomic_write(out/'absorption_salmon.csv', 'w') as f: sa['classes'].to_csv(f, index=False)
+    tab = absorption_table(sa, ext['absorption'])
+    a = ext['absorption']
+    print(f"\nabsorption (SAEBench protocol): {sa['n_words']} words ({sa['n_dropped']} dropped by salmon), "
+          f"seed {a['seed']}, "
+          f"letters needed {a['min_letters']} (SAEBench: 20), probe F1 > {a['min_probe_f1']}"
+          + (f"; SAEBench refused: {a['note']}" if a.get('refused') else ''))
+    print(tab.to_string(index=False, float_format=fmt))
+    return tab
+
+# %% ../nbs/96_compare.ipynb #952f01dd
 def report(out:str|Path, progress:bool=True)->pd.DataFrame:
     "salmon's numbers against `external.json`: print and save the table; raise if a pair misses its tolerance"
     out = Path(out)
-    ext = json.loads((out/'external.json').read_text()); tabs = []
+    ext = json.loads((out/'external.json').read_text())
+    tabs = []
     fmt = lambda v: f'{v:.6g}'
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
         print(f"versions: {ext.get('versions')}")
-        if 'saelens' in ext or 'saebench' in ext:
-            sal = salmon_numbers(out, progress=progress)
-            with atomic_write(out/'salmon.csv', 'w') as f: sal.to_csv(f, index=False)
-            tabs.append(compare_table(sal, ext))
-            print(tabs[-1].to_string(index=False, float_format=fmt))
-            cols = ['ce_clean', 'ce_sae', 'ce_zero', 'loss_recovered_zero', 'kl_score', 'fve', 'ev_legacy', 'ev_saebench', 'l0', 'cossim']
-            print('\nsalmon, every convention (same SAE, same tokens):')
-            print(sal.set_index('convention')[cols].to_string(float_format=lambda v: f'{v:.4f}'))
-        if 'absorption' in ext:
-            sa = salmon_absorption(out)
-            with atomic_write(out/'absorption_salmon.csv', 'w') as f: sa['classes'].to_csv(f, index=False)
-            tabs.append(absorption_table(sa, ext['absorption']))
-            a = ext['absorption']
-            print(f"\nabsorption (SAEBench protocol): {sa['n_words']} words ({sa['n_dropped']} dropped by salmon), seed {a['seed']}, "
-                  f"letters needed {a['min_letters']} (SAEBench: 20), probe F1 > {a['min_probe_f1']}"
-                  + (f"; SAEBench refused: {a['note']}" if a.get('refused') else ''))
-            print(tabs[-1].to_string(index=False, float_format=fmt))
-    if not tabs: raise ValueError(f'{out/"external.json"} has neither core nor absorption results; expected tools/external_evals.py output')
+        if 'saelens' in ext or 'saebench' in ext: tabs.append(_report_core(out, ext, progress, fmt))
+        if 'absorption' in ext: tabs.append(_report_absorption(out, ext, fmt))
+    if not tabs:
+        raise ValueError(f'{out/"external.json"} has neither core nor absorption results; '
+                         'expected tools/external_evals.py output')
     tab = pd.concat(tabs, ignore_index=True)
     with atomic_write(out/'compare.csv', 'w') as f: tab.to_csv(f, index=False)
     bad = tab[~tab.ok]
-    if len(bad): raise AssertionError(f'{len(bad)} of {len(tab)} quantities differ beyond tolerance: {bad.quantity.tolist()}')
+    if len(bad):
+        raise AssertionError(f'{len(bad)} of {len(tab)} quantities differ beyond tolerance: {bad.quantity.tolist()}')
     print(f'\nall {len(tab)} quantities agree within tolerance')
     return tab
 
-def main(argv:list[str]|None=None):
-    p = argparse.ArgumentParser('python -m salmon.compare', description='salmon against SAELens and SAEBench, number for number')
+# %% ../nbs/96_compare.ipynb #2cdaeec8
+def _parser()->argparse.ArgumentParser:
+    "The command line of `python -m salmon.compare`"
+    p = argparse.ArgumentParser('python -m salmon.compare',
+                                description='salmon against SAELens and SAEBench, number for number')
     p.add_argument('step', choices=['prepare', 'prepare-absorption', 'report'])
     p.add_argument('--out', default=None, help='work folder (default: results/compare, results/compare-absorption)')
     p.add_argument('--sae', default=None, help='salmon SAE folder (default: the demo domain SAE at L0 20)')
-    p.add_argument('--n-texts', type=int, default=32); p.add_argument('--ctx', type=int, default=128); p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--n-texts', type=int, default=32)
+    p.add_argument('--ctx', type=int, default=128)
+    p.add_argument('--batch-size', type=int, default=4)
     p.add_argument('--max-per-letter', type=int, default=40, help='absorption: vocabulary words per letter')
     p.add_argument('--seed', type=int, default=42, help='absorption: the seed of every draw, both sides')
-    p.add_argument('--min-letters', type=int, default=2, help="absorption: letters needed, both sides (SAEBench's own: 20)")
+    p.add_argument('--min-letters', type=int, default=2,
+                   help="absorption: letters needed, both sides (SAEBench's own: 20)")
     p.add_argument('--min-probe-f1', type=float, default=0.6, help='absorption: probe F1 a letter needs, both sides')
-    a = p.parse_args(argv)
+    return p
+
+# %% ../nbs/96_compare.ipynb #d6717b62
+def main(argv:list[str]|None=None):
+    "Entry point of `python -m salmon.compare`"
+    a = _parser().parse_args(argv)
     from salmon.pipeline import results_dir
     out = Path(a.out or results_dir()/('compare-absorption' if a.step == 'prepare-absorption' else 'compare'))
     if a.step == 'prepare':
@@ -226,10 +308,9 @@ def main(argv:list[str]|None=None):
         inp = prepare_absorption(out, a.sae, max_per_letter=a.max_per_letter, seed=a.seed, min_letters=a.min_letters,
                                  min_probe_f1=a.min_probe_f1)
         ab = inp['absorption']
-        print(f"wrote {out}: SAE {inp['sae']}, {len(ab['words'])} words ({ab['dropped_multi_token']} not one token in a prompt), "
-              f"layer {inp['layer']}, seed {ab['seed']}")
+        print(f"wrote {out}: SAE {inp['sae']}, {len(ab['words'])} words "
+              f"({ab['dropped_multi_token']} not one token in a prompt), layer {inp['layer']}, seed {ab['seed']}")
     else: report(out)
-
 
 # %% ../nbs/96_compare.ipynb #6e685065
 #| eval: false

@@ -44,7 +44,8 @@ def atomic_write(path:str|Path, # final file name
                  mode:str='wb', # `open` mode: 'wb' or 'w'
                 ):
     "Open a temporary file beside `path`; rename it to `path` only if the block finishes"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')
     try:
         with open(tmp, mode) as f: yield f
@@ -58,14 +59,17 @@ def atomic_dir(path:str|Path, # final folder name
                overwrite:bool=False, # replace an existing folder (else keep the existing one)
               ):
     "Yield a temporary folder beside `path`; move it to `path` only if the block finishes"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
     try:
         yield tmp
         if path.exists():
             if not overwrite: return  # another process finished first; theirs is as good as ours
             old = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.old')
-            os.replace(path, old); os.replace(tmp, path); shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
         else: os.replace(tmp, path)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
@@ -118,13 +122,17 @@ def check_path(name:str, # argument name, for the message
                kind:str|None=None, # 'file' or 'dir': what it must be if it exists
               )->Path:
     "The path `value`, or an error naming the argument: not a path, empty, missing, existing, or the wrong kind"
-    if not isinstance(value, (str, os.PathLike)): raise TypeError(f"{name}={value!r} is {type(value).__name__}; expected a path (str or Path)")
-    if not str(value).strip(): raise ValueError(f"{name}={value!r} is empty; expected a {'folder' if kind == 'dir' else 'file'} path")
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}={value!r} is {type(value).__name__}; expected a path (str or Path)")
+    if not str(value).strip():
+        raise ValueError(f"{name}={value!r} is empty; expected a {'folder' if kind == 'dir' else 'file'} path")
     p = Path(value).expanduser()
     if exists is True and not p.exists(): raise FileNotFoundError(f"{name}={str(p)!r} does not exist")
     if exists is False and p.exists(): raise FileExistsError(f"{name}={str(p)!r} already exists")
-    if kind == 'dir' and p.exists() and not p.is_dir(): raise NotADirectoryError(f"{name}={str(p)!r} is a file; expected a folder")
-    if kind == 'file' and p.exists() and not p.is_file(): raise IsADirectoryError(f"{name}={str(p)!r} is a folder; expected a file")
+    if kind == 'dir' and p.exists() and not p.is_dir():
+        raise NotADirectoryError(f"{name}={str(p)!r} is a file; expected a folder")
+    if kind == 'file' and p.exists() and not p.is_file():
+        raise IsADirectoryError(f"{name}={str(p)!r} is a folder; expected a file")
     return p
 
 # %% ../nbs/00_core.ipynb #c1f539f0
@@ -141,4 +149,6 @@ def default_dtype(device:str|torch.device|None=None, # where the model will run
 def set_seed(seed:int, # seed for python, numpy and torch
             ):
     "Seed python's, numpy's and torch's generators"
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

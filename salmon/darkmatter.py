@@ -18,7 +18,7 @@ from .models import model_device, resid_module, resid_output, torch_model
 # %% auto #0
 __all__ = ['METRICS', 'PROTOCOLS', 'NormalEq', 'DarkMatterResult', 'train_mask', 'dark_matter_stream', 'dark_matter',
            'dark_matter_sae', 'DarkMatterProtocol', 'get_protocol', 'pack_sequences', 'PackedActivations',
-           'protocol_activations', 'plot_dark_matter_grid', 'plot_norm_scatter', 'bench_darkmatter']
+           'protocol_activations', 'plot_dark_matter_grid', 'plot_norm_scatter']
 
 # %% ../nbs/10_darkmatter.ipynb #1bef74bf
 class NormalEq:
@@ -489,30 +489,3 @@ def plot_norm_scatter(res:DarkMatterResult, # a fitted result
     ax.set_title(f'{label + ": " if label else ""}error-norm probe, R² = {r2:.3f} ({len(x):,} tokens)', fontsize=10)
     plt.close(fig)
     return fig
-
-# %% ../nbs/10_darkmatter.ipynb #3c3ca84b
-def bench_darkmatter(n_tokens:int=108_000, # rows (the paper: 1,000 × 108)
-                     d:int=2304, # activation width (gemma-2-2b)
-                     lstsq:bool=True, # also time numpy.linalg.lstsq on the training rows
-                     seed:int=0, # data seed
-                    )->dict:
-    "Seconds for `dark_matter` (paper protocol) on `n_tokens × d` synthetic activations vs one `numpy.linalg.lstsq`"
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_tokens, d, generator=g) * torch.exp(0.5 * torch.randn(d, generator=g)) + torch.randn(d, generator=g)
-    e = 0.2 * x.roll(1, dims=1) + 0.3 * torch.tanh(x) + 0.2 * torch.randn(n_tokens, d, generator=g)
-    x_hat = x - e
-    t0 = time.perf_counter()
-    res = dark_matter(x, x_hat, train_frac=0.6, split='sequential', intercept=True)
-    out = dict(n_tokens=n_tokens, d=d, n_train=int(res.row()['n_train']), salmon_s=time.perf_counter() - t0,
-               r2_vector=res.row()['r2_vector'], r2_norm=res.row()['r2_norm'])
-    if lstsq:
-        k = out['n_train']
-        X1 = np.hstack([x[:k].double().numpy(), np.ones((k, 1))]); E = e[:k].double().numpy()
-        t0 = time.perf_counter(); B = np.linalg.lstsq(X1, E, rcond=None)[0]; out['lstsq_s'] = time.perf_counter() - t0
-        del X1, E
-        xt, et = x[k:].double().numpy(), e[k:].double().numpy()
-        r = et - xt @ B[:d] - B[d]
-        r2 = np.mean(1 - (r ** 2).sum(0) / ((et - et.mean(0)) ** 2).sum(0))
-        out.update(lstsq_over_salmon=out['lstsq_s'] / out['salmon_s'], max_coef_diff=float(np.abs(B[:d] - res.coef).max()),
-                   r2_vector_diff=float(abs(r2 - out['r2_vector'])))
-    return out

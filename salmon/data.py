@@ -11,16 +11,18 @@ from .core import atomic_write, check_choice, check_range, data_dir
 from .store import iter_jsonl
 
 # %% auto #0
-__all__ = ['format_mmlu', 'FORMATTERS', 'MEDICAL_HUB', 'GENERAL_HUB', 'HUB_ROOT_ENV', 'HUB_FILES', 'format_medqa',
+__all__ = ['format_mmlu', 'FORMATTERS', 'MEDICAL_HUB', 'GENERAL_HUB', 'HUB_ROOT_ENV', 'HUB_FILES', 'PILE_SETS', 'format_medqa',
            'format_medmcqa', 'format_pubmedqa', 'load_records', 'hub_location', 'write_hub_fixtures', 'is_held_out',
            'medical_qa', 'mix', 'general_text']
 
 # %% ../nbs/02_data.ipynb #16c1f214
-def format_medqa(rec:dict, # a record of openlifescienceai/medqa or an MMLU subset: {'data': {'Question', 'Options', 'Correct Option'}}
+def format_medqa(rec:dict, # openlifescienceai/medqa or MMLU: {'data': {'Question', 'Options', 'Correct Option'}}
                 )->str:
     "MedQA / MMLU template: question, 'The options are:', options, 'Correct option: <text>'"
-    d = rec['data']; opts = {k: v for k, v in d['Options'].items() if v is not None}
-    return f"{d['Question']}\nThe options are:\n" + '\n'.join(opts.values()) + f"\nCorrect option: {opts[d['Correct Option']]}"
+    d = rec['data']
+    opts = {k: v for k, v in d['Options'].items() if v is not None}
+    return (f"{d['Question']}\nThe options are:\n" + '\n'.join(opts.values())
+            + f"\nCorrect option: {opts[d['Correct Option']]}")
 
 format_mmlu = format_medqa   # identical template in the authors' code
 
@@ -29,20 +31,24 @@ def format_medmcqa(rec:dict, # a record of openlifescienceai/medmcqa: question, 
                   )->str:
     "MedMCQA template with the paper's '?' rule and 'Ref' truncation"
     opts = [rec['opa'], rec['opb'], rec['opc'], rec['opd']]
-    head = f"{rec['question'].rstrip(':')}?\nThe options are:\n" + '\n'.join(opts) + f"\nCorrect option: {opts[int(rec['cop'])]}"
+    head = (f"{rec['question'].rstrip(':')}?\nThe options are:\n" + '\n'.join(opts)
+            + f"\nCorrect option: {opts[int(rec['cop'])]}")
     return head + f"\nExplanation: {rec['exp']}".split('Ref')[0]
 
 # %% ../nbs/02_data.ipynb #56b4cca9
-def format_pubmedqa(rec:dict, # a record of openlifescienceai/pubmedqa: {'data': {'Context', 'Question', 'Options', 'Correct Answer', 'Long Answer'}}
+def format_pubmedqa(rec:dict, # openlifescienceai/pubmedqa: {'data': {'Context', 'Question', 'Options', ...}}
                    )->str:
     "PubMedQA template: context, question, options, correct answer, detailed answer"
-    d = rec['data']; opts = [v for v in d['Options'].values() if v is not None]
-    return ('Context:\n' + '\n'.join(d['Context']) + f"\nQuestion: {d['Question']}\nThe options are:\n" + '\n'.join(opts)
+    d = rec['data']
+    opts = [v for v in d['Options'].values() if v is not None]
+    return ('Context:\n' + '\n'.join(d['Context']) + f"\nQuestion: {d['Question']}\nThe options are:\n"
+            + '\n'.join(opts)
             + f"\nCorrect option: {d['Correct Answer']}\nDetailed answer: {d['Long Answer']}")
 
 # %% ../nbs/02_data.ipynb #b88f4ab9
-FORMATTERS = dict(medqa=format_medqa, medmcqa=format_medmcqa, pubmed_qa=format_pubmedqa, mmlu_college_medicine=format_mmlu,
-                  mmlu_clinical_knowledge=format_mmlu, mmlu_professional_medicine=format_mmlu)
+FORMATTERS = dict(medqa=format_medqa, medmcqa=format_medmcqa, pubmed_qa=format_pubmedqa,
+                  mmlu_college_medicine=format_mmlu, mmlu_clinical_knowledge=format_mmlu,
+                  mmlu_professional_medicine=format_mmlu)
 
 MEDICAL_HUB = [  # (source_dataset, hub id, split), in the order of the authors' dataset.py
     ('medqa', 'openlifescienceai/medqa', 'train'),
@@ -55,6 +61,21 @@ MEDICAL_HUB = [  # (source_dataset, hub id, split), in the order of the authors'
 GENERAL_HUB = ('monology/pile-uncopyrighted', 'train', 'text')   # (hub id, split, text field)
 
 # %% ../nbs/02_data.ipynb #c85c11a1
+_KNOWN = ('.jsonl', '.json', '.parquet', '.csv', '.txt')
+
+def _local_file(path_or_id:str|Path)->Path|None:
+    "The local data file `path_or_id` names (checked), or None for a hub id"
+    if not isinstance(path_or_id, (str, Path)) or not str(path_or_id).strip():
+        raise ValueError(f'path_or_id={path_or_id!r}; expected a data file or a hub dataset id')
+    p = Path(path_or_id).expanduser()
+    s = str(path_or_id)
+    local = p.suffix in _KNOWN or p.is_absolute() or s.startswith(('.', '~')) or s.count('/') > 1 or p.is_file()
+    if local and not p.exists(): raise FileNotFoundError(f'data file {str(p)!r} does not exist')
+    if p.is_file() and p.suffix not in _KNOWN:
+        raise ValueError(f'data file {str(p)!r} has the suffix {p.suffix!r}; expected one of {list(_KNOWN)}')
+    return p if p.is_file() else None
+
+# %% ../nbs/02_data.ipynb #64a01da0
 def load_records(path_or_id:str|Path, # a local .jsonl/.json/.parquet/.csv/.txt file, or a hub dataset id
                  split:str='train', # hub split (ignored for local files)
                  streaming:bool=True, # stream rather than download whole (hub)
@@ -62,30 +83,27 @@ def load_records(path_or_id:str|Path, # a local .jsonl/.json/.parquet/.csv/.txt 
                 )->Iterable[dict]:
     "Records of a local file or a hub dataset, through `datasets`"
     from datasets import load_dataset
-    if not isinstance(path_or_id, (str, Path)) or not str(path_or_id).strip(): raise ValueError(f'path_or_id={path_or_id!r}; expected a data file or a hub dataset id')
-    p = Path(path_or_id).expanduser(); s = str(path_or_id); known = ('.jsonl', '.json', '.parquet', '.csv', '.txt')
-    local = p.suffix in known or p.is_absolute() or s.startswith(('.', '~')) or s.count('/') > 1 or p.is_file()
-    if local and not p.exists(): raise FileNotFoundError(f'data file {str(p)!r} does not exist')
-    if p.is_file() and p.suffix not in known:
-        raise ValueError(f'data file {str(p)!r} has the suffix {p.suffix!r}; expected one of {list(known)}')
-    if p.is_file():
+    p = _local_file(path_or_id)
+    if p is not None:
         if p.suffix == '.jsonl': return iter_jsonl(p, 'corpus')            # bad lines are named by file and line
         builder = check_choice('file type', p.suffix, {'.json', '.parquet', '.csv', '.txt'})
-        return load_dataset({'.json': 'json', '.txt': 'text'}.get(builder, builder[1:]), data_files=str(p), split='train', streaming=True)
+        kind = {'.json': 'json', '.txt': 'text'}.get(builder, builder[1:])
+        return load_dataset(kind, data_files=str(p), split='train', streaming=True)
     return load_dataset(str(path_or_id), split=split, streaming=streaming, **kw)
 
 # %% ../nbs/02_data.ipynb #a9e3c1d0
 HUB_ROOT_ENV = 'SALMON_HUB_ROOT'   # environment variable: a local mirror of the hub used instead of the hub
 
 def hub_location(hub_id:str, # a hub dataset id 'org/name' (a local file or folder is returned as is)
-                 root:str|Path|None=None, # a local mirror: `root/org/name/` holds the hub's data files (default: $SALMON_HUB_ROOT)
+                 root:str|Path|None=None, # a local mirror: `root/org/name/` holds the hub's files ($SALMON_HUB_ROOT)
                 )->str:
     "Where `load_records` reads `hub_id` from: the hub id itself, or its folder in a local mirror"
     root = root if root is not None else os.environ.get(HUB_ROOT_ENV) or None
     if root is None or Path(hub_id).expanduser().exists(): return hub_id
     p = Path(root).expanduser()/hub_id
-    if not p.is_dir(): raise FileNotFoundError(f'root={str(root)!r}: the local hub mirror has no folder {str(p)!r} for {hub_id!r}; '
-                                               'write one with salmon.data.write_hub_fixtures or copy the hub files there')
+    if not p.is_dir():
+        raise FileNotFoundError(f'root={str(root)!r}: the local hub mirror has no folder {str(p)!r} for {hub_id!r}; '
+                                'write one with salmon.data.write_hub_fixtures or copy the hub files there')
     return str(p)
 
 # %% ../nbs/02_data.ipynb #b7d2e4f1
@@ -99,18 +117,37 @@ HUB_FILES = {  # hub id -> (split, data file in the hub's layout)
     'monology/pile-uncopyrighted': ('train', 'train/00.jsonl')}
 
 _SCHEMA = dict(medqa='medqa', medmcqa='medmcqa', pubmed_qa='pubmed_qa', mmlu_college_medicine='medqa',
-               mmlu_clinical_knowledge='medqa', mmlu_professional_medicine='medqa')   # shipped records of each source's schema
+               mmlu_clinical_knowledge='medqa', mmlu_professional_medicine='medqa')   # shipped records of each schema
 
+# %% ../nbs/02_data.ipynb #f04367f3
 def _hub_record(name:str, r:dict, i:int)->dict:
     "A shipped record in the hub schema of source `name`, made unique by a tag"
     tag = f'[{name} {i}] '
     if name == 'medmcqa':
-        return dict(id=f'{name}-{i}', question=tag + r['question'], opa=r['opa'], opb=r['opb'], opc=r['opc'], opd=r['opd'], cop=int(r['cop']),
-                    choice_type=r.get('choice_type', 'single'), exp=r.get('exp'), subject_name=r.get('subject_name', ''), topic_name=r.get('topic_name', ''))
-    d = dict(r['data']); d['Question'] = tag + d['Question']
+        return dict(id=f'{name}-{i}', question=tag + r['question'], opa=r['opa'], opb=r['opb'], opc=r['opc'],
+                    opd=r['opd'], cop=int(r['cop']), choice_type=r.get('choice_type', 'single'), exp=r.get('exp'),
+                    subject_name=r.get('subject_name', ''), topic_name=r.get('topic_name', ''))
+    d = dict(r['data'])
+    d['Question'] = tag + d['Question']
     if name != 'pubmed_qa': d['Correct Answer'] = d['Options'][d['Correct Option']]
     return dict(id=f'{name}-{i}', data=d, subject_name=r.get('specialty', ''))
 
+# %% ../nbs/02_data.ipynb #311c6a77
+PILE_SETS = ['Pile-CC', 'Wikipedia (en)', 'StackExchange', 'ArXiv', 'FreeLaw', 'PubMed Abstracts', 'Gutenberg (PG-19)']
+
+def _write_pile(f:Path, n:int, rng:random.Random, general:list[dict]):
+    "`n` Pile documents (shipped general texts, tagged, with a random Pile subset) as the hub's JSONL"
+    docs = [dict(text=f'[pile {i}] ' + rng.choice(general)['text'], meta=dict(pile_set_name=rng.choice(PILE_SETS)))
+            for i in range(n)]
+    with atomic_write(f, 'w') as fh: fh.write(''.join(json.dumps(d) + '\n' for d in docs))
+
+def _write_source(f:Path, name:str, n:int, rng:random.Random, pool:dict):
+    "`n` records of medical source `name` (shipped records of its schema, tagged) as the hub's parquet"
+    import pyarrow as pa, pyarrow.parquet as pq
+    recs = [_hub_record(name, rng.choice(pool[_SCHEMA[name]]), i) for i in range(n)]
+    with atomic_write(f) as fh: pq.write_table(pa.Table.from_pylist(recs), fh)
+
+# %% ../nbs/02_data.ipynb #35734652
 def write_hub_fixtures(root:str|Path, # folder of the mirror (created)
                        n_per_source:int=64, # records per medical source, and Pile documents
                        seed:int=0, # which shipped records are drawn
@@ -119,21 +156,17 @@ def write_hub_fixtures(root:str|Path, # folder of the mirror (created)
 
     Use it in place of the hub: `medical_qa(source='hub', root=root)`, `general_text(source='hub', root=root)`,
     a preset with `hub_root=str(root)`, or `SALMON_HUB_ROOT=root` in the environment."""
-    import pyarrow as pa, pyarrow.parquet as pq
     check_range('n_per_source', n_per_source, 1)
-    root = Path(root); rng = random.Random(seed)
+    root = Path(root)
+    rng = random.Random(seed)
     pool = {}
     for r in load_records(data_dir()/'medical_qa.jsonl'): pool.setdefault(r['source_dataset'], []).append(r)
     general = list(load_records(data_dir()/'general.jsonl'))
-    sets = ['Pile-CC', 'Wikipedia (en)', 'StackExchange', 'ArXiv', 'FreeLaw', 'PubMed Abstracts', 'Gutenberg (PG-19)']
-    for (name, hid, split), (sp, rel) in zip([*MEDICAL_HUB, ('pile', GENERAL_HUB[0], 'train')], [HUB_FILES[h] for h in [*(m[1] for m in MEDICAL_HUB), GENERAL_HUB[0]]]):
-        f = root/hid/rel; f.parent.mkdir(parents=True, exist_ok=True)
-        if name == 'pile':
-            docs = [dict(text=f'[pile {i}] ' + rng.choice(general)['text'], meta=dict(pile_set_name=rng.choice(sets))) for i in range(n_per_source)]
-            with atomic_write(f, 'w') as fh: fh.write(''.join(json.dumps(d) + '\n' for d in docs))
-            continue
-        recs = [_hub_record(name, rng.choice(pool[_SCHEMA[name]]), i) for i in range(n_per_source)]
-        with atomic_write(f) as fh: pq.write_table(pa.Table.from_pylist(recs), fh)
+    for name, hid in [*((m[0], m[1]) for m in MEDICAL_HUB), ('pile', GENERAL_HUB[0])]:
+        f = root/hid/HUB_FILES[hid][1]
+        f.parent.mkdir(parents=True, exist_ok=True)
+        if name == 'pile': _write_pile(f, n_per_source, rng, general)
+        else: _write_source(f, name, n_per_source, rng, pool)
     return root
 
 # %% ../nbs/02_data.ipynb #b4815623
@@ -153,9 +186,11 @@ def _fmt(rec:dict, name:str|None=None)->dict:
     "Render one record to {'text', 'source_dataset'}"
     if isinstance(rec.get('text'), str): return {'text': rec['text'], 'source_dataset': rec.get('source_dataset', name)}
     name = rec.get('source_dataset') or name
-    if name not in FORMATTERS: raise ValueError(f"record has source_dataset={name!r}; expected one of {list(FORMATTERS)} or a 'text' field")
+    if name not in FORMATTERS:
+        raise ValueError(f"record has source_dataset={name!r}; expected one of {list(FORMATTERS)} or a 'text' field")
     return {'text': FORMATTERS[name](rec), 'source_dataset': name}
 
+# %% ../nbs/02_data.ipynb #6640465d
 def _medical_records(source:str, path, hub:tuple, root)->Iterator[dict]:
     "Formatted records of the whole corpus, in file / source order"
     if source == 'local': return (_fmt(r) for r in load_records(path or data_dir()/'medical_qa.jsonl'))
@@ -166,6 +201,7 @@ def _mixed_records(source:str, path, hub:tuple, root, seed:int)->tuple:
     "The whole corpus in a seeded random order (read once per process)"
     return tuple(mix(_medical_records(source, path, hub, root), seed))
 
+# %% ../nbs/02_data.ipynb #5b306617
 def medical_qa(split:str='train', # 'train', 'test' (held out) or 'all'
                *,
                source:str='local', # 'local' (a JSONL file) or 'hub' (the paper's six sources)
@@ -181,7 +217,9 @@ def medical_qa(split:str='train', # 'train', 'test' (held out) or 'all'
     check_choice('source', source, {'local', 'hub'})
     hub = tuple(map(tuple, hub or MEDICAL_HUB))
     if mix_seed is None: recs = _medical_records(source, path, hub, root)
-    else: recs = iter(_mixed_records(source, None if path is None else str(path), hub, None if root is None else str(root), int(mix_seed)))
+    else:
+        key = (source, None if path is None else str(path), hub, None if root is None else str(root), int(mix_seed))
+        recs = iter(_mixed_records(*key))
     out = itertools.islice(_split(recs, split, held_out), limit)
     return out if with_meta else (r['text'] for r in out)
 
@@ -207,8 +245,12 @@ def general_text(split:str='train', # 'train', 'test' (held out) or 'all'
                 )->Iterator[str|dict]:
     "Broad-domain text, one split of it"
     check_choice('source', source, {'local', 'hub'})
-    if source == 'local': recs = load_records(path or data_dir()/'general.jsonl'); field = 'text'
-    else: recs = load_records(hub_location(hub[0], root), hub[1]); field = hub[2]
+    if source == 'local':
+        recs = load_records(path or data_dir()/'general.jsonl')
+        field = 'text'
+    else:
+        recs = load_records(hub_location(hub[0], root), hub[1])
+        field = hub[2]
     recs = ({**r, 'text': r[field]} for r in recs if isinstance(r.get(field), str) and len(r[field]) >= min_chars)
     out = itertools.islice(_split(recs, split, held_out), limit)
     return out if with_meta else (r['text'] for r in out)

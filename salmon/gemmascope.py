@@ -17,40 +17,52 @@ __all__ = ['WIDTHS', 'REPOS', 'LADDER', 'D_MODEL', 'gemmascope_entry', 'gemmasco
            'write_gemmascope_mirror', 'sanity_check']
 
 # %% ../nbs/08_gemmascope.ipynb #aae26f84
-WIDTHS = {'16k': 16_384, '32k': 32_768, '65k': 65_536, '131k': 131_072, '262k': 262_144, '524k': 524_288, '1m': 1_048_576}
+WIDTHS = {'16k': 16_384, '32k': 32_768, '65k': 65_536, '131k': 131_072, '262k': 262_144, '524k': 524_288,
+          '1m': 1_048_576}
 REPOS = {'gemma-2-2b': 'google/gemma-scope-2b-pt-res', 'gemma-2-9b': 'google/gemma-scope-9b-pt-res'}
 _L20 = {  # (model, width): average_l0 folders at layer 20; `paper` marks those the paper used
     ('gemma-2-2b', '16k'): [22, 38, 71, 139, 294], ('gemma-2-2b', '65k'): [20, 34, 61, 114, 221],
     ('gemma-2-9b', '16k'): [11, 20, 36, 58, 68, 138, 310, 408], ('gemma-2-9b', '32k'): [11, 57, 344],
     ('gemma-2-9b', '65k'): [11, 55, 298], ('gemma-2-9b', '131k'): [11, 19, 34, 53, 62, 114, 221, 276],
-    ('gemma-2-9b', '262k'): [11, 50, 259], ('gemma-2-9b', '524k'): [10, 48, 241], ('gemma-2-9b', '1m'): [11, 19, 34, 57, 101, 193]}
-_CANONICAL = {('gemma-2-2b', '16k'): 71, ('gemma-2-2b', '65k'): 114, ('gemma-2-9b', '16k'): 68, ('gemma-2-9b', '32k'): 57}
+    ('gemma-2-9b', '262k'): [11, 50, 259], ('gemma-2-9b', '524k'): [10, 48, 241],
+    ('gemma-2-9b', '1m'): [11, 19, 34, 57, 101, 193]}
+_CANONICAL = {('gemma-2-2b', '16k'): 71, ('gemma-2-2b', '65k'): 114, ('gemma-2-9b', '16k'): 68,
+              ('gemma-2-9b', '32k'): 57}
 _PAPER = {('gemma-2-2b', '16k'), ('gemma-2-2b', '65k'), ('gemma-2-9b', '16k'), ('gemma-2-9b', '32k')}
 
-LADDER = pd.DataFrame([dict(model=m, layer=20, width=w, d_sae=WIDTHS[w], average_l0=l0, canonical=_CANONICAL.get((m, w)) == l0,
-                            in_paper=(m, w) in _PAPER, repo=REPOS[m], path=f'layer_20/width_{w}/average_l0_{l0}/params.npz')
+LADDER = pd.DataFrame([dict(model=m, layer=20, width=w, d_sae=WIDTHS[w], average_l0=l0,
+                            canonical=_CANONICAL.get((m, w)) == l0,
+                            in_paper=(m, w) in _PAPER, repo=REPOS[m],
+                            path=f'layer_20/width_{w}/average_l0_{l0}/params.npz')
                        for (m, w), l0s in _L20.items() for l0 in l0s])
 
 # %% ../nbs/08_gemmascope.ipynb #172470ec
 def _width_key(width)->str:
+    "The ladder's name of a width given as a name ('16k') or a number of latents (16384)"
     if isinstance(width, int):
         inv = {v: k for k, v in WIDTHS.items()}
-        if width not in inv: raise ValueError(f'width={width!r} is not a GemmaScope width; expected one of {list(WIDTHS.values())}')
+        if width not in inv:
+            raise ValueError(f'width={width!r} is not a GemmaScope width; expected one of {list(WIDTHS.values())}')
         return inv[width]
     return check_choice('width', width, WIDTHS)
 
+# %% ../nbs/08_gemmascope.ipynb #cadb10c5
 def gemmascope_entry(model:str, layer:int, width, l0:int)->pd.Series:
     "The ladder row for (model, layer, width, l0), or a `ValueError` naming what exists"
-    check_choice('model', model, REPOS); w = _width_key(width)
+    check_choice('model', model, REPOS)
+    w = _width_key(width)
     rows = LADDER[(LADDER.model == model) & (LADDER.layer == layer) & (LADDER.width == w)]
     if rows.empty: raise ValueError(f'no GemmaScope ladder for {model} layer {layer} width {w}; salmon lists layer 20: '
                                     f'{sorted(set(LADDER[LADDER.model == model].width), key=WIDTHS.get)}')
     hit = rows[rows.average_l0 == l0]
-    if hit.empty: raise ValueError(f'l0={l0!r} is not an average_l0 folder of {model} layer {layer} width {w}; expected one of {list(rows.average_l0)}')
+    if hit.empty:
+        raise ValueError(f'l0={l0!r} is not an average_l0 folder of {model} layer {layer} width {w}; '
+                         f'expected one of {list(rows.average_l0)}')
     return hit.iloc[0]
 
+# %% ../nbs/08_gemmascope.ipynb #eceaf47e
 def gemmascope_file(model:str, layer:int, width, l0:int,
-                    local_dir:str|Path|None=None, # a local copy of the repo's layout (None: the hub's cached file, downloaded once)
+                    local_dir:str|Path|None=None, # a local copy of the repo's layout (None: the hub's cached file)
                    )->Path:
     "Where the `params.npz` of one GemmaScope SAE is read from (the `source` its loaded SAE records)"
     e = gemmascope_entry(model, layer, width, l0)
@@ -58,6 +70,7 @@ def gemmascope_file(model:str, layer:int, width, l0:int,
     from huggingface_hub import hf_hub_download
     return Path(hf_hub_download(e.repo, e.path))
 
+# %% ../nbs/08_gemmascope.ipynb #c18f6bcd
 def load_gemmascope(model:str, # 'gemma-2-2b' or 'gemma-2-9b'
                     layer:int, # residual-stream layer (the ladder lists 20)
                     width, # '16k', '65k', ... or the number of latents
@@ -73,8 +86,9 @@ def load_gemmascope(model:str, # 'gemma-2-2b' or 'gemma-2-9b'
     if not Path(path).exists(): raise FileNotFoundError(f'GemmaScope file {str(path)!r} does not exist')
     sae = load_gemmascope_npz(path, **kw)
     if sae.d_sae != e.d_sae: raise ValueError(f'{path} has {sae.d_sae} latents; {model} width {e.width} has {e.d_sae}')
-    sae.cfg.update(name=f'gemmascope-{model}-L{layer}-{e.width}-l0_{l0}', family='gemmascope', model=f'google/{model}', layer=layer,
-                   hook=f'blocks.{layer}.hook_resid_post', width=int(e.d_sae), l0_nominal=int(l0), source=str(path))
+    sae.cfg.update(name=f'gemmascope-{model}-L{layer}-{e.width}-l0_{l0}', family='gemmascope', model=f'google/{model}',
+                   layer=layer, hook=f'blocks.{layer}.hook_resid_post', width=int(e.d_sae), l0_nominal=int(l0),
+                   source=str(path))
     return sae
 
 # %% ../nbs/08_gemmascope.ipynb #33686f51
@@ -88,6 +102,7 @@ def gemmascope_shapes(model:str, # 'gemma-2-2b' or 'gemma-2-9b'
     return dict(W_enc=((d, F), 'float32'), W_dec=((F, d), 'float32'), b_enc=((F,), 'float32'), b_dec=((d,), 'float32'),
                 threshold=((F,), 'float32'))
 
+# %% ../nbs/08_gemmascope.ipynb #24b3dce9
 def _npz_ok(path:Path, shapes:dict)->bool:
     "Whether `path` is a params.npz with exactly these arrays, shapes and dtypes (read from the headers only)"
     import zipfile
@@ -103,6 +118,35 @@ def _npz_ok(path:Path, shapes:dict)->bool:
     except (OSError, zipfile.BadZipFile, ValueError): return False
     return got == {k: (tuple(s), dt) for k, (s, dt) in shapes.items()}
 
+# %% ../nbs/08_gemmascope.ipynb #2d8772c9
+def _mirror_rows(model:str, widths, l0s:dict|None, layer:int)->pd.DataFrame:
+    "The ladder rows a mirror writes: `model`'s at `layer`, limited to `widths` and `l0s` when given"
+    rows = LADDER[(LADDER.model == model) & (LADDER.layer == layer)]
+    if rows.empty: raise ValueError(f'no GemmaScope ladder for {model} layer {layer}')
+    if widths is not None:
+        keys = [_width_key(w) for w in widths]
+        miss = set(keys) - set(rows.width)
+        if miss:
+            raise ValueError(f'widths {sorted(miss)} are not in the {model} layer-{layer} ladder; '
+                             f'it has {sorted(set(rows.width), key=WIDTHS.get)}')
+        rows = rows[rows.width.isin(keys)]
+    if l0s is not None: rows = rows[[r.average_l0 in l0s.get(r.width, l0s.get(r.d_sae, [])) for r in rows.itertuples()]]
+    return rows
+
+# %% ../nbs/08_gemmascope.ipynb #a02fae48
+def _write_random_npz(f:Path, shapes:dict, d_sae:int, l0:int, seed:int):
+    "A params.npz of these shapes: unit-norm random decoder rows, the encoder their transpose, thresholds in [0.5, 1.5)"
+    import numpy as np
+    from salmon.core import atomic_write
+    rng = np.random.default_rng([seed, d_sae, l0])
+    d, F = shapes['b_dec'][0][0], d_sae
+    W_dec = rng.standard_normal((F, d), dtype=np.float32)
+    W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
+    arrs = dict(W_enc=np.ascontiguousarray(W_dec.T), W_dec=W_dec, b_enc=np.zeros(F, np.float32),
+                b_dec=np.zeros(d, np.float32), threshold=rng.uniform(0.5, 1.5, F).astype(np.float32))
+    with atomic_write(f) as fh: np.savez(fh, **arrs)
+
+# %% ../nbs/08_gemmascope.ipynb #e3bfb783
 def write_gemmascope_mirror(root:str|Path, # folder to hold the repository layout
                             model:str='gemma-2-2b', # 'gemma-2-2b' or 'gemma-2-9b'
                             widths=None, # widths to write (default: every width of the ladder for `model`)
@@ -111,31 +155,15 @@ def write_gemmascope_mirror(root:str|Path, # folder to hold the repository layou
                             seed:int=0, # random seed
                            )->pd.DataFrame: # one row per file: width, average_l0, path, bytes, written (False: kept)
     "Write GemmaScope `params.npz` files with true names, shapes and dtypes and random values"
-    import numpy as np
-    from salmon.core import atomic_write
-    root = Path(root); check_choice('model', model, REPOS)
-    rows = LADDER[(LADDER.model == model) & (LADDER.layer == layer)]
-    if rows.empty: raise ValueError(f'no GemmaScope ladder for {model} layer {layer}')
-    if widths is not None:
-        keys = [_width_key(w) for w in widths]
-        miss = set(keys) - set(rows.width)
-        if miss: raise ValueError(f'widths {sorted(miss)} are not in the {model} layer-{layer} ladder; it has {sorted(set(rows.width), key=WIDTHS.get)}')
-        rows = rows[rows.width.isin(keys)]
-    if l0s is not None: rows = rows[[r.average_l0 in l0s.get(r.width, l0s.get(r.d_sae, [])) for r in rows.itertuples()]]
+    root = Path(root)
+    check_choice('model', model, REPOS)
     out = []
-    for r in rows.itertuples():
+    for r in _mirror_rows(model, widths, l0s, layer).itertuples():
         f, shapes = root/r.path, gemmascope_shapes(model, r.width)
         written = not _npz_ok(f, shapes)
-        if written:
-            rng = np.random.default_rng([seed, r.d_sae, r.average_l0])
-            d, F = shapes['b_dec'][0][0], r.d_sae
-            W_dec = rng.standard_normal((F, d), dtype=np.float32)
-            W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
-            arrs = dict(W_enc=np.ascontiguousarray(W_dec.T), W_dec=W_dec, b_enc=np.zeros(F, np.float32), b_dec=np.zeros(d, np.float32),
-                        threshold=rng.uniform(0.5, 1.5, F).astype(np.float32))
-            with atomic_write(f) as fh: np.savez(fh, **arrs)
-            del W_dec, arrs
-        out.append(dict(width=r.width, d_sae=r.d_sae, average_l0=r.average_l0, path=str(f), bytes=f.stat().st_size, written=written))
+        if written: _write_random_npz(f, shapes, r.d_sae, r.average_l0, seed)
+        out.append(dict(width=r.width, d_sae=r.d_sae, average_l0=r.average_l0, path=str(f), bytes=f.stat().st_size,
+                        written=written))
     return pd.DataFrame(out)
 
 # %% ../nbs/08_gemmascope.ipynb #bf9ef4b5
@@ -151,7 +179,8 @@ def sanity_check(sae, # SAE to check (GemmaScope or salmon)
                 )->dict: # the measured metrics, plus `ok`
     "Measure L0 and FVE on `texts` (BOS dropped) and warn if they look like a wrong layer, BOS or attention setup"
     nominal = nominal_l0 if nominal_l0 is not None else getattr(sae, 'cfg', {}).get('l0_nominal')
-    acts = trace_activations(lm, texts, layer, max_len=max_len, batch_size=batch_size, bos='drop', progress=False).collect()
+    stream = trace_activations(lm, texts, layer, max_len=max_len, batch_size=batch_size, bos='drop', progress=False)
+    acts = stream.collect()
     r = reconstruction_metrics(sae, acts)
     problems = []
     if nominal and not (nominal / l0_factor <= r['l0'] <= nominal * l0_factor):
@@ -160,5 +189,6 @@ def sanity_check(sae, # SAE to check (GemmaScope or salmon)
     if problems:
         warnings.warn(f"SAE sanity check failed at layer {layer}: " + '; '.join(problems) +
                       ". Likely causes: the wrong layer or hook (resid_post = output of block L), BOS included, "
-                      "SDPA attention on Gemma-2 (load with attn_implementation='eager'), or activations not in the SAE's raw scale.")
+                      "SDPA attention on Gemma-2 (load with attn_implementation='eager'), or activations not in the "
+                      "SAE's raw scale.")
     return dict(r, ok=not problems, problems=problems)

@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 from .core import check_choice, check_range
 from .models import walk_attr, block_path, resid_module, resid_output, torch_model
 from .models import model_device
-from .trace import tokenize_batch
+from .trace import add_method, tokenize_batch
 
 # %% auto #0
-__all__ = ['CONVENTIONS', 'rechunk', 'ReconStats', 'reconstruction_metrics', 'Convention', 'special_token_mask',
-           'convention_masks', 'loss_recovered', 'evaluate']
+__all__ = ['CONVENTIONS', 'rechunk', 'ReconStats', 'update', 'result', 'reconstruction_metrics', 'Convention',
+           'special_token_mask', 'convention_masks', 'loss_recovered', 'evaluate']
 
 # %% ../nbs/07_metrics.ipynb #41a8d6c8
 def rechunk(source:Iterable[torch.Tensor], # chunks `[n_i, d]` of any sizes
@@ -29,9 +29,12 @@ def rechunk(source:Iterable[torch.Tensor], # chunks `[n_i, d]` of any sizes
     check_range('batch_size', size, 1)
     buf, n = [], 0
     for c in source:
-        buf.append(c); n += len(c)
+        buf.append(c)
+        n += len(c)
         while n >= size:
-            cat = torch.cat(buf); yield cat[:size]; buf, n = [cat[size:]], n - size
+            cat = torch.cat(buf)
+            yield cat[:size]
+            buf, n = [cat[size:]], n - size
     if n: yield torch.cat(buf)
 
 # %% ../nbs/07_metrics.ipynb #2367a3d6
@@ -39,54 +42,72 @@ class ReconStats:
     "Running float64 sums for the reconstruction metrics"
     def __init__(self, d_model:int, d_sae:int|None, device:str|torch.device='cpu'):
         z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)
-        self.n, self.S_xx, self.S_x, self.S_ee, self.S_e, self.S_xh, self.S_hh = 0, z(()), z(d_model), z(()), z(d_model), z(()), z(())
+        self.n, self.S_xx, self.S_x, self.S_ee, self.S_e = 0, z(()), z(d_model), z(()), z(d_model)
+        self.S_xh, self.S_hh = z(()), z(())
         self.cos, self.l2r, self.err, self.nmse, self.legacy, self.l0, self.l1 = (z(()) for _ in range(7))
         self.fired = None if d_sae is None else torch.zeros(d_sae, dtype=torch.long)
 
-    def update(self, x:torch.Tensor, x_hat:torch.Tensor, f:torch.Tensor):
-        "Add a batch: activations, reconstructions and latents"
-        x, xh = x.double(), x_hat.double(); e = x - xh
-        nx, nh, ne2 = x.norm(dim=-1), xh.norm(dim=-1), e.pow(2).sum(-1)
-        self.n += len(x); self.S_xx += nx.pow(2).sum(); self.S_x += x.sum(0); self.S_ee += ne2.sum(); self.S_e += e.sum(0)
-        self.S_xh += (x * xh).sum(); self.S_hh += nh.pow(2).sum()
-        self.cos += F.cosine_similarity(x, xh, dim=-1).sum(); self.l2r += (nh / nx).sum(); self.err += ne2.sqrt().sum()
-        self.nmse += (ne2 / nx.pow(2)).sum(); self.legacy += (1 - ne2 / (x - x.mean(0)).pow(2).sum(-1)).sum()
-        active = f != 0
-        self.l0 += active.sum().to(self.l0.device)          # the latents may live on the SAE's device, not x's
-        self.l1 += f.abs().sum(dtype=torch.float64).to(self.l1.device)
-        if self.fired is not None: self.fired += active.sum(0).cpu()
+# %% ../nbs/07_metrics.ipynb #956642cc
+@add_method(ReconStats)
+def update(self:ReconStats, x:torch.Tensor, x_hat:torch.Tensor, f:torch.Tensor):
+    "Add a batch: activations, reconstructions and latents"
+    x, xh = x.double(), x_hat.double()
+    e = x - xh
+    nx, nh, ne2 = x.norm(dim=-1), xh.norm(dim=-1), e.pow(2).sum(-1)
+    self.n += len(x)
+    self.S_xx += nx.pow(2).sum()
+    self.S_x += x.sum(0)
+    self.S_ee += ne2.sum()
+    self.S_e += e.sum(0)
+    self.S_xh += (x * xh).sum()
+    self.S_hh += nh.pow(2).sum()
+    self.cos += F.cosine_similarity(x, xh, dim=-1).sum()
+    self.l2r += (nh / nx).sum()
+    self.err += ne2.sqrt().sum()
+    self.nmse += (ne2 / nx.pow(2)).sum()
+    self.legacy += (1 - ne2 / (x - x.mean(0)).pow(2).sum(-1)).sum()
+    active = f != 0
+    self.l0 += active.sum().to(self.l0.device)          # the latents may live on the SAE's device, not x's
+    self.l1 += f.abs().sum(dtype=torch.float64).to(self.l1.device)
+    if self.fired is not None: self.fired += active.sum(0).cpu()
 
-    def result(self, **labels)->dict:
-        "The metrics as a flat dict (plus `labels`)"
-        n = self.n
-        if n == 0: raise ValueError('no tokens were evaluated (empty activation source?)')
-        ss_x = self.S_xx - self.S_x.pow(2).sum() / n                    # Σ‖x − μ‖²
-        var_e = self.S_ee - self.S_e.pow(2).sum() / n                   # ∝ Σ_d Var(e_d)
-        d = len(self.S_x); msq = self.S_xx / n                     # E‖x‖²
-        r = dict(fve=1 - self.S_ee / ss_x, fvu=self.S_ee / ss_x, fve_centered=1 - var_e / ss_x, ev_legacy=self.legacy / n,
-                 ev_about_zero=1 - self.S_ee / self.S_xx,
-                 ev_saebench=1 - (self.S_ee / n) / (msq - (msq / d) ** 2), nmse=self.nmse / n, mse=self.S_ee / n, l0=self.l0 / n, l1=self.l1 / n,
-                 cossim=self.cos / n, l2_ratio=self.l2r / n, err_norm=self.err / n, rel_bias=self.S_hh / self.S_xh)
-        r = {k: float(v) for k, v in r.items()}
-        if self.fired is not None:
-            alive = int((self.fired > 0).sum())
-            r.update(frac_alive=alive / len(self.fired), dead=len(self.fired) - alive)
-        return dict(**labels, **r, tokens=n, pooling='pooled')
+# %% ../nbs/07_metrics.ipynb #35c7205b
+@add_method(ReconStats)
+def result(self:ReconStats, **labels)->dict:
+    "The metrics as a flat dict (plus `labels`)"
+    n = self.n
+    if n == 0: raise ValueError('no tokens were evaluated (empty activation source?)')
+    ss_x = self.S_xx - self.S_x.pow(2).sum() / n                    # Σ‖x − μ‖²
+    var_e = self.S_ee - self.S_e.pow(2).sum() / n                   # ∝ Σ_d Var(e_d)
+    d = len(self.S_x)
+    msq = self.S_xx / n                                             # E‖x‖²
+    r = dict(fve=1 - self.S_ee / ss_x, fvu=self.S_ee / ss_x, fve_centered=1 - var_e / ss_x, ev_legacy=self.legacy / n,
+             ev_about_zero=1 - self.S_ee / self.S_xx, ev_saebench=1 - (self.S_ee / n) / (msq - (msq / d) ** 2),
+             nmse=self.nmse / n, mse=self.S_ee / n, l0=self.l0 / n, l1=self.l1 / n, cossim=self.cos / n,
+             l2_ratio=self.l2r / n, err_norm=self.err / n, rel_bias=self.S_hh / self.S_xh)
+    r = {k: float(v) for k, v in r.items()}
+    if self.fired is not None:
+        alive = int((self.fired > 0).sum())
+        r.update(frac_alive=alive / len(self.fired), dead=len(self.fired) - alive)
+    return dict(**labels, **r, tokens=n, pooling='pooled')
 
 # %% ../nbs/07_metrics.ipynb #679f479f
 def _sae_apply(sae, x:torch.Tensor):
     "Encode and decode `x` on the SAE's device and dtype; return (x̂, f) on `x`'s device"
     p = next(iter(sae.parameters()), None) if hasattr(sae, 'parameters') else None
     xs = x if p is None else x.to(p.device, p.dtype)
-    with torch.no_grad(): f = sae.encode(xs); xh = sae.decode(f)
+    with torch.no_grad():
+        f = sae.encode(xs)
+        xh = sae.decode(f)
     return xh.to(x.device, x.dtype), f
 
+# %% ../nbs/07_metrics.ipynb #69e22f3c
 def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on raw activations
-                           activations:torch.Tensor|Iterable[torch.Tensor], # `[N, d]`, or a stream of chunks (cache, trace)
+                           activations:torch.Tensor|Iterable[torch.Tensor], # `[N, d]`, or a stream of chunks
                            *,
-                           batch_size:int|None=4096, # rows per evaluation batch (`ev_legacy`'s batch); None: the chunks as given
+                           batch_size:int|None=4096, # rows per evaluation batch (`ev_legacy`'s batch); None: the chunks
                            bos:str='drop', # the BOS policy the activations were made with (a label)
-                           convention:str='salmon', # the evaluation convention the tokens were chosen by (a label; see `CONVENTIONS`)
+                           convention:str='salmon', # the convention that chose the tokens (a label; `CONVENTIONS`)
                            **labels, # extra labels for the result (name, family, width, ...)
                           )->dict:   # metrics, counts and labels
     "Reconstruction metrics of `sae` on `activations`, streamed in float64"
@@ -96,8 +117,9 @@ def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on ra
         if x.ndim != 2: raise ValueError(f'activations have shape {tuple(x.shape)}; expected [tokens, d_model]')
         if not len(x): continue
         x = x.float()
-        if not bool(torch.isfinite(x).all()): raise ValueError(f'activations hold {int((~torch.isfinite(x)).sum())} non-finite values (NaN or inf); '
-                                                      'expected finite activations (the metrics would be NaN)')
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f'activations hold {int((~torch.isfinite(x)).sum())} non-finite values (NaN or inf); '
+                             'expected finite activations (the metrics would be NaN)')
         xh, f = _sae_apply(sae, x)
         st = st or ReconStats(x.shape[-1], f.shape[-1] if getattr(sae, 'd_sae', None) else None, x.device)
         st.update(x, xh, f)
@@ -106,6 +128,7 @@ def reconstruction_metrics(sae, # has `encode(x) -> f`, `decode(f) -> x̂` on ra
 
 # %% ../nbs/07_metrics.ipynb #e2d4ee44
 def _text_cfg(model):
+    "The text model's config (a multimodal config's text part)"
     c = model.config
     return c.get_text_config() if hasattr(c, 'get_text_config') else c
 
@@ -115,7 +138,9 @@ def _unembed(model, h:torch.Tensor)->torch.Tensor:
     cap = getattr(_text_cfg(model), 'final_logit_softcapping', None)
     return torch.tanh(z / cap) * cap if cap else z
 
+# %% ../nbs/07_metrics.ipynb #6b129eba
 def _head_path(model)->str:
+    "The module path of the unembedding"
     head = model.get_output_embeddings()
     return next(n for n, m in model.named_modules() if m is head)
 
@@ -123,7 +148,8 @@ def _head_path(model)->str:
 def _skip_blocks(model, n:int, as_tuple:bool):
     "Temporarily make the first `n` decoder blocks identity functions"
     blocks = walk_attr(model, block_path(model))[:n]
-    ident = (lambda *a, **k: ((a[0] if a else k['hidden_states']),)) if as_tuple else (lambda *a, **k: a[0] if a else k['hidden_states'])
+    if as_tuple: ident = lambda *a, **k: ((a[0] if a else k['hidden_states']),)
+    else: ident = lambda *a, **k: a[0] if a else k['hidden_states']
     saved = [b.__dict__.get('forward') for b in blocks]
     try:
         for b in blocks: b.forward = ident
@@ -136,7 +162,12 @@ def _skip_blocks(model, n:int, as_tuple:bool):
 # %% ../nbs/07_metrics.ipynb #d2d0f1c8
 @dataclass
 class _Batch:
-    ids:torch.Tensor; mask:torch.Tensor; h:torch.Tensor; fin:torch.Tensor; as_tuple:bool
+    "One tokenised batch with its clean activations at the layer and final hidden states"
+    ids:torch.Tensor
+    mask:torch.Tensor
+    h:torch.Tensor
+    fin:torch.Tensor
+    as_tuple:bool
 
 def _clean_pass(lm, ids, mask, layer:int)->_Batch:
     "Clean forward to the unembedding's input; keep layer `layer`'s output and the final hidden state"
@@ -147,6 +178,7 @@ def _clean_pass(lm, ids, mask, layer:int)->_Batch:
         tr.stop()
     return _Batch(ids, mask, resid_output(raw, len(ids)), fin, isinstance(raw, tuple))
 
+# %% ../nbs/07_metrics.ipynb #2332d46a
 def _patched_pass(lm, b:_Batch, layer:int, patched:torch.Tensor)->torch.Tensor:
     "Final hidden states with block `layer`'s output replaced by `patched`, skipping blocks before it"
     dev = model_device(lm)
@@ -163,16 +195,21 @@ class _LossSums:
     "float64 sums of CE per variant and KL(clean ‖ variant), pooled and per text"
     def __init__(self, names):
         self.names = ['clean', *names]
-        self.ce = {k: 0.0 for k in self.names}; self.kl = {k: 0.0 for k in names}; self.n = 0; self.n_kl = 0
-        self.text_ce = {k: [] for k in self.names}; self.text_n = []
+        self.ce = {k: 0.0 for k in self.names}
+        self.kl = {k: 0.0 for k in names}
+        self.n = 0
+        self.n_kl = 0
+        self.text_ce = {k: [] for k in self.names}
+        self.text_n = []
 
 def _next_real(mask:torch.Tensor)->torch.Tensor:
     "[B, T] bool: the position has a real next token (its prediction can be scored)"
     m = mask.bool()
     return torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1)
 
+# %% ../nbs/07_metrics.ipynb #85caffe5
 def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
-                ce_sel:torch.Tensor|None=None, # [B, T] positions whose next-token CE counts (default: all with a real next token)
+                ce_sel:torch.Tensor|None=None, # [B, T] positions whose next-token CE counts (default: real next token)
                 kl_sel:torch.Tensor|None=None, # [B, T] positions whose KL counts (default: `ce_sel`)
                ):
     "Add one batch's CE (pooled and per text) and KL, computing logits `chunk` tokens at a time"
@@ -180,7 +217,7 @@ def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
     kl_sel = ce_sel if kl_sel is None else kl_sel.bool()
     pos = ce_sel | kl_sel
     rows = torch.arange(len(b.ids))[:, None].expand_as(pos)[pos]
-    tgt = torch.cat([b.ids[:, 1:], b.ids[:, :1]], 1)[pos]            # the last column's target is a placeholder (KL only)
+    tgt = torch.cat([b.ids[:, 1:], b.ids[:, :1]], 1)[pos]     # the last column's target is a placeholder (KL only)
     m_ce, m_kl = ce_sel[pos].double(), kl_sel[pos].double()
     pick = lambda h: h[pos.to(h.device)]
     clean = pick(b.fin)
@@ -199,8 +236,12 @@ def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
             row_ce[k].index_add_(0, r, -lp.gather(-1, t)[:, 0].double().cpu() * mc)
             sums.kl[k] += ((neg_h - dot(p_c, lp)).double().cpu() * mk).sum().item()
         del lp, p_c
-    for k, v in row_ce.items(): sums.ce[k] += v.sum().item(); sums.text_ce[k].append(v)
-    sums.text_n.append(ce_sel.sum(1)); sums.n += int(ce_sel.sum()); sums.n_kl += int(kl_sel.sum())
+    for k, v in row_ce.items():
+        sums.ce[k] += v.sum().item()
+        sums.text_ce[k].append(v)
+    sums.text_n.append(ce_sel.sum(1))
+    sums.n += int(ce_sel.sum())
+    sums.n_kl += int(kl_sel.sum())
 
 # %% ../nbs/07_metrics.ipynb #ab809264
 @dataclass(frozen=True)
@@ -217,23 +258,27 @@ class Convention:
     average:str # 'pooled' or 'per_text' (loss recovered per text, then the mean)
     source:str # what it reproduces
 
+# %% ../nbs/07_metrics.ipynb #62af86d3
 _SAELENS_SPECIAL = ('bos_token_id', 'eos_token_id', 'pad_token_id', 'sep_token_id', 'decoder_start_token_id')
 CONVENTIONS = {
     'salmon': Convention('salmon', 'not_bos', 'as_splice', 'target', False, ('bos_token_id',), 'bos', 'rows', 'pooled',
                          'salmon: held out, BOS excluded and kept clean in every pass'),
-    'saelens': Convention('saelens', 'not_special', 'all', 'not_special', True, _SAELENS_SPECIAL, 'not_special', 'text_batch', 'pooled',
-                          'SAELens 6.54 run_evals (exclude_special_tokens=True)'),
-    'saebench': Convention('saebench', 'all', 'all', 'not_special', True, ('pad_token_id', 'eos_token_id', 'bos_token_id'), 'not_special',
-                           'text_batch', 'pooled', 'SAEBench 0.6 core (exclude_special_tokens_from_reconstruction=False)'),
+    'saelens': Convention('saelens', 'not_special', 'all', 'not_special', True, _SAELENS_SPECIAL, 'not_special',
+                          'text_batch', 'pooled', 'SAELens 6.54 run_evals (exclude_special_tokens=True)'),
+    'saebench': Convention('saebench', 'all', 'all', 'not_special', True,
+                           ('pad_token_id', 'eos_token_id', 'bos_token_id'), 'not_special', 'text_batch', 'pooled',
+                           'SAEBench 0.6 core (exclude_special_tokens_from_reconstruction=False)'),
     'paper': Convention('paper', 'all', 'all', 'target', False, ('pad_token_id',), 'all', 'rows', 'per_text',
                         "the salmon paper: dictionary_learning loss_recovered, per text"),
 }
 
+# %% ../nbs/07_metrics.ipynb #d9b65741
 def special_token_mask(ids:torch.Tensor, tok, attrs:tuple)->torch.Tensor:
     "[B, T] bool: `ids` equal to one of the tokenizer's special ids named by `attrs`"
     s = sorted({getattr(tok, a, None) for a in attrs} - {None})
     return torch.isin(ids, torch.tensor(s, dtype=ids.dtype)) if s else torch.zeros_like(ids, dtype=torch.bool)
 
+# %% ../nbs/07_metrics.ipynb #dafff9f3
 def convention_masks(ids:torch.Tensor, # [B, T] token ids (right-padded)
                      mask:torch.Tensor, # [B, T] attention mask (1 = real token)
                      tok, # the tokenizer (for the special ids)
@@ -242,7 +287,8 @@ def convention_masks(ids:torch.Tensor, # [B, T] token ids (right-padded)
                     )->dict: # [B, T] bool masks: splice, zero, ce, kl, recon (None: per `bos`)
     "The positions a convention splices, zeroes and scores"
     c = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
-    real = mask.bool(); special = special_token_mask(ids, tok, c.special) & real
+    real = mask.bool()
+    special = special_token_mask(ids, tok, c.special) & real
     bos0 = torch.zeros_like(real)
     if tok.bos_token_id is not None: bos0[:, 0] = ids[:, 0] == tok.bos_token_id
     splice = dict(not_bos=real & ~bos0, not_special=real & ~special, all=real)['all' if splice_bos else c.splice]
@@ -254,65 +300,103 @@ def convention_masks(ids:torch.Tensor, # [B, T] token ids (right-padded)
 
 # %% ../nbs/07_metrics.ipynb #2618d7f9
 def _splice_mask(b:_Batch, tok, splice_bos:bool)->torch.Tensor:
+    "[B, T] bool: the real tokens, without a leading BOS unless `splice_bos`"
     m = b.mask.bool().clone()
     if not splice_bos and tok.bos_token_id is not None: m[:, 0] &= b.ids[:, 0] != tok.bos_token_id
     return m
 
 def _clean_sweep(lm, texts:list[str], layer:int, batch_size:int, max_len:int, progress:bool)->list[_Batch]:
+    "The clean pass of every batch of `texts`, kept on the CPU"
     if isinstance(texts, str) or not len(texts): raise ValueError('texts must be a non-empty list of strings')
-    check_range('max_len', max_len, 2); check_range('batch_size', batch_size, 1); resid_module(lm, layer)
+    check_range('max_len', max_len, 2)
+    check_range('batch_size', batch_size, 1)
+    resid_module(lm, layer)
     out = []
     bar = tqdm(total=len(texts), desc='clean pass', unit='text', disable=not progress)
     for i in range(0, len(texts), batch_size):
         ids, mask, _ = tokenize_batch(lm.tokenizer, texts[i:i+batch_size], max_len)
         b = _clean_pass(lm, ids, mask, layer)
-        out.append(_Batch(b.ids, b.mask, b.h.cpu(), b.fin.cpu(), b.as_tuple)); bar.update(len(ids))
+        out.append(_Batch(b.ids, b.mask, b.h.cpu(), b.fin.cpu(), b.as_tuple))
+        bar.update(len(ids))
     bar.close()
     return out
 
-def _loss_from_sweep(lm, saes:dict, batches:list[_Batch], layer:int, *, splice_bos:bool, mean_act, chunk_tokens:int, progress:bool,
-                     convention:str='salmon')->dict:
-    "Loss-recovered numbers for each SAE from a clean sweep, in `convention`"
+# %% ../nbs/07_metrics.ipynb #aa101a0f
+def _mean_act(batches:list[_Batch], tok)->torch.Tensor:
+    "Mean activation over the real non-BOS tokens of a sweep (summed in float64), for mean-ablation"
+    keep = [(b.h[_splice_mask(b, tok, False)]).double() for b in batches]
+    return torch.cat(keep).mean(0).float()
+
+def _spliced_fins(lm, saes:dict, b:_Batch, layer:int, m:dict, mean_act:torch.Tensor)->dict:
+    "Final hidden states of batch `b` with each SAE's reconstruction, zeros and the mean spliced in where `m` says"
+    dev = model_device(lm)
+    h = b.h.to(dev)
+    variants = {f'sae:{k}': (_sae_apply(s, h.reshape(-1, h.shape[-1]))[0].reshape(h.shape), m['splice'])
+                for k, s in saes.items()}
+    variants.update(zero=(torch.zeros_like(h), m['zero']), mean=(mean_act.to(h).expand_as(h), m['splice']))
+    return {k: _patched_pass(lm, b, layer, torch.where(w[..., None].to(dev), v.to(h.dtype), h))
+            for k, (v, w) in variants.items()}
+
+# %% ../nbs/07_metrics.ipynb #be28a044
+def _sweep_sums(lm, saes:dict, batches:list[_Batch], layer:int, splice_bos:bool, mean_act:torch.Tensor,
+                chunk_tokens:int, progress:bool, convention:str)->_LossSums:
+    "CE and KL sums of the clean pass and every variant over a sweep, with a tokens/s bar"
     model, tok = torch_model(lm), lm.tokenizer
-    conv = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
-    if mean_act is None:
-        keep = [(b.h[_splice_mask(b, tok, False)]).double() for b in batches]
-        mean_act = torch.cat(keep).mean(0).float()
     sums = _LossSums([*[f'sae:{k}' for k in saes], 'zero', 'mean'])
-    bar = tqdm(total=sum(int(b.mask.sum()) for b in batches), desc='spliced passes', unit='tok', unit_scale=True, disable=not progress)
+    total = sum(int(b.mask.sum()) for b in batches)
+    bar = tqdm(total=total, desc='spliced passes', unit='tok', unit_scale=True, disable=not progress)
     for b in batches:
         m = convention_masks(b.ids, b.mask, tok, convention, splice_bos=splice_bos)
-        dev = model_device(lm); h = b.h.to(dev)
-        variants = {f'sae:{k}': (_sae_apply(s, h.reshape(-1, h.shape[-1]))[0].reshape(h.shape), m['splice']) for k, s in saes.items()}
-        variants.update(zero=(torch.zeros_like(h), m['zero']), mean=(mean_act.to(h).expand_as(h), m['splice']))
-        fins = {k: _patched_pass(lm, b, layer, torch.where(w[..., None].to(dev), v.to(h.dtype), h)) for k, (v, w) in variants.items()}
-        _accumulate(model, sums, _Batch(b.ids, b.mask, b.h, b.fin.to(dev), b.as_tuple), fins, chunk_tokens, m['ce'], m['kl'])
+        fins = _spliced_fins(lm, saes, b, layer, m, mean_act)
+        dev = model_device(lm)
+        fb = _Batch(b.ids, b.mask, b.h, b.fin.to(dev), b.as_tuple)
+        _accumulate(model, sums, fb, fins, chunk_tokens, m['ce'], m['kl'])
         bar.update(int(b.mask.sum()))
     bar.close()
-    n = sums.n; ce = {k: v / n for k, v in sums.ce.items()}; kl = {k: v / sums.n_kl for k, v in sums.kl.items()}
+    return sums
+
+# %% ../nbs/07_metrics.ipynb #20aee0a0
+def _loss_row(k:str, ce:dict, kl:dict, per:dict|None, n:int, conv:Convention, splice_bos:bool)->dict:
+    "The loss-recovered numbers of SAE `k` from mean CEs `ce`, mean KLs `kl` and (per-text average) per-text CEs `per`"
+    s = ce[f'sae:{k}']
+    lr0 = (ce['zero'] - s) / (ce['zero'] - ce['clean'])
+    lrm = (ce['mean'] - s) / (ce['mean'] - ce['clean'])
+    if conv.average == 'per_text':
+        ps = per[f'sae:{k}']
+        lr0 = ((per['zero'] - ps) / (per['zero'] - per['clean'])).mean().item()
+        lrm = ((per['mean'] - ps) / (per['mean'] - per['clean'])).mean().item()
+    return dict(ce_clean=ce['clean'], ce_sae=s, ce_zero=ce['zero'], ce_mean=ce['mean'],
+                loss_recovered_zero=lr0, loss_recovered_mean=lrm, delta_ce=s - ce['clean'],
+                kl_sae=kl[f'sae:{k}'], kl_zero=kl['zero'], kl_score=(kl['zero'] - kl[f'sae:{k}']) / kl['zero'],
+                predicted_tokens=n, splice_bos=splice_bos or conv.splice == 'all', convention=conv.name)
+
+# %% ../nbs/07_metrics.ipynb #d54ac2da
+def _loss_from_sweep(lm, saes:dict, batches:list[_Batch], layer:int, *, splice_bos:bool, mean_act, chunk_tokens:int,
+                     progress:bool, convention:str='salmon')->dict:
+    "Loss-recovered numbers for each SAE from a clean sweep, in `convention`"
+    conv = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
+    if mean_act is None: mean_act = _mean_act(batches, lm.tokenizer)
+    sums = _sweep_sums(lm, saes, batches, layer, splice_bos, mean_act, chunk_tokens, progress, convention)
+    n = sums.n
+    ce = {k: v / n for k, v in sums.ce.items()}
+    kl = {k: v / sums.n_kl for k, v in sums.kl.items()}
+    per = None
     if conv.average == 'per_text':                           # each text's mean CE; ratios per text, then their mean
-        tn = torch.cat(sums.text_n).double(); ok = tn > 0
+        tn = torch.cat(sums.text_n).double()
+        ok = tn > 0
         per = {k: torch.cat(v)[ok] / tn[ok] for k, v in sums.text_ce.items()}
         ce = {k: v.mean().item() for k, v in per.items()}
-    rows = {}
-    for k in saes:
-        s = ce[f'sae:{k}']
-        lr0 = (ce['zero'] - s) / (ce['zero'] - ce['clean']); lrm = (ce['mean'] - s) / (ce['mean'] - ce['clean'])
-        if conv.average == 'per_text':
-            ps = per[f'sae:{k}']
-            lr0 = ((per['zero'] - ps) / (per['zero'] - per['clean'])).mean().item()
-            lrm = ((per['mean'] - ps) / (per['mean'] - per['clean'])).mean().item()
-        rows[k] = dict(ce_clean=ce['clean'], ce_sae=s, ce_zero=ce['zero'], ce_mean=ce['mean'],
-                       loss_recovered_zero=lr0, loss_recovered_mean=lrm, delta_ce=s - ce['clean'],
-                       kl_sae=kl[f'sae:{k}'], kl_zero=kl['zero'], kl_score=(kl['zero'] - kl[f'sae:{k}']) / kl['zero'],
-                       predicted_tokens=n, splice_bos=splice_bos or conv.splice == 'all', convention=conv.name)
-    return rows
+    return {k: _loss_row(k, ce, kl, per, n, conv, splice_bos) for k in saes}
 
+# %% ../nbs/07_metrics.ipynb #a67bd93a
 def _as_dict(saes)->dict:
+    "SAEs by name: a dict as it is, one SAE as 'sae', a list by its configs' names or 'sae0', 'sae1', ..."
     if isinstance(saes, dict): return saes
     if hasattr(saes, 'encode'): return {'sae': saes}
-    return {getattr(s, 'cfg', {}).get('name', f'sae{i}') if isinstance(getattr(s, 'cfg', None), dict) else f'sae{i}': s for i, s in enumerate(saes)}
+    name = lambda i, s: s.cfg.get('name', f'sae{i}') if isinstance(getattr(s, 'cfg', None), dict) else f'sae{i}'
+    return {name(i, s): s for i, s in enumerate(saes)}
 
+# %% ../nbs/07_metrics.ipynb #f23daab1
 def loss_recovered(lm, # an nnsight model
                    saes, # one SAE, a list, or a dict name -> SAE
                    texts:list[str], # evaluation texts
@@ -327,13 +411,21 @@ def loss_recovered(lm, # an nnsight model
                    progress:bool=True,
                   )->dict|pd.DataFrame: # one SAE: a dict; several: a DataFrame, one row per SAE
     "CE clean / spliced / zero- / mean-ablated, loss recovered, ΔCE and KL, on the same tokens for every SAE"
-    single = hasattr(saes, 'encode'); saes = _as_dict(saes)
+    single = hasattr(saes, 'encode')
+    saes = _as_dict(saes)
     batches = _clean_sweep(lm, list(texts), layer, batch_size, max_len, progress)
-    rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens,
-                            progress=progress, convention=convention)
+    rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act,
+                            chunk_tokens=chunk_tokens, progress=progress, convention=convention)
     return next(iter(rows.values())) if single else pd.DataFrame([dict(name=k, **v) for k, v in rows.items()])
 
 # %% ../nbs/07_metrics.ipynb #ba1be5f0
+def _recon_acts(batches:list[_Batch], tok, conv:Convention, bos:str)->tuple[list, str]:
+    "The tokens a convention reconstructs in each batch, and the BOS label they carry"
+    if conv.recon == 'bos': acts = [b.h[_splice_mask(b, tok, bos == 'keep')] for b in batches]
+    else: acts = [b.h[convention_masks(b.ids, b.mask, tok, conv.name)['recon']] for b in batches]
+    return acts, bos if conv.recon == 'bos' else 'keep' if conv.recon == 'all' else 'drop'
+
+# %% ../nbs/07_metrics.ipynb #6cbdb4a0
 def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              lm, # an nnsight model
              texts:list[str], # held-out evaluation texts
@@ -342,7 +434,7 @@ def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              batch_size:int=4, max_len:int=1024,
              bos:str='drop', # reconstruction metrics without ('drop') or with ('keep') the BOS token
              splice_bos:bool=False, # replace BOS too in the spliced passes
-             convention:str='salmon', # 'salmon', 'saelens', 'saebench' or 'paper' (`CONVENTIONS`): tokens, positions, averaging
+             convention:str='salmon', # 'salmon', 'saelens', 'saebench' or 'paper' (`CONVENTIONS`)
              loss:bool=True, # also run the spliced passes (loss recovered, KL)
              mean_act:torch.Tensor|None=None,
              chunk_tokens:int=128,
@@ -350,17 +442,16 @@ def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              **labels, # constant columns to add (corpus, split, ...)
             )->pd.DataFrame:
     "Reconstruction and downstream-loss metrics for each SAE on the same tokens, one row per SAE"
-    check_choice('bos', bos, {'drop', 'keep'}); conv = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
-    saes = _as_dict(saes); texts = list(texts)
-    batches = _clean_sweep(lm, texts, layer, batch_size, max_len, progress)
-    tok = lm.tokenizer
-    if conv.recon == 'bos': acts = [b.h[_splice_mask(b, tok, bos == 'keep')] for b in batches]
-    else: acts = [b.h[convention_masks(b.ids, b.mask, tok, convention)['recon']] for b in batches]
-    rb = bos if conv.recon == 'bos' else 'keep' if conv.recon == 'all' else 'drop'
+    check_choice('bos', bos, {'drop', 'keep'})
+    conv = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
+    saes = _as_dict(saes)
+    batches = _clean_sweep(lm, list(texts), layer, batch_size, max_len, progress)
+    acts, rb = _recon_acts(batches, lm.tokenizer, conv, bos)
     rk = dict(batch_size=None) if conv.legacy == 'text_batch' else {}
-    rows = {k: dict(name=k, **labels, **reconstruction_metrics(s, acts, bos=rb, convention=convention, **rk)) for k, s in saes.items()}
+    rows = {k: dict(name=k, **labels, **reconstruction_metrics(s, acts, bos=rb, convention=convention, **rk))
+            for k, s in saes.items()}
     if loss:
-        lr = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act, chunk_tokens=chunk_tokens, progress=progress,
-                              convention=convention)
+        lr = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act,
+                              chunk_tokens=chunk_tokens, progress=progress, convention=convention)
         for k in rows: rows[k].update(lr[k])
     return pd.DataFrame(list(rows.values()))

@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib, json, logging, os, re, time, warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 import torch
 from safetensors.torch import save as st_save
 from torch import nn
-from .core import atomic_dir, atomic_write, cache_dir, check_choice, check_int, check_range, data_dir, default_device, default_dtype
+from .core import (atomic_dir, atomic_write, cache_dir, check_choice, check_int, check_range, data_dir,
+                         default_device, default_dtype)
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'BLOCK_PATHS', 'GEMMA2', 'GEMMA2_COMMON', 'torch_model', 'model_device', 'convert_gguf',
@@ -39,9 +41,9 @@ def _from_folder(src:str|Path, dtype, device, **kw):
     if getattr(text_cfg, 'attn_logit_softcapping', None) and 'attn_implementation' not in kw:
         kw['attn_implementation'] = 'eager'   # SDPA ignores Gemma-2's soft-capping
     dev = torch.device(device)
-    dm = kw.pop('device_map', None)          # e.g. 'auto' or a dict: accelerate places the layers (and moves activations) itself
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust,
-                                                 **({'device_map': dm} if dm is not None else {'device_map': str(dev)} if dev.type == 'cuda' else {}), **kw)
+    dm = kw.pop('device_map', None)   # 'auto' or a dict: accelerate places the layers (and moves activations) itself
+    place = {'device_map': dm} if dm is not None else {'device_map': str(dev)} if dev.type == 'cuda' else {}
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, trust_remote_code=trust, **place, **kw)
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust)
     return _wrap(model if dm is not None else model.to(dev), tok)
 
@@ -70,7 +72,8 @@ def convert_gguf(gguf:str|Path, # a .gguf model file
     model.hf_quantizer = None                      # else save_pretrained refuses: "quantized with gguf"
     if hasattr(model.config, 'quantization_config'): del model.config.quantization_config
     with atomic_dir(dest) as tmp:
-        tok.save_pretrained(tmp); model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         (tmp/'salmon_source.json').write_text(json.dumps({'gguf': str(gguf), 'seconds': round(time.time()-t0, 1)}))
     return Path(dest)
 
@@ -104,38 +107,52 @@ def load_lm(name_or_path:str|Path, # alias ('gemma-3-270m'), 'random:gemma-2-2b'
             **kw, # passed to `from_pretrained` (`trust_remote_code` is off unless given)
            ):     # an nnsight `TransformersModel`
     "Load a causal LM wrapped for nnsight tracing"
-    device = torch.device(device or default_device()); dtype = dtype or default_dtype(device)
-    name = str(name_or_path); p = Path(name).expanduser()
+    device = torch.device(device or default_device())
+    dtype = dtype or default_dtype(device)
+    name = str(name_or_path)
+    p = Path(name).expanduser()
     if name in EMBEDDED: return _from_folder(embedded_model_dir(name), dtype, device, **kw)
     if name.startswith('random:'): return random_lm(name.removeprefix('random:'), dtype=dtype, device=device)
     if p.is_file():
-        if p.suffix != '.gguf': raise ValueError(f"model file {name!r} is not a .gguf file; pass a .gguf file, an HF model folder, a hub id or one of {list(EMBEDDED)}")
+        if p.suffix != '.gguf':
+            raise ValueError(f"model file {name!r} is not a .gguf file; pass a .gguf file, an HF model folder, "
+                             f"a hub id or "
+                             f"one of {list(EMBEDDED)}")
         dest = _gguf_cache(p)
         if not (dest/'config.json').exists(): convert_gguf(p, dest)
         return _from_folder(dest, dtype, device, **kw)
     if p.is_dir():
-        if not (p/'config.json').exists(): raise FileNotFoundError(f"model folder {name!r} has no config.json; expected a folder written by save_pretrained")
+        if not (p/'config.json').exists():
+            raise FileNotFoundError(f"model folder {name!r} has no config.json; "
+                                    "expected a folder written by save_pretrained")
         return _from_folder(p, dtype, device, **kw)
     if name.endswith('.gguf') or name.startswith(('/', './', '../', '~')) or name.count('/') > 1:
         raise FileNotFoundError(f"model path {name!r} does not exist")
     if _HUB_ID.match(name): return _from_folder(name, dtype, device, **kw)
-    raise ValueError(f"unknown model {name!r}: expected one of the aliases {list(EMBEDDED)}, 'random:gemma-2-2b' or 'random:gemma-2-9b', a hub id 'org/name', an HF model folder or a .gguf file")
+    raise ValueError(f"unknown model {name!r}: expected one of the aliases {list(EMBEDDED)}, 'random:gemma-2-2b' or "
+                     "'random:gemma-2-9b', a hub id 'org/name', an HF model folder or a .gguf file")
 
 # %% ../nbs/01_models.ipynb #3b56e566
+def _strings(v)->Iterator[str]:
+    "Every string inside `v`, dicts and lists walked in order"
+    if isinstance(v, str): yield v
+    elif isinstance(v, dict):
+        for x in v.values(): yield from _strings(x)
+    elif isinstance(v, list):
+        for x in v: yield from _strings(x)
+
 def _project_text()->list[str]:
     "All string fields of the shipped corpora, in file order"
     out = []
-    def walk(v):
-        if isinstance(v, str): out.append(v)
-        elif isinstance(v, dict): [walk(x) for x in v.values()]
-        elif isinstance(v, list): [walk(x) for x in v]
     for name in ('medical_qa.jsonl', 'general.jsonl'):
         for line in (data_dir()/name).read_text(encoding='utf-8').splitlines():
-            if line.strip(): walk(json.loads(line))
+            if line.strip(): out.extend(_strings(json.loads(line)))
     return out
 
+# %% ../nbs/01_models.ipynb #8218a5c1
 @lru_cache(maxsize=4)
 def _tiny_tokenizer_json(vocab_size:int)->str:
+    "A byte-level BPE trained on the project text, as JSON (cached per size)"
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     tk = Tokenizer(models.BPE(unk_token='<unk>'))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -143,7 +160,8 @@ def _tiny_tokenizer_json(vocab_size:int)->str:
     tk.train_from_iterator(_project_text(), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=['<pad>', '<eos>', '<bos>', '<unk>'],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tk.post_processor = processors.TemplateProcessing(single='<bos> $A', pair='<bos> $A <bos> $B', special_tokens=[('<bos>', 2)])
+    tk.post_processor = processors.TemplateProcessing(single='<bos> $A', pair='<bos> $A <bos> $B',
+                                                      special_tokens=[('<bos>', 2)])
     return tk.to_str()
 
 def tiny_tokenizer(vocab_size:int=1024, # BPE vocabulary size, special tokens included
@@ -165,25 +183,20 @@ def tiny_lm(seed:int=0, # initialisation seed
     "A small random Gemma-2 with a project-trained tokenizer, wrapped for nnsight (seconds, deterministic)"
     from transformers import Gemma2Config, Gemma2ForCausalLM
     tok = tiny_tokenizer(vocab_size)
-    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=d_model, intermediate_size=4*d_model, num_hidden_layers=n_layers,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=d_model//4, max_position_embeddings=2048,
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=d_model, intermediate_size=4*d_model,
+                       num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=d_model//4,
+                       max_position_embeddings=2048,
                        sliding_window=64, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                        eos_token_id=tok.eos_token_id, attn_implementation='eager')
     torch.manual_seed(seed)
     model = Gemma2ForCausalLM(cfg)
     if train_steps: _trained_tiny(model, tok, train_steps, seed)
-    if save_to: model.save_pretrained(save_to); tok.save_pretrained(save_to)
+    if save_to:
+        model.save_pretrained(save_to)
+        tok.save_pretrained(save_to)
     return _wrap(model, tok)
 
-def _trained_tiny(model, tok, steps:int, seed:int):
-    "Train the tiny model, or load the same training's result from salmon's cache (keyed by tokenizer, config, steps, seed)"
-    from safetensors.torch import load_file
-    key = hashlib.sha1(f'{_tiny_tokenizer_json(len(tok))}|{model.config.to_json_string()}|{steps}|{seed}|{torch.__version__}'.encode()).hexdigest()[:16]
-    f = cache_dir('tiny')/f'tiny-{key}.safetensors'
-    if f.exists(): model.load_state_dict(load_file(f), strict=False); return
-    _train_tiny(model, tok, steps, seed)
-    with atomic_write(f) as fh: fh.write(st_save({k: v.contiguous() for k, v in model.state_dict().items() if k != 'lm_head.weight'}))
-
+# %% ../nbs/01_models.ipynb #6b9c76b6
 def _train_tiny(model, tok, steps:int, seed:int, batch:int=8, ctx:int=128):
     "A few AdamW steps of next-token prediction on packed project text"
     ids = torch.tensor(tok('\n'.join(_project_text()[:2000]), add_special_tokens=False)['input_ids'])
@@ -195,8 +208,23 @@ def _train_tiny(model, tok, steps:int, seed:int, batch:int=8, ctx:int=128):
         x = torch.stack([ids[s:s+ctx] for s in starts.tolist()])
         x = torch.cat([torch.full((batch, 1), tok.bos_token_id), x], 1)
         loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     model.eval()
+
+def _trained_tiny(model, tok, steps:int, seed:int):
+    "Train the tiny model, or load that training's result from salmon's cache (keyed by tokenizer, config, steps, seed)"
+    from safetensors.torch import load_file
+    spec = f'{_tiny_tokenizer_json(len(tok))}|{model.config.to_json_string()}|{steps}|{seed}|{torch.__version__}'
+    key = hashlib.sha1(spec.encode()).hexdigest()[:16]
+    f = cache_dir('tiny')/f'tiny-{key}.safetensors'
+    if f.exists():
+        model.load_state_dict(load_file(f), strict=False)
+        return
+    _train_tiny(model, tok, steps, seed)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items() if k != 'lm_head.weight'}   # the head is tied
+    with atomic_write(f) as fh: fh.write(st_save(weights))
 
 # %% ../nbs/01_models.ipynb #0aad81c7
 BLOCK_PATHS = ('model.layers', 'model.language_model.layers', 'language_model.model.layers', 'model.text_model.layers',
@@ -207,6 +235,7 @@ def walk_attr(obj, path:str):
     for part in path.split('.'): obj = getattr(obj, part)
     return obj
 
+# %% ../nbs/01_models.ipynb #280769cc
 def block_path(lm, # an nnsight model or a torch module
               )->str: # dotted path of its decoder block list
     "Dotted path of the decoder blocks of `lm`"
@@ -249,11 +278,12 @@ def resid_output(out, # a decoder block's output: tensor [B, T, d] or tuple whos
 
 # %% ../nbs/01_models.ipynb #b9c57c39
 GEMMA2 = {  # the published Gemma-2 configs (google/gemma-2-2b, google/gemma-2-9b config.json)
-    'gemma-2-2b': dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                       intermediate_size=9216, query_pre_attn_scalar=256),
-    'gemma-2-9b': dict(hidden_size=3584, num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
-                       intermediate_size=14336, query_pre_attn_scalar=256)}
-GEMMA2_COMMON = dict(vocab_size=256_000, max_position_embeddings=8192, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
+    'gemma-2-2b': dict(hidden_size=2304, num_hidden_layers=26, num_attention_heads=8, num_key_value_heads=4,
+                       head_dim=256, intermediate_size=9216, query_pre_attn_scalar=256),
+    'gemma-2-9b': dict(hidden_size=3584, num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=256, intermediate_size=14336, query_pre_attn_scalar=256)}
+GEMMA2_COMMON = dict(vocab_size=256_000, max_position_embeddings=8192, final_logit_softcapping=30.0,
+                     attn_logit_softcapping=50.0,
                      sliding_window=4096, hidden_activation='gelu_pytorch_tanh', rms_norm_eps=1e-6, rope_theta=10_000.0,
                      tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=2)
 
@@ -264,30 +294,36 @@ def gemma2_config(name:str, # a key of `GEMMA2`
     return Gemma2Config(**GEMMA2_COMMON, **GEMMA2[check_choice('name', name, GEMMA2)], attn_implementation='eager')
 
 # %% ../nbs/01_models.ipynb #985f65c2
+def _init_random(model:nn.Module, cfg, dev:torch.device, seed:int)->nn.Module:
+    "`model` (on meta) materialised on `dev`: N(0, initializer_range) matrices, zero RMSNorm weights, fresh buffers"
+    model = model.to_empty(device=dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1: p.zero_()                  # Gemma's RMSNorm scales by (1 + weight)
+            else: p.normal_(0.0, cfg.initializer_range, generator=g)
+        for m in model.modules():                      # the non-persistent buffers, recomputed on `dev`
+            if hasattr(m, 'embed_scale') and torch.is_tensor(m.embed_scale): m.embed_scale.fill_(cfg.hidden_size ** 0.5)
+        rot = model.model.rotary_emb
+        with torch.device(dev): model.model.rotary_emb = type(rot)(config=cfg)
+    return model
+
+# %% ../nbs/01_models.ipynb #3ba99046
 def random_lm(name:str='gemma-2-2b', # a key of `GEMMA2`
               *,
               dtype:torch.dtype=torch.bfloat16, # weight dtype (the paper presets run bf16)
-              device:str|torch.device='cpu', # 'meta': shapes only (no memory, no weights), returned as the bare torch module
+              device:str|torch.device='cpu', # 'meta': shapes only (no memory, no weights), as the bare torch module
               seed:int=0, # initialisation seed
               vocab_size:int=4096, # of the project-trained stand-in tokenizer (its ids are < the model's vocabulary)
              ):  # an nnsight `TransformersModel` (on meta: the `Gemma2ForCausalLM`)
-    "Gemma-2 `name` at its true shapes with random weights (N(0, 0.02) matrices, unit RMSNorm scales), wrapped for nnsight"
+    "Gemma-2 `name` at its true shapes with random weights (N(0, 0.02) matrices, unit RMSNorm scales), for nnsight"
     from transformers import Gemma2ForCausalLM
-    cfg = gemma2_config(name); dev = torch.device(device)
+    cfg = gemma2_config(name)
+    dev = torch.device(device)
     with torch.device('meta'): model = Gemma2ForCausalLM(cfg).to(dtype)    # shapes only: no init pass over 2.6B weights
     tied = cfg.tie_word_embeddings
-    if tied: model.lm_head.weight = None                   # `to_empty` would give the head its own 1.2 GB copy; tied below
-    if dev.type != 'meta':
-        model = model.to_empty(device=dev)
-        g = torch.Generator(device=dev).manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.ndim == 1: p.zero_()                  # Gemma's RMSNorm scales by (1 + weight)
-                else: p.normal_(0.0, cfg.initializer_range, generator=g)
-            for m in model.modules():                      # the non-persistent buffers, recomputed on `dev`
-                if hasattr(m, 'embed_scale') and torch.is_tensor(m.embed_scale): m.embed_scale.fill_(cfg.hidden_size ** 0.5)
-            rot = model.model.rotary_emb
-            with torch.device(dev): model.model.rotary_emb = type(rot)(config=cfg)
+    if tied: model.lm_head.weight = None          # `to_empty` would give the head its own 1.2 GB copy; tied below
+    if dev.type != 'meta': model = _init_random(model, cfg, dev, seed)
     if tied: model.lm_head.weight = model.model.embed_tokens.weight   # one tensor, as in Gemma
     model.config._name_or_path = f'random:{name}'
     return model if dev.type == 'meta' else _wrap(model, tiny_tokenizer(vocab_size))   # nnsight would move meta weights

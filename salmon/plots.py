@@ -26,30 +26,37 @@ set_style()
 
 # %% ../nbs/09_plots.ipynb #63a0d819
 FAMILY_COLORS = {'domain': '#636EFA', 'broad': '#EF553B', 'ours': '#636EFA', 'gemmascope': '#EF553B'}
+_REF_NAMES = {  # the paper's column names -> salmon's
+              'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero', 'rel_recon_bias': 'rel_bias',
+              'ce_orig': 'ce_clean', 'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'}
 
 def paper_reference(model:str|None=None, # keep one model ('gemma-2-2b' or 'gemma-2-9b'); None keeps both
                    )->pd.DataFrame:
     "The paper's published numbers, with salmon's column names (`l0` is the measured L0)"
-    df = pd.read_csv(data_dir()/'paper_reference.csv').rename(columns={'l0_measured': 'l0', 'loss_recovered': 'loss_recovered_zero',
-                                                                       'rel_recon_bias': 'rel_bias', 'ce_orig': 'ce_clean',
-                                                                       'r2_error_norm': 'r2_norm', 'r2_error_vector': 'r2_vector'})
+    df = pd.read_csv(data_dir()/'paper_reference.csv').rename(columns=_REF_NAMES)
     return df if model is None else df[df.model == model].reset_index(drop=True)
 
 # %% ../nbs/09_plots.ipynb #08e6d727
 def _lines(ax, df, x, y, family, width, alpha, prefix, lw):
+    "One line per width (line style) and family (colour), points sorted by `x`"
     styles = ['-', '--', ':', '-.']
     for i, w in enumerate(sorted(df[width].unique())):
         for fam, g in df[df[width] == w].groupby(family, sort=False):
             g = g.sort_values(x)
+            label = f'{prefix}{fam}, width {int(w):,}' if pd.api.types.is_number(w) else f'{prefix}{fam}, {w}'
             ax.plot(g[x], g[y], styles[i % 4], marker='o', ms=4, lw=lw, alpha=alpha, color=FAMILY_COLORS.get(fam),
-                    label=f'{prefix}{fam}, width {int(w):,}' if pd.api.types.is_number(w) else f'{prefix}{fam}, {w}')
+                    label=label)
+
+# %% ../nbs/09_plots.ipynb #b81ecb72
+_YLABEL = {'fve': 'fraction of variance explained', 'loss_recovered_zero': 'loss recovered (zero-ablation)',
+           'loss_recovered_mean': 'loss recovered (mean-ablation)'}
 
 def pareto(df:pd.DataFrame, # one row per SAE: columns `x`, `y`, `family`, `width`
            y:str='fve', # metric on the y axis
            *,
            x:str='l0', # measured L0
            family:str='family', width:str='width', # grouping columns
-           ref:pd.DataFrame|None=None, # a reference table drawn faded (e.g. `paper_reference(model)`); skipped if it lacks `y`
+           ref:pd.DataFrame|None=None, # drawn faded (e.g. `paper_reference(model)`); skipped if it lacks `y`
            ax:plt.Axes|None=None, # draw here (else a new 6×4 figure)
            title:str|None=None,
           )->plt.Figure:
@@ -58,14 +65,15 @@ def pareto(df:pd.DataFrame, # one row per SAE: columns `x`, `y`, `family`, `widt
     if missing: raise ValueError(f'columns {missing} are not in the table; it has {list(df.columns)}')
     fig = None
     if ax is None: fig, ax = plt.subplots(figsize=(6, 4))
-    ax.set(xlabel='L0 (measured)', ylabel={'fve': 'fraction of variance explained', 'loss_recovered_zero': 'loss recovered (zero-ablation)',
-                                             'loss_recovered_mean': 'loss recovered (mean-ablation)'}.get(y, y), title=title)
+    ax.set(xlabel='L0 (measured)', ylabel=_YLABEL.get(y, y), title=title)
     why = not_measurable(df, y)
     if why:                                   # never drawn as 0: the panel says what is missing and why
-        ax.text(0.5, 0.5, why.replace(' (', '\n('), ha='center', va='center', transform=ax.transAxes, wrap=True, color='0.35')
+        ax.text(0.5, 0.5, why.replace(' (', '\n('), ha='center', va='center', transform=ax.transAxes, wrap=True,
+                color='0.35')
         ax.set_yticks([])
     else:
-        if ref is not None and y in ref and ref[y].notna().any(): _lines(ax, ref.dropna(subset=[y]), x, y, family, width, 0.35, 'paper: ', 1)
+        if ref is not None and y in ref and ref[y].notna().any():
+            _lines(ax, ref.dropna(subset=[y]), x, y, family, width, 0.35, 'paper: ', 1)
         _lines(ax, df, x, y, family, width, 1.0, '', 1.8)
         ax.legend()
     ax.grid(alpha=0.3)
@@ -79,23 +87,30 @@ REASON = '_reason'   # a table's column `<metric>_reason` says why `<metric>` is
 def not_measurable(df:pd.DataFrame, # a results table
                    col:str, # a metric column
                   )->str|None: # 'not measurable (why)', or None when some value is finite
-    "The words for a metric with no finite value in `df`: 'not measurable (reason)' (reason from `<col>_reason` if given)"
+    "The words for a metric with no finite value in `df`: 'not measurable (reason)', the reason from `<col>_reason`"
     v = pd.to_numeric(df[col], errors='coerce') if col in df else pd.Series(dtype=float)
     if np.isfinite(v.to_numpy(float)).any(): return None
-    r = df[col + REASON].dropna().astype(str).str.removeprefix('not measurable: ').unique() if col + REASON in df else []
+    r = []
+    if col + REASON in df: r = df[col + REASON].dropna().astype(str).str.removeprefix('not measurable: ').unique()
     return 'not measurable' + (f' ({"; ".join(r)})' if len(r) else ' (no finite value)')
 
 # %% ../nbs/09_plots.ipynb #f1bd4d61
+def _cell(v:float, why, digits:int)->str:
+    "One float for display: rounded, or 'not measurable (why)' when NaN with a reason, else '—'"
+    if np.isfinite(v): return f'{v:,.{digits}f}'
+    if isinstance(why, str) and why: return f"not measurable ({why.removeprefix('not measurable: ')})"
+    return '—'
+
 def _fmt(df:pd.DataFrame, digits:int)->pd.DataFrame:
     "Strings for display: floats rounded, NaN as 'not measurable (why)' where the row gives a reason, else '—'"
     out = df.drop(columns=[c for c in df.columns if c.endswith(REASON)]).astype(object)
     for c in out.columns:
         if not pd.api.types.is_float_dtype(df[c]): continue
         why = df[c + REASON] if c + REASON in df else pd.Series([None] * len(df), index=df.index)
-        out[c] = [f'{v:,.{digits}f}' if np.isfinite(v) else (f"not measurable ({w.removeprefix('not measurable: ')})" if isinstance(w, str) and w else '—')
-                  for v, w in zip(df[c].to_numpy(float), why)]
+        out[c] = [_cell(v, w, digits) for v, w in zip(df[c].to_numpy(float), why)]
     return out
 
+# %% ../nbs/09_plots.ipynb #8bc3debf
 def show_table(df:pd.DataFrame, # any table
                key:list|None=None, # columns shown up front (default: all)
                digits:int=3, # decimals of floats
@@ -110,5 +125,6 @@ def show_table(df:pd.DataFrame, # any table
     cap = f'<p><b>{html.escape(title)}</b></p>' if title else ''
     shown = df[key + [c + REASON for c in key if c + REASON in df]]
     rest = len([c for c in df.columns if not c.endswith(REASON)]) - len(key)
-    more = f'<details><summary>all {len(df.columns)} columns ({rest} more)</summary>{tab(df)}</details>' if rest > 0 else ''
+    more = ''
+    if rest > 0: more = f'<details><summary>all {len(df.columns)} columns ({rest} more)</summary>{tab(df)}</details>'
     return HTML(cap + tab(shown) + more)

@@ -43,11 +43,14 @@ def fingerprint(settings, # anything JSON-like: dicts, lists, numbers, strings, 
 
 # %% ../nbs/00a_store.ipynb #dee62d0a
 def _flat(o, pre:str='')->dict:
-    if isinstance(o, dict): return {k2: v2 for k, v in o.items() for k2, v2 in _flat(v, f'{pre}.{k}' if pre else str(k)).items()}
+    "Nested settings as one level: dotted keys for dicts, `[i]` for lists of containers"
+    if isinstance(o, dict):
+        return {k2: v2 for k, v in o.items() for k2, v2 in _flat(v, f'{pre}.{k}' if pre else str(k)).items()}
     if isinstance(o, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in o):
         return {k2: v2 for i, v in enumerate(o) for k2, v2 in _flat(v, f'{pre}[{i}]').items()}
     return {pre: list(o) if isinstance(o, tuple) else o}
 
+# %% ../nbs/00a_store.ipynb #30764ebe
 def settings_diff(old:dict|None, # settings recorded with the artefact (None: none recorded)
                   new:dict, # settings asked for now
                   limit:int=6, # at most this many differences listed
@@ -55,9 +58,11 @@ def settings_diff(old:dict|None, # settings recorded with the artefact (None: no
     "The settings that differ between `old` and `new`, in words"
     if old is None: return 'it has no provenance record (made by salmon before format 2)'
     a, b = _flat(json.loads(canonical_json(old))), _flat(json.loads(canonical_json(new)))
-    diff = [f"{k} {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    diff = [f"{k} {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
     more = f'; and {len(diff) - limit} more' if len(diff) > limit else ''
-    return ('; '.join(diff[:limit]) + more) if diff else 'the settings are equal (the fingerprint differs only by format)'
+    if not diff: return 'the settings are equal (the fingerprint differs only by format)'
+    return '; '.join(diff[:limit]) + more
 
 # %% ../nbs/00a_store.ipynb #03b6a274
 def digest(data:bytes, # the content
@@ -70,6 +75,7 @@ def file_record(data:bytes, # the content written
     "What is recorded about a file to verify it later"
     return dict(bytes=len(data), digest=digest(data))
 
+# %% ../nbs/00a_store.ipynb #29c64ce4
 def file_digest(path:str|Path, # a file
                 block:int=1 << 24, # bytes read at a time
                )->str:
@@ -90,11 +96,14 @@ def verify_file(path:str|Path, # the file
     if not path.is_file(): raise CorruptArtefactError(f'{what} {str(path)!r} is missing')
     n = path.stat().st_size
     if n != record['bytes']:
-        raise CorruptArtefactError(f"{what} {str(path)!r} is damaged: {n:,} bytes, {record['bytes']:,} were written (truncated or overwritten)")
+        raise CorruptArtefactError(f"{what} {str(path)!r} is damaged: {n:,} bytes, {record['bytes']:,} were written "
+                                   "(truncated or overwritten)")
     if full and record.get('digest') and file_digest(path) != record['digest']:
-        raise CorruptArtefactError(f'{what} {str(path)!r} is damaged: its content differs from what was written (content hash mismatch)')
+        raise CorruptArtefactError(f'{what} {str(path)!r} is damaged: its content differs from what was written '
+                                   '(content hash mismatch)')
     return path
 
+# %% ../nbs/00a_store.ipynb #c67ee897
 def read_verified(path:str|Path, # the file
                   record:dict|None, # its `file_record` (None: read unchecked, e.g. written by an older salmon)
                   what:str='file', # what it is, for the message
@@ -107,7 +116,8 @@ def read_verified(path:str|Path, # the file
     verify_file(path, record, what, full=False)
     data = path.read_bytes()
     if digest(data) != record['digest']:
-        raise CorruptArtefactError(f'{what} {str(path)!r} is damaged: its content differs from what was written (content hash mismatch)')
+        raise CorruptArtefactError(f'{what} {str(path)!r} is damaged: its content differs from what was written '
+                                   '(content hash mismatch)')
     return data
 
 # %% ../nbs/00a_store.ipynb #2b47f067
@@ -118,10 +128,13 @@ def read_json(path:str|Path, # a JSON file
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f'{what} {str(p)!r} does not exist')
     try: text = p.read_text(encoding='utf-8')
-    except UnicodeDecodeError as e: raise ValueError(f'{p}: {what} is not UTF-8 text ({e.reason} at byte {e.start})') from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f'{p}: {what} is not UTF-8 text ({e.reason} at byte {e.start})') from None
     try: return json.loads(text)
-    except json.JSONDecodeError as e: raise ValueError(f'{p}:{e.lineno}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{p}:{e.lineno}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
 
+# %% ../nbs/00a_store.ipynb #a0a3efa8
 def iter_jsonl(path:str|Path, # a JSON-lines file: one JSON object per line (blank lines skipped)
                what:str='JSONL file', # what it is, for the message
               )->Iterator[dict]:
@@ -131,24 +144,30 @@ def iter_jsonl(path:str|Path, # a JSON-lines file: one JSON object per line (bla
     with open(p, 'rb') as f:
         for i, raw in enumerate(f, 1):
             try: line = raw.decode('utf-8')
-            except UnicodeDecodeError as e: raise ValueError(f'{p}:{i}: {what} line is not UTF-8 text ({e.reason})') from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f'{p}:{i}: {what} line is not UTF-8 text ({e.reason})') from None
             if not line.strip(): continue
             try: rec = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e: raise ValueError(f'{p}:{i}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
-            if not isinstance(rec, dict): raise ValueError(f'{p}:{i}: {what} line holds a {type(rec).__name__}; expected a JSON object')
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{p}:{i}:{e.colno}: invalid JSON in {what}: {e.msg}') from None
+            if not isinstance(rec, dict):
+                raise ValueError(f'{p}:{i}: {what} line holds a {type(rec).__name__}; expected a JSON object')
             yield rec
 
 # %% ../nbs/00a_store.ipynb #790bb50a
 def stamp_path(path:str|Path)->Path:
     "Where the provenance stamp of the file at `path` lives"
-    path = Path(path); return path.with_name(path.name + '.stamp.json')
+    path = Path(path)
+    return path.with_name(path.name + '.stamp.json')
 
+# %% ../nbs/00a_store.ipynb #78104bea
 def write_stamped(path:str|Path, # the file
                   data:bytes|str, # its content
                   settings:dict, # what it was made from
                  )->Path:
     "Write `data` to `path` atomically, after a stamp recording `settings` and the content's record"
-    path = Path(path); data = data.encode() if isinstance(data, str) else data
+    path = Path(path)
+    data = data.encode() if isinstance(data, str) else data
     st = dict(format=FORMAT_VERSION, fingerprint=fingerprint(settings), settings=settings, **file_record(data))
     with atomic_write(stamp_path(path), 'w') as f: f.write(json.dumps(st, indent=1, default=_plain))
     with atomic_write(path) as f: f.write(data)
@@ -164,17 +183,20 @@ class Status:
     @property
     def ok(self)->bool: return self.kind == 'ok'
 
+# %% ../nbs/00a_store.ipynb #8ba524f3
 def check_stamped(path:str|Path, # the file
                   settings:dict, # what it must have been made from
                   verify:bool=True, # compare content hashes (else sizes only)
                  )->Status:
     "Whether the stamped file at `path` was made from `settings` and is intact"
-    path = Path(path); sp = stamp_path(path)
+    path = Path(path)
+    sp = stamp_path(path)
     if not path.exists(): return Status('missing', path)
     if not sp.exists(): return Status('stale', path, settings_diff(None, settings))
     try: st = read_json(sp, 'provenance stamp')
     except ValueError as e: return Status('damaged', path, str(e))
-    if st.get('fingerprint') != fingerprint(settings): return Status('stale', path, settings_diff(st.get('settings'), settings))
+    if st.get('fingerprint') != fingerprint(settings):
+        return Status('stale', path, settings_diff(st.get('settings'), settings))
     try: verify_file(path, st, 'table', full=verify)
     except CorruptArtefactError as e: return Status('damaged', path, f'{e} (or its write was interrupted)')
     return Status('ok', path)
@@ -190,7 +212,8 @@ def resolve(st:Status, # from `check_stamped` or a stage's own check
     if st.kind == 'ok': return True
     if st.kind == 'damaged': warnings.warn(f'{st.reason}; recomputing it')
     if st.kind == 'stale' and on_stale == 'error':
-        raise StaleArtefactError(f"{str(st.path)!r} was made from other settings: {st.reason}. To recompute it and everything that "
+        raise StaleArtefactError(f"{str(st.path)!r} was made from other settings: {st.reason}. "
+                                 "To recompute it and everything that "
                                  "depends on it, rerun with on_stale='recompute' (command line: --on-stale recompute); "
                                  "or keep it and write to another results folder (--out)")
     return False

@@ -19,8 +19,9 @@ from .store import (FORMAT_VERSION, CorruptArtefactError, StaleArtefactError, fi
 from .models import resid_module, resid_output, torch_model, d_model, model_device
 
 # %% auto #0
-__all__ = ['TraceStats', 'tokenize_batch', 'ActivationStream', 'add_method', 'state_dict', 'load_state_dict', 'trace_activations',
-           'ActivationBuffer', 'model_name', 'ActivationCache', 'cache_activations']
+__all__ = ['TraceStats', 'tokenize_batch', 'add_method', 'ActivationStream', 'trace_batch', 'collect', 'state_dict',
+           'load_state_dict', 'trace_activations', 'ActivationBuffer', 'model_name', 'ActivationCache', 'damaged',
+           'chunks', 'batches', 'read_all', 'cache_activations']
 
 # %% ../nbs/03_trace.ipynb #f389b7c5
 @dataclass
@@ -39,13 +40,24 @@ def tokenize_batch(tok, texts:list[str], max_len:int):
     ids = [x[:max_len] for x in ids]
     T = max(len(x) for x in ids)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    out = torch.full((len(ids), T), pad, dtype=torch.long); mask = torch.zeros((len(ids), T), dtype=torch.long)
-    for i, x in enumerate(ids): out[i, :len(x)] = torch.tensor(x); mask[i, :len(x)] = 1
+    out = torch.full((len(ids), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), T), dtype=torch.long)
+    for i, x in enumerate(ids):
+        out[i, :len(x)] = torch.tensor(x)
+        mask[i, :len(x)] = 1
     return out, mask, n_trunc
+
+# %% ../nbs/03_trace.ipynb #a8b1c2d3
+def add_method(cls:type):
+    "Decorator: attach the function to `cls` as a method (fastcore's `patch`, without a runtime dependency)"
+    def deco(f):
+        setattr(cls, f.__name__, f)
+        return f
+    return deco
 
 # %% ../nbs/03_trace.ipynb #c2887780
 class ActivationStream:
-    "Iterable of `[n_tokens, d]` activation chunks: the residual stream after `layer` at real tokens, one chunk per LM batch"
+    "Iterable of `[n_tokens, d]` activation chunks: the residual stream after `layer` at real tokens, one per LM batch"
     def __init__(self,
                  lm, # an nnsight model (`salmon.models.load_lm`)
                  texts:Iterable[str], # the corpus, one example per context
@@ -59,64 +71,86 @@ class ActivationStream:
                  progress:bool=True, # show a tqdm bar with tokens/s
                  desc:str='tracing', # progress-bar label
                 ):
-        if isinstance(texts, str): raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
-        check_choice('bos', bos, {'drop', 'keep'}); check_range('max_len', max_len, 2); check_range('batch_size', batch_size, 1)
-        check_int('layer', layer); resid_module(lm, layer)    # validates the layer
-        self.lm, self.texts, self.layer, self.batch_size, self.max_len, self.bos = lm, texts, layer, batch_size, max_len, bos
+        if isinstance(texts, str):
+            raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
+        check_choice('bos', bos, {'drop', 'keep'})
+        check_range('max_len', max_len, 2)
+        check_range('batch_size', batch_size, 1)
+        check_int('layer', layer)
+        resid_module(lm, layer)    # validates the layer
+        self.lm, self.texts, self.layer = lm, texts, layer
+        self.batch_size, self.max_len, self.bos = batch_size, max_len, bos
         self.out_dtype, self.out_device, self.progress, self.desc = out_dtype, torch.device(out_device), progress, desc
-        self.stats = TraceStats(); self._skip = 0
+        self.stats = TraceStats()
+        self._skip = 0
 
-    def _batches(self)->Iterator[list[str]]:
-        it = itertools.islice(iter(self.texts), self._skip, None); i = self._skip
-        while batch := list(itertools.islice(it, self.batch_size)):
-            for j, t in enumerate(batch):
-                if not isinstance(t, str): raise TypeError(f'texts[{i+j}] is {type(t).__name__}; expected str')
-            i += len(batch); yield batch
+# %% ../nbs/03_trace.ipynb #2fe01121
+@add_method(ActivationStream)
+def _batches(self:ActivationStream)->Iterator[list[str]]:
+    "The texts after the skipped ones, `batch_size` at a time, each checked to be a str"
+    it = itertools.islice(iter(self.texts), self._skip, None)
+    i = self._skip
+    while batch := list(itertools.islice(it, self.batch_size)):
+        for j, t in enumerate(batch):
+            if not isinstance(t, str): raise TypeError(f'texts[{i+j}] is {type(t).__name__}; expected str')
+        i += len(batch)
+        yield batch
 
-    def trace_batch(self, batch:list[str])->torch.Tensor:
-        "Activations `[n_real_tokens, d]` of one batch of texts"
-        lm, tok = self.lm, self.lm.tokenizer
-        ids, mask, n_trunc = tokenize_batch(tok, batch, self.max_len)
-        ctx = getattr(torch_model(lm).config, 'max_position_embeddings', None)
-        if ctx and ids.shape[1] > ctx: warnings.warn(f"a text of {ids.shape[1]} tokens is longer than the model's context of {ctx} (positions it was never trained on); lower max_len={self.max_len} to at most {ctx}")
-        dev = model_device(lm)
-        with torch.no_grad(), lm.trace(ids.to(dev), attention_mask=mask.to(dev)) as tr:
-            h = resid_module(lm, self.layer).output.save()
-            tr.stop()
-        h = resid_output(h, len(batch))
-        keep = mask.bool()
-        if self.bos == 'drop' and tok.bos_token_id is not None: keep[:, 0] &= ids[:, 0] != tok.bos_token_id
-        self.stats.n_truncated += n_trunc
-        return h[keep.to(h.device)].to(self.out_device, self.out_dtype)
+# %% ../nbs/03_trace.ipynb #66e59901
+@add_method(ActivationStream)
+def trace_batch(self:ActivationStream, batch:list[str])->torch.Tensor:
+    "Activations `[n_real_tokens, d]` of one batch of texts"
+    lm, tok = self.lm, self.lm.tokenizer
+    ids, mask, n_trunc = tokenize_batch(tok, batch, self.max_len)
+    ctx = getattr(torch_model(lm).config, 'max_position_embeddings', None)
+    if ctx and ids.shape[1] > ctx:
+        warnings.warn(f"a text of {ids.shape[1]} tokens is longer than the model's context of {ctx} (positions it was "
+                      f"never trained on); lower max_len={self.max_len} to at most {ctx}")
+    dev = model_device(lm)
+    with torch.no_grad(), lm.trace(ids.to(dev), attention_mask=mask.to(dev)) as tr:
+        h = resid_module(lm, self.layer).output.save()
+        tr.stop()
+    h = resid_output(h, len(batch))
+    keep = mask.bool()
+    if self.bos == 'drop' and tok.bos_token_id is not None: keep[:, 0] &= ids[:, 0] != tok.bos_token_id
+    self.stats.n_truncated += n_trunc
+    return h[keep.to(h.device)].to(self.out_device, self.out_dtype)
 
-    def __iter__(self)->Iterator[torch.Tensor]:
-        bar = tqdm(desc=self.desc, unit='tok', unit_scale=True, disable=not self.progress, mininterval=1.0)
-        t0 = time.perf_counter()
-        try:
-            for batch in self._batches():
-                acts = self.trace_batch(batch)
-                s = self.stats; s.n_texts += len(batch); s.n_tokens += len(acts); s.seconds = time.perf_counter() - t0
-                bar.update(len(acts)); bar.set_postfix(texts=s.n_texts, refresh=False)
-                yield acts
-        finally: bar.close()
-        if self.stats.n_texts == 0: raise ValueError('the corpus is empty: no texts to trace')
-        if self.stats.n_truncated: warnings.warn(f'{self.stats.n_truncated} of {self.stats.n_texts} texts were longer than max_len={self.max_len} tokens and were truncated')
+# %% ../nbs/03_trace.ipynb #790ac9a1
+@add_method(ActivationStream)
+def __iter__(self:ActivationStream)->Iterator[torch.Tensor]:
+    "One activation chunk per batch, counting texts, tokens and seconds, with a tokens/s bar"
+    bar = tqdm(desc=self.desc, unit='tok', unit_scale=True, disable=not self.progress, mininterval=1.0)
+    t0 = time.perf_counter()
+    try:
+        for batch in self._batches():
+            acts = self.trace_batch(batch)
+            s = self.stats
+            s.n_texts += len(batch)
+            s.n_tokens += len(acts)
+            s.seconds = time.perf_counter() - t0
+            bar.update(len(acts))
+            bar.set_postfix(texts=s.n_texts, refresh=False)
+            yield acts
+    finally: bar.close()
+    if self.stats.n_texts == 0: raise ValueError('the corpus is empty: no texts to trace')
+    if self.stats.n_truncated:
+        warnings.warn(f'{self.stats.n_truncated} of {self.stats.n_texts} texts were longer than max_len={self.max_len} '
+                      'tokens and were truncated')
 
-    def collect(self)->torch.Tensor:
-        "All activations as one `[n_tokens, d]` tensor"
-        return torch.cat(list(self))
+# %% ../nbs/03_trace.ipynb #90eefa86
+@add_method(ActivationStream)
+def collect(self:ActivationStream)->torch.Tensor:
+    "All activations as one `[n_tokens, d]` tensor"
+    return torch.cat(list(self))
 
-# %% ../nbs/03_trace.ipynb #a8b1c2d3
-def add_method(cls:type):
-    "Decorator: attach the function to `cls` as a method (fastcore's `patch`, without a runtime dependency)"
-    def deco(f): setattr(cls, f.__name__, f); return f
-    return deco
-
+# %% ../nbs/03_trace.ipynb #efc2dfa9
 @add_method(ActivationStream)
 def state_dict(self:ActivationStream)->dict:
     "Position in the text stream: texts consumed, tokens produced, truncations"
     return dict(n_texts=self.stats.n_texts, n_tokens=self.stats.n_tokens, n_truncated=self.stats.n_truncated)
 
+# %% ../nbs/03_trace.ipynb #c71e1dc8
 @add_method(ActivationStream)
 def load_state_dict(self:ActivationStream, state:dict):
     "Continue after the first `state['n_texts']` texts (call before iterating)"
@@ -135,7 +169,7 @@ def trace_activations(lm, # an nnsight model
 
 # %% ../nbs/03_trace.ipynb #209d33f0
 class ActivationBuffer:
-    "The paper's shuffling buffer: batches of `batch_tokens` rows drawn without replacement from `capacity` buffered rows"
+    "The paper's shuffling buffer: batches of `batch_tokens` rows drawn without replacement from `capacity` rows"
     def __init__(self,
                  source:Iterable[torch.Tensor], # chunks `[n, d]` (an `ActivationStream`, a cache's chunks, ...)
                  capacity:int=250_000, # rows held; refilled when fewer than half are unread
@@ -145,79 +179,109 @@ class ActivationBuffer:
                  dtype:torch.dtype=torch.float32, # dtype of the batches (a float16 cache is upcast)
                  drop_last:bool=True, # drop the final batch if it is short
                 ):
-        check_int('batch_tokens', batch_tokens, 1); check_int('capacity', capacity, 2 * batch_tokens); check_int('seed', seed)
+        check_int('batch_tokens', batch_tokens, 1)
+        check_int('capacity', capacity, 2 * batch_tokens)
+        check_int('seed', seed)
         self.source, self.capacity, self.batch_tokens, self.seed = source, capacity, batch_tokens, seed
         self.device, self.dtype, self.drop_last = torch.device(device), dtype, drop_last
 
     @property
     def resumable(self)->bool:
         "Whether `state_dict` can record this buffer (its source knows its position, like an `ActivationStream`)"
-        return callable(getattr(self.source, 'state_dict', None)) and callable(getattr(self.source, 'load_state_dict', None))
+        src = self.source
+        return callable(getattr(src, 'state_dict', None)) and callable(getattr(src, 'load_state_dict', None))
 
-    def _start(self):
-        self._g = torch.Generator().manual_seed(self.seed)
-        self._src, self._pending, self._buf = iter(self.source), None, None
-        self._order, self._pos, self._exhausted = torch.empty(0, dtype=torch.long), 0, False
+# %% ../nbs/03_trace.ipynb #6a44cacd
+@add_method(ActivationBuffer)
+def _start(self:ActivationBuffer):
+    "Reset the generator, the source iterator and the (empty) order of unread slots"
+    self._g = torch.Generator().manual_seed(self.seed)
+    self._src, self._pending, self._buf = iter(self.source), None, None
+    self._order, self._pos, self._exhausted = torch.empty(0, dtype=torch.long), 0, False
 
-    def __iter__(self)->Iterator[torch.Tensor]:
-        if not getattr(self, '_loaded', False): self._start()
-        self._loaded = False
-        while True:
-            if len(self._order) - self._pos < self.capacity // 2 and not self._exhausted: self._refill()
-            left = len(self._order) - self._pos
-            if left == 0 or (left < self.batch_tokens and self.drop_last): return
-            idx = self._order[self._pos:self._pos + self.batch_tokens]; self._pos += len(idx)
-            yield self._buf[idx.to(self.device)]
+@add_method(ActivationBuffer)
+def _alloc(self:ActivationBuffer, d:int):
+    "The buffer's storage, `capacity` rows of width `d`"
+    self._buf = torch.empty(self.capacity, d, device=self.device, dtype=self.dtype)
 
-    def _refill(self):
-        keep = self._order[self._pos:]
-        free = torch.ones(self.capacity, dtype=torch.bool); free[keep] = False
-        free = free.nonzero().squeeze(1); n = 0
-        while n < len(free):
-            if self._pending is None:
-                try: self._pending = next(self._src)
-                except StopIteration: self._exhausted = True; break
-                self._check_chunk(self._pending)
-            if self._buf is None: self._alloc(self._pending.shape[-1])
-            k = min(len(self._pending), len(free) - n)
-            self._buf[free[n:n+k].to(self.device)] = self._pending[:k].to(self.device, self.dtype)
-            self._pending = self._pending[k:] if k < len(self._pending) else None; n += k
-        both = torch.cat([keep, free[:n]])
-        self._order, self._pos = both[torch.randperm(len(both), generator=self._g)], 0
+@add_method(ActivationBuffer)
+def _check_chunk(self:ActivationBuffer, x):
+    "A source chunk must be a 2-D tensor as wide as the earlier ones"
+    buf = self._buf
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or (buf is not None and x.shape[1] != buf.shape[1]):
+        like = f" with d={buf.shape[1]} like the earlier ones" if buf is not None else ""
+        raise ValueError(f'the source yielded {type(x).__name__} of shape {tuple(getattr(x, "shape", ()))}; '
+                         f'expected 2-D chunks [n, d]{like}')
 
-    def _check_chunk(self, x):
-        "A source chunk must be a 2-D tensor as wide as the earlier ones"
-        buf = self._buf
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or (buf is not None and x.shape[1] != buf.shape[1]):
-            raise ValueError(f'the source yielded {type(x).__name__} of shape {tuple(getattr(x, "shape", ()))}; '
-                             f'expected 2-D chunks [n, d]{f" with d={buf.shape[1]} like the earlier ones" if buf is not None else ""}')
+# %% ../nbs/03_trace.ipynb #573962d3
+@add_method(ActivationBuffer)
+def _refill(self:ActivationBuffer):
+    "Fill the read slots from the source and draw a fresh random order of every unread slot"
+    keep = self._order[self._pos:]
+    free = torch.ones(self.capacity, dtype=torch.bool)
+    free[keep] = False
+    free = free.nonzero().squeeze(1)
+    n = 0
+    while n < len(free):
+        if self._pending is None:
+            try: self._pending = next(self._src)
+            except StopIteration:
+                self._exhausted = True
+                break
+            self._check_chunk(self._pending)
+        if self._buf is None: self._alloc(self._pending.shape[-1])
+        k = min(len(self._pending), len(free) - n)
+        self._buf[free[n:n+k].to(self.device)] = self._pending[:k].to(self.device, self.dtype)
+        self._pending = self._pending[k:] if k < len(self._pending) else None
+        n += k
+    both = torch.cat([keep, free[:n]])
+    self._order, self._pos = both[torch.randperm(len(both), generator=self._g)], 0
 
-    def _alloc(self, d:int): self._buf = torch.empty(self.capacity, d, device=self.device, dtype=self.dtype)
+# %% ../nbs/03_trace.ipynb #8b2e9922
+@add_method(ActivationBuffer)
+def __iter__(self:ActivationBuffer)->Iterator[torch.Tensor]:
+    "Batches of `batch_tokens` unread rows in the shuffled order, refilling whenever fewer than half are unread"
+    if not getattr(self, '_loaded', False): self._start()
+    self._loaded = False
+    while True:
+        if len(self._order) - self._pos < self.capacity // 2 and not self._exhausted: self._refill()
+        left = len(self._order) - self._pos
+        if left == 0 or (left < self.batch_tokens and self.drop_last): return
+        idx = self._order[self._pos:self._pos + self.batch_tokens]
+        self._pos += len(idx)
+        yield self._buf[idx.to(self.device)]
 
 # %% ../nbs/03_trace.ipynb #b9c2d3e4
 @add_method(ActivationBuffer)
 def state_dict(self:ActivationBuffer)->dict:
-    "Everything needed to continue this buffer's batches elsewhere: unread rows, their slots, RNG, pending rows, source position"
-    if not self.resumable: raise TypeError(f'the buffer\'s source ({type(self.source).__name__}) has no state_dict; only a buffer over a '
-                                           'resumable source (an ActivationStream) can be checkpointed')
+    "What continues this buffer's batches elsewhere: unread rows, their slots, RNG, pending rows, source position"
+    if not self.resumable:
+        raise TypeError(f'the buffer\'s source ({type(self.source).__name__}) has no state_dict; only a buffer over a '
+                        'resumable source (an ActivationStream) can be checkpointed')
     if not hasattr(self, '_g'): raise RuntimeError('the buffer has not started; nothing to save')
     slots = self._order[self._pos:].clone()
     rows = self._buf[slots.to(self.device)].cpu() if self._buf is not None else torch.empty(0)
     return dict(slots=slots, rows=rows, d=-1 if self._buf is None else self._buf.shape[1], rng=self._g.get_state(),
                 exhausted=self._exhausted, pending=self._pending.cpu() if self._pending is not None else torch.empty(0),
                 has_pending=self._pending is not None, source=self.source.state_dict(),
-                config=dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed, dtype=str(self.dtype)))
+                config=dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed,
+                            dtype=str(self.dtype)))
 
+# %% ../nbs/03_trace.ipynb #b1bbf278
 @add_method(ActivationBuffer)
 def load_state_dict(self:ActivationBuffer, state:dict):
-    "Continue where `state` was saved: the next batch is the one the saved buffer would have served (call before iterating)"
+    "Continue where `state` was saved: the next batch is the one the saved buffer would have served (call first)"
     want = dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed, dtype=str(self.dtype))
-    if state['config'] != want: raise ValueError(f'buffer state was saved with {state["config"]}; this buffer has {want}')
+    if state['config'] != want:
+        raise ValueError(f'buffer state was saved with {state["config"]}; this buffer has {want}')
     self.source.load_state_dict(state['source'])
-    self._start(); self._g.set_state(state['rng']); self._exhausted = bool(state['exhausted'])
+    self._start()
+    self._g.set_state(state['rng'])
+    self._exhausted = bool(state['exhausted'])
     self._pending = state['pending'] if state['has_pending'] else None
     if state['d'] >= 0:
-        self._alloc(state['d']); self._buf[state['slots'].to(self.device)] = state['rows'].to(self.device, self.dtype)
+        self._alloc(state['d'])
+        self._buf[state['slots'].to(self.device)] = state['rows'].to(self.device, self.dtype)
     self._order, self._pos, self._loaded = state['slots'], 0, True
 
 # %% ../nbs/03_trace.ipynb #a4c26993
@@ -225,6 +289,7 @@ def model_name(lm)->str:
     "A model's name or path as recorded in its config"
     return getattr(torch_model(lm).config, '_name_or_path', '') or type(torch_model(lm)).__name__
 
+# %% ../nbs/03_trace.ipynb #5eb8db41
 _MANIFEST_KEYS = ('shards', 'n_tokens', 'n_texts', 'd_model', 'complete', 'layer', 'model')
 
 def _read_manifest(mf:Path)->dict:
@@ -234,10 +299,18 @@ def _read_manifest(mf:Path)->dict:
     if miss: raise CorruptArtefactError(f'activation-cache manifest {str(mf)!r} lacks {miss}')
     return man
 
-def _load_acts(data:bytes, path:Path)->torch.Tensor:
-    try: return st_load(data)['acts']
-    except Exception as e: raise CorruptArtefactError(f'activation shard {str(path)!r} is unreadable ({type(e).__name__}: {e})') from None
+def _write_manifest(path:Path, man:dict):
+    "Write `man` as the manifest of the cache folder `path`, atomically"
+    with atomic_write(path/'manifest.json', 'w') as f: json.dump(man, f, indent=1)
 
+# %% ../nbs/03_trace.ipynb #ceb47d54
+def _load_acts(data:bytes, path:Path)->torch.Tensor:
+    "The `acts` tensor of a shard's bytes, or an error naming the shard"
+    try: return st_load(data)['acts']
+    except Exception as e:
+        raise CorruptArtefactError(f'activation shard {str(path)!r} is unreadable ({type(e).__name__}: {e})') from None
+
+# %% ../nbs/03_trace.ipynb #75b8ef92
 class ActivationCache:
     "Activations on disk: safetensors shards and a manifest; read back verified, in shuffled batches"
     def __init__(self, path:str|Path, # the cache folder
@@ -245,7 +318,8 @@ class ActivationCache:
                 ):
         self.path, self.verify = check_path('path', path, kind='dir'), verify
         mf = self.path/'manifest.json'
-        if not mf.exists(): raise FileNotFoundError(f'no activation cache at {str(self.path)!r} (manifest.json missing)')
+        if not mf.exists():
+            raise FileNotFoundError(f'no activation cache at {str(self.path)!r} (manifest.json missing)')
         self.manifest = _read_manifest(mf)
 
     @property
@@ -256,84 +330,95 @@ class ActivationCache:
     def d_model(self)->int: return self.manifest['d_model']
     @property
     def fingerprint(self)->str|None: return self.manifest.get('fingerprint')
-    def __repr__(self): return f"ActivationCache({str(self.path)!r}, {self.n_tokens:,} tokens, layer {self.manifest['layer']} of {self.manifest['model']})"
+    def __repr__(self):
+        m = self.manifest
+        return f"ActivationCache({str(self.path)!r}, {self.n_tokens:,} tokens, layer {m['layer']} of {m['model']})"
 
-    def damaged(self, full:bool=True, # compare content hashes (else sizes only)
-               )->tuple[int, str]|None: # (index, message) of the first bad shard
-        "The first shard that is missing, cut or changed since it was written, or None"
-        for i, s in enumerate(self.manifest['shards']):
-            f = self.path/s['file']
+# %% ../nbs/03_trace.ipynb #2fa7e8dd
+@add_method(ActivationCache)
+def damaged(self:ActivationCache, full:bool=True, # compare content hashes (else sizes only)
+           )->tuple[int, str]|None: # (index, message) of the first bad shard
+    "The first shard that is missing, cut or changed since it was written, or None"
+    for i, s in enumerate(self.manifest['shards']):
+        f = self.path/s['file']
+        try:
+            if 'bytes' in s: verify_file(f, s, 'activation shard', full=full)
+            elif not f.is_file(): raise CorruptArtefactError(f'activation shard {str(f)!r} is missing')
+        except CorruptArtefactError as e: return i, str(e)
+    return None
+
+# %% ../nbs/03_trace.ipynb #b0beb730
+@add_method(ActivationCache)
+def chunks(self:ActivationCache, shuffle:bool=False, seed:int=0)->Iterator[torch.Tensor]:
+    "Each shard as a tensor (verified against its hash when `verify`), in order or in a seeded random order"
+    shards = self.manifest['shards']
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(shards), generator=g).tolist() if shuffle else range(len(shards))
+    for i in order:
+        f = self.path/shards[i]['file']
+        rec = shards[i] if 'digest' in shards[i] else None
+        if self.verify: yield _load_acts(read_verified(f, rec, 'activation shard'), f)
+        else:
             try:
-                if 'bytes' in s: verify_file(f, s, 'activation shard', full=full)
-                elif not f.is_file(): raise CorruptArtefactError(f'activation shard {str(f)!r} is missing')
-            except CorruptArtefactError as e: return i, str(e)
-        return None
+                with safe_open(f, framework='pt') as h: yield h.get_tensor('acts')
+            except (OSError, RuntimeError, ValueError) as e:
+                raise CorruptArtefactError(f'activation shard {str(f)!r} is unreadable ({e})') from None
 
-    def chunks(self, shuffle:bool=False, seed:int=0)->Iterator[torch.Tensor]:
-        "Each shard as a tensor (verified against its hash when `verify`), in order or in a seeded random order"
-        shards = self.manifest['shards']
-        order = torch.randperm(len(shards), generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else range(len(shards))
-        for i in order:
-            f = self.path/shards[i]['file']
-            if self.verify: yield _load_acts(read_verified(f, shards[i] if 'digest' in shards[i] else None, 'activation shard'), f)
-            else:
-                try:
-                    with safe_open(f, framework='pt') as h: yield h.get_tensor('acts')
-                except (OSError, RuntimeError, ValueError) as e: raise CorruptArtefactError(f'activation shard {str(f)!r} is unreadable ({e})') from None
+# %% ../nbs/03_trace.ipynb #8ec0f06c
+@add_method(ActivationCache)
+def batches(self:ActivationCache, batch_tokens:int=2048, capacity:int=250_000, seed:int=0, **kw)->ActivationBuffer:
+    "Shuffled training batches: shards in random order through an `ActivationBuffer`"
+    src = self.chunks(shuffle=True, seed=seed)
+    return ActivationBuffer(src, capacity=capacity, batch_tokens=batch_tokens, seed=seed, **kw)
 
-    def batches(self, batch_tokens:int=2048, capacity:int=250_000, seed:int=0, **kw)->ActivationBuffer:
-        "Shuffled training batches: shards in random order through an `ActivationBuffer`"
-        return ActivationBuffer(self.chunks(shuffle=True, seed=seed), capacity=capacity, batch_tokens=batch_tokens, seed=seed, **kw)
-
-    def read_all(self, dtype:torch.dtype=torch.float32)->torch.Tensor:
-        "Every activation, in stream order"
-        return torch.cat([c.to(dtype) for c in self.chunks()])
+@add_method(ActivationCache)
+def read_all(self:ActivationCache, dtype:torch.dtype=torch.float32)->torch.Tensor:
+    "Every activation, in stream order"
+    return torch.cat([c.to(dtype) for c in self.chunks()])
 
 # %% ../nbs/03_trace.ipynb #ad0818e9
-def _write_manifest(path:Path, man:dict):
-    with atomic_write(path/'manifest.json', 'w') as f: json.dump(man, f, indent=1)
-
 def _check_manifest(path:Path, man:dict, want:dict, provenance:dict|None=None):
+    "Raise unless the cache's manifest `man` matches the request `want` (and was made from `provenance`)"
     if 'fingerprint' in want and man.get('fingerprint') != want['fingerprint']:
-        raise StaleArtefactError(f'activation cache {str(path)!r} was made from other settings: {settings_diff(man.get("provenance"), provenance)}'
-                                 ' (use another folder, or overwrite=True)')
+        diff = settings_diff(man.get("provenance"), provenance)
+        raise StaleArtefactError(f'activation cache {str(path)!r} was made from other settings: {diff} '
+                                 '(use another folder, or overwrite=True)')
     bad = {k: (man.get(k), v) for k, v in want.items() if man.get(k) != v}
     if bad: raise ValueError(f'activation cache {str(path)!r} does not match the request: '
                              + '; '.join(f'{k} is {a!r} in the cache, requested {b!r}' for k, (a, b) in bad.items())
                              + ' (use another folder, or overwrite=True)')
 
+# %% ../nbs/03_trace.ipynb #31a4df16
 def _truncate(man:dict, i:int)->dict|None:
     "The manifest cut back to its first `i` shards (None: start over; shards of older salmon lack the counts needed)"
     keep = man['shards'][:i]
     if not keep or any('texts' not in s for s in keep): return None
     last = keep[-1]
-    return dict(man, shards=keep, n_tokens=sum(s['n_tokens'] for s in keep), n_texts=last['texts'], n_truncated=last['truncated'],
-                seconds=last['seconds'], complete=False)
+    return dict(man, shards=keep, n_tokens=sum(s['n_tokens'] for s in keep), n_texts=last['texts'],
+                n_truncated=last['truncated'], seconds=last['seconds'], complete=False)
 
-def cache_activations(lm, # an nnsight model
-                      texts:Iterable[str], # the corpus (re-iterated from the start on resume)
-                      layer:int, # block whose output is cached
-                      path:str|Path, # cache folder
-                      *,
-                      model:str|None=None, # model name recorded in the manifest (default: from the config)
-                      corpus:str='', # corpus name recorded in the manifest
-                      split:str='', # split name recorded in the manifest
-                      shard_tokens:int=65_536, # rows per shard
-                      dtype:torch.dtype=torch.float16, # on-disk dtype
-                      overwrite:bool=False, # discard a mismatching or finished cache
-                      batch_size:int=8, max_len:int=1024, bos:str='drop', progress:bool=True,
-                      provenance:dict|None=None, # settings the cache is made from: recorded; a cache made from others is stale
-                      verify:bool=True, # check finished shards' content hashes before reusing or resuming (else sizes only)
-                     )->ActivationCache:
-    "Trace `texts` at `layer` into a resumable on-disk cache (a finished matching cache is reused, a damaged shard re-traced)"
-    path = check_path('path', path, kind='dir')
-    if isinstance(texts, str): raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
-    check_int('layer', layer, 0); check_int('shard_tokens', shard_tokens, 1)
+# %% ../nbs/03_trace.ipynb #9a8288d6
+def _check_cache_args(texts, layer:int, shard_tokens:int, dtype:torch.dtype):
+    "Refuse a single string as the corpus, a bad layer or shard size, and a non-float dtype"
+    if isinstance(texts, str):
+        raise TypeError('texts is a single str; expected an iterable of strings (one example each)')
+    check_int('layer', layer, 0)
+    check_int('shard_tokens', shard_tokens, 1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f'dtype={dtype!r} is not a floating torch dtype; expected torch.float16, torch.bfloat16 or torch.float32')
-    path.mkdir(parents=True, exist_ok=True)
-    want = dict(model=model or model_name(lm), layer=layer, corpus=corpus, split=split, bos=bos, max_len=max_len,
-                dtype=str(dtype).removeprefix('torch.'), **({'fingerprint': fingerprint(provenance)} if provenance is not None else {}))
+        raise TypeError(f'dtype={dtype!r} is not a floating torch dtype; '
+                        'expected torch.float16, torch.bfloat16 or torch.float32')
+
+# %% ../nbs/03_trace.ipynb #9e9a7347
+def _cache_request(lm, layer:int, model:str|None, corpus:str, split:str, bos:str, max_len:int, dtype:torch.dtype,
+                   provenance:dict|None)->dict:
+    "What a matching cache records: model, layer, corpus, split, BOS policy, length, dtype (and settings' fingerprint)"
+    fp = {'fingerprint': fingerprint(provenance)} if provenance is not None else {}
+    return dict(model=model or model_name(lm), layer=layer, corpus=corpus, split=split, bos=bos, max_len=max_len,
+                dtype=str(dtype).removeprefix('torch.'), **fp)
+
+# %% ../nbs/03_trace.ipynb #cb749c99
+def _reusable_manifest(path:Path, want:dict, provenance:dict|None, overwrite:bool, verify:bool)->dict|None:
+    "The earlier run's manifest, cut back before its first damaged shard; None to start over"
     man = None
     if (path/'manifest.json').exists():
         try: man = _read_manifest(path/'manifest.json')
@@ -347,33 +432,79 @@ def cache_activations(lm, # an nnsight model
         if bad is not None:
             warnings.warn(f'{bad[1]}; tracing again from shard {bad[0]}')
             man = _truncate(man, bad[0])
-        if man and man['complete']: return ActivationCache(path, verify)
-    man = man or dict(**want, format=FORMAT_VERSION, provenance=provenance, d_model=d_model(lm), n_tokens=0, n_texts=0, n_truncated=0,
-                      seconds=0.0, shards=[], complete=False)
-    skip = man['n_texts']
-    rest = itertools.islice(iter(texts), skip, None)
-    head = next(rest, None)
-    if head is None and skip:      # every text was traced before an interruption: only the completion flag is missing
-        man['complete'] = True; _write_manifest(path, man)
-        return ActivationCache(path, verify)
-    stream = ActivationStream(lm, itertools.chain([] if head is None else [head], rest), layer, batch_size=batch_size, max_len=max_len,
-                              bos=bos, out_dtype=torch.float32, progress=progress, desc=f'caching {corpus or "activations"}')
-    done_trunc, done_secs = man['n_truncated'], man['seconds']; parts = []
-    def flush():
-        t = torch.cat(parts).contiguous(); parts.clear()
-        if dtype == torch.float16 and t.abs().max() > 65504: raise ValueError(
-            f'activation magnitude {t.abs().max().item():.3g} overflows float16; cache with dtype=torch.bfloat16 or torch.float32 (is BOS kept?)')
-        name = f"shard_{len(man['shards']):05d}.safetensors"
-        data = st_save({'acts': t.to(dtype)})
-        with atomic_write(path/name) as f: f.write(data)
-        man.update(n_tokens=man['n_tokens'] + len(t), n_texts=skip + stream.stats.n_texts, n_truncated=done_trunc + stream.stats.n_truncated,
-                   seconds=round(done_secs + stream.stats.seconds, 3))
-        man['shards'].append(dict(file=name, n_tokens=len(t), texts=man['n_texts'], truncated=man['n_truncated'], seconds=man['seconds'],
-                                  **file_record(data)))
-        _write_manifest(path, man)
+    return man
+
+# %% ../nbs/03_trace.ipynb #0826b856
+def _new_manifest(want:dict, provenance:dict|None, d:int)->dict:
+    "The manifest of an empty, unfinished cache for request `want` of width `d`"
+    return dict(**want, format=FORMAT_VERSION, provenance=provenance, d_model=d, n_tokens=0, n_texts=0, n_truncated=0,
+                seconds=0.0, shards=[], complete=False)
+
+def _finish(path:Path, man:dict, verify:bool)->ActivationCache:
+    "Mark the cache complete and open it"
+    man['complete'] = True
+    _write_manifest(path, man)
+    return ActivationCache(path, verify)
+
+# %% ../nbs/03_trace.ipynb #5746500b
+def _write_shard(path:Path, man:dict, t:torch.Tensor, # cache folder, its manifest, the shard's rows
+                 dtype:torch.dtype, stats:TraceStats, # on-disk dtype, the stream's counts so far
+                 start:dict, # the manifest's n_texts, n_truncated and seconds before this run
+                ):
+    "Write `t` as the next shard (atomically) and record it, with the counts up to its end, in the manifest"
+    if dtype == torch.float16 and t.abs().max() > 65504:
+        raise ValueError(f'activation magnitude {t.abs().max().item():.3g} overflows float16; cache with '
+                         'dtype=torch.bfloat16 or torch.float32 (is BOS kept?)')
+    name = f"shard_{len(man['shards']):05d}.safetensors"
+    data = st_save({'acts': t.to(dtype)})
+    with atomic_write(path/name) as f: f.write(data)
+    man.update(n_tokens=man['n_tokens'] + len(t), n_texts=start['n_texts'] + stats.n_texts,
+               n_truncated=start['n_truncated'] + stats.n_truncated, seconds=round(start['seconds'] + stats.seconds, 3))
+    man['shards'].append(dict(file=name, n_tokens=len(t), texts=man['n_texts'], truncated=man['n_truncated'],
+                              seconds=man['seconds'], **file_record(data)))
+    _write_manifest(path, man)
+
+# %% ../nbs/03_trace.ipynb #50f9f9bf
+def _trace_shards(stream:ActivationStream, path:Path, man:dict, shard_tokens:int, dtype:torch.dtype):
+    "Trace `stream` into shards of at least `shard_tokens` rows (the last may be shorter)"
+    start = {k: man[k] for k in ('n_texts', 'n_truncated', 'seconds')}
+    parts = []
     for acts in stream:
         parts.append(acts)
-        if sum(map(len, parts)) >= shard_tokens: flush()
-    if parts: flush()
-    man['complete'] = True; _write_manifest(path, man)
-    return ActivationCache(path, verify)
+        if sum(map(len, parts)) >= shard_tokens:
+            _write_shard(path, man, torch.cat(parts).contiguous(), dtype, stream.stats, start)
+            parts.clear()
+    if parts: _write_shard(path, man, torch.cat(parts).contiguous(), dtype, stream.stats, start)
+
+# %% ../nbs/03_trace.ipynb #81588e20
+def cache_activations(lm, # an nnsight model
+                      texts:Iterable[str], # the corpus (re-iterated from the start on resume)
+                      layer:int, # block whose output is cached
+                      path:str|Path, # cache folder
+                      *,
+                      model:str|None=None, # model name recorded in the manifest (default: from the config)
+                      corpus:str='', # corpus name recorded in the manifest
+                      split:str='', # split name recorded in the manifest
+                      shard_tokens:int=65_536, # rows per shard
+                      dtype:torch.dtype=torch.float16, # on-disk dtype
+                      overwrite:bool=False, # discard a mismatching or finished cache
+                      batch_size:int=8, max_len:int=1024, bos:str='drop', progress:bool=True,
+                      provenance:dict|None=None, # settings it is made from: recorded; a cache made from others is stale
+                      verify:bool=True, # check finished shards' content hashes before reuse or resume (else sizes only)
+                     )->ActivationCache:
+    "Trace `texts` at `layer` into a resumable disk cache (a matching finished one is reused, damaged shards re-traced)"
+    path = check_path('path', path, kind='dir')
+    _check_cache_args(texts, layer, shard_tokens, dtype)
+    path.mkdir(parents=True, exist_ok=True)
+    want = _cache_request(lm, layer, model, corpus, split, bos, max_len, dtype, provenance)
+    man = _reusable_manifest(path, want, provenance, overwrite, verify)
+    if man and man['complete']: return ActivationCache(path, verify)
+    man = man or _new_manifest(want, provenance, d_model(lm))
+    rest = itertools.islice(iter(texts), man['n_texts'], None)
+    head = next(rest, None)
+    if head is None and man['n_texts']: return _finish(path, man, verify)   # all traced; only the flag was missing
+    stream = ActivationStream(lm, itertools.chain([] if head is None else [head], rest), layer, batch_size=batch_size,
+                              max_len=max_len, bos=bos, out_dtype=torch.float32, progress=progress,
+                              desc=f'caching {corpus or "activations"}')
+    _trace_shards(stream, path, man, shard_tokens, dtype)
+    return _finish(path, man, verify)

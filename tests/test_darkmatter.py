@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from salmon.darkmatter import (NormalEq, PROTOCOLS, DarkMatterProtocol, PackedActivations, _psd_solve, bench_darkmatter,
+from salmon.bench import bench_darkmatter
+from salmon.darkmatter import (NormalEq, PROTOCOLS, DarkMatterProtocol, PackedActivations, _psd_solve,
                                dark_matter, dark_matter_sae, dark_matter_stream, get_protocol, pack_sequences,
                                plot_dark_matter_grid, plot_norm_scatter, protocol_activations, train_mask)
 
