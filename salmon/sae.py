@@ -41,7 +41,7 @@ class JumpReLUSAE(nn.Module):
                  theta0:float=0.001, # initial threshold of every latent (normalised units while training)
                  bandwidth:float=0.001, # STE rectangle-kernel width ε
                  pre_enc_bias:bool=False, # subtract `b_dec` from the input before encoding (GemmaScope training)
-                 step_on:str='pre', # L0 step STE on pre-activations h ('pre', JumpReLU paper) or on f ('post', paper's code)
+                 step_on:str='pre', # L0 step STE on h ('pre', JumpReLU paper) or on f ('post', the paper's code)
                  dtype:torch.dtype=torch.float32, # dtype of weights and biases (`theta` is always fp32)
                  device:str|torch.device|None=None, # where the parameters live
                 ):
@@ -142,6 +142,7 @@ def jumprelu(h:Tensor, # pre-activations [..., F]
     "JumpReLU with straight-through θ-gradient"
     return JumpReLUFn.apply(h, theta, eps)
 
+# %% ../nbs/04_sae.ipynb #fff3a13a
 def step(z:Tensor, # the tensor thresholded: pre-activations h (correct) or post-activations f (the paper's code)
          theta:Tensor, # thresholds [F]
          eps:float, # STE bandwidth
@@ -209,7 +210,8 @@ def decode_sparse(self:JumpReLUSAE,
                   vals:Tensor, # value of each pair
                  )->Tensor: # reconstruction [n_tokens, d_model]
     "`decode` of latents as a CSR list of (token, latent, value): a weighted sum of decoder rows, O(L0·d) per token"
-    out = torch.nn.functional.embedding_bag(cols, self.W_dec, ptr[:-1], mode='sum', per_sample_weights=vals.to(self.dtype))
+    out = torch.nn.functional.embedding_bag(cols, self.W_dec, ptr[:-1], mode='sum',
+                                            per_sample_weights=vals.to(self.dtype))
     return out.add_(self.b_dec)
 
 # %% ../nbs/04_sae.ipynb #03759748
@@ -248,9 +250,11 @@ def _check_values(t:dict, # tensors under salmon's names
                  ):
     "Raise unless every tensor is floating and finite"
     for k, v in t.items():
-        if not v.dtype.is_floating_point: raise TypeError(f'{src}: {key_map[k]} has dtype {v.dtype}; expected a floating dtype')
+        if not v.dtype.is_floating_point:
+            raise TypeError(f'{src}: {key_map[k]} has dtype {v.dtype}; expected a floating dtype')
         if not bool(torch.isfinite(v).all()):
-            raise ValueError(f'{src}: {key_map[k]} holds {int((~torch.isfinite(v)).sum())} non-finite values (NaN or inf)')
+            n_bad = int((~torch.isfinite(v)).sum())
+            raise ValueError(f'{src}: {key_map[k]} holds {n_bad} non-finite values (NaN or inf)')
 
 # %% ../nbs/04_sae.ipynb #48a6095b
 def _check_tensors(sd:dict, # tensors or arrays by the file's names
@@ -284,7 +288,8 @@ def _from_tensors(t:dict, # the five tensors under salmon's names
     dtype = dtype or t['W_enc'].dtype
     sae = JumpReLUSAE(d, F, dtype=dtype, device='meta', **kw)
     for k in _KEYS:
-        setattr(sae, k, nn.Parameter(t[k].to(device=device or 'cpu', dtype=torch.float32 if k == 'theta' else dtype).contiguous()))
+        dt = torch.float32 if k == 'theta' else dtype
+        setattr(sae, k, nn.Parameter(t[k].to(device=device or 'cpu', dtype=dt).contiguous()))
     return sae
 
 # %% ../nbs/04_sae.ipynb #54a05c3b
@@ -327,7 +332,8 @@ def load_sae(path:str|Path, # folder written by `save_sae`
         raise ValueError(f"{str(path/'config.json')!r} has format {meta.get('format')!r}; expected 'salmon.sae'")
     try: sd = st_load(read_verified(path/'sae.safetensors', meta.get('weights'), 'SAE weights'))
     except CorruptArtefactError: raise
-    except Exception as e: raise CorruptArtefactError(f"SAE weights {str(path/'sae.safetensors')!r} are unreadable ({e})") from None
+    except Exception as e:
+        raise CorruptArtefactError(f"SAE weights {str(path/'sae.safetensors')!r} are unreadable ({e})") from None
     t = _check_tensors(sd, str(path/'sae.safetensors'))
     if t['W_enc'].shape != (meta['d_model'], meta['d_sae']):
         raise ValueError(f"{str(path)!r}: weights are {tuple(t['W_enc'].shape)} but config.json says "
@@ -346,8 +352,8 @@ def _saelens_metadata(c:dict, # the SAE's cfg
                       hook_name:str, # TransformerLens hook
                      )->dict:
     "SAELens' `metadata` block, with salmon's own cfg under `salmon`"
-    return dict(sae_lens_version='6.0.0', sae_lens_training_version='6.0.0', model_name=c.get('model'), hook_name=hook_name,
-                hook_head_index=None, context_size=c.get('max_len'), prepend_bos=True, dataset_path=c.get('corpus'),
+    return dict(sae_lens_version='6.0.0', sae_lens_training_version='6.0.0', model_name=c.get('model'),
+                hook_name=hook_name, hook_head_index=None, context_size=c.get('max_len'), prepend_bos=True, dataset_path=c.get('corpus'),
                 model_class_name='HookedTransformer', seqpos_slice=[None], model_from_pretrained_kwargs={},
                 exclude_special_tokens=c.get('bos', 'drop') == 'drop', sequence_separator_token=None,
                 disable_concat_sequences=True, nnsight_path=c.get('hook'), salmon=c)
@@ -384,7 +390,8 @@ def load_saelens(path:str|Path, # SAELens SAE folder (cfg.json + sae_weights.saf
     "Read a JumpReLU SAE from SAELens' disk format (without needing SAELens)"
     path, cfg = _read_folder(path, 'cfg.json', 'sae_weights.safetensors', 'SAELens')
     arch = cfg.get('architecture', cfg.get('activation_fn_str'))
-    if arch not in ('jumprelu',): raise ValueError(f"{str(path)!r} holds a {arch!r} SAE; expected architecture 'jumprelu'")
+    if arch not in ('jumprelu',):
+        raise ValueError(f"{str(path)!r} holds a {arch!r} SAE; expected architecture 'jumprelu'")
     if cfg.get('normalize_activations', 'none') not in ('none', None, False):
         raise ValueError(f"{str(path)!r} uses normalize_activations={cfg['normalize_activations']!r}, "
                          "which is not folded into the weights; expected 'none'")

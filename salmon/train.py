@@ -56,7 +56,8 @@ def _check_modes_and_betas(c:TrainConfig, # the config to check (its `betas` bec
     check_choice('sparse', c.sparse, {'auto', 'on', 'off'})
     check_choice('theta_param', c.theta_param, {'linear', 'log'})
     check_range('tanh_scale', c.tanh_scale, 0.0)
-    if c.theta_param == 'log' and c.theta0 <= 0: raise ValueError(f"theta0={c.theta0!r}: theta_param='log' needs a positive θ₀")
+    if c.theta_param == 'log' and c.theta0 <= 0:
+        raise ValueError(f"theta0={c.theta0!r}: theta_param='log' needs a positive θ₀")
     if c.sparse_max_density is not None: check_range('sparse_max_density', c.sparse_max_density, 0.0, 1.0)
     c.betas = tuple(c.betas)
     if len(c.betas) != 2: raise ValueError(f'betas={c.betas!r} must be two numbers (beta1, beta2)')
@@ -67,7 +68,7 @@ def _check_modes_and_betas(c:TrainConfig, # the config to check (its `betas` bec
 class TrainConfig:
     "Everything that defines one SAE's training run"
     d_sae:int=16384 # number of latents F
-    penalty:str='target_l0' # 'target_l0' (paper's code), 'l0' (GemmaScope), 'tanh' (Anthropic), 'quadratic' (GemmaScope 2)
+    penalty:str='target_l0' # 'target_l0' (paper's code), 'l0' (GemmaScope), 'tanh' (Anthropic) or 'quadratic'
     target_l0:float|None=80.0 # target L0 of the 'target_l0' and 'quadratic' penalties
     tanh_scale:float=4.0 # c of the 'tanh' penalty λ·Σᵢ tanh(c·fᵢ·‖dᵢ‖)
     sparsity_coeff:float=1.0 # λ
@@ -89,7 +90,7 @@ class TrainConfig:
     unit_norm_decoder:bool=True # remove the gradient parallel to decoder rows and renormalise them every step
     dtype:str='float32' # SAE weight dtype ('float32' or 'bfloat16'); θ is always fp32
     sparse:str='auto' # training step: 'auto' (sparse when few pairs are active; `SPARSE_AUTO`), 'on' or 'off' (dense)
-    sparse_max_density:float|None=None # 'auto' crossover: largest fraction of pairs active or in the window (None: device's)
+    sparse_max_density:float|None=None # 'auto' crossover: largest density of pairs (None: the device's)
     seed:int=0 # initialisation seed
     name:str|None=None # output sub-folder (default: derived from the fields)
 
@@ -392,7 +393,7 @@ def _sparse_pairs(sae:JumpReLUSAE, # SAE on normalised inputs
     "The (token, latent) pairs active or in the STE window, sorted by token"
     B, F, eps, theta = x.shape[0], sae.d_sae, sae.bandwidth, sae.theta
     xin = x - sae.b_dec if sae.pre_enc_bias else x
-    if h is None: h = torch.addmm(sae.b_enc, xin, sae.W_enc, out=work_buf(bufs, 'h', (B, F), x))   # the one dense product
+    if h is None: h = torch.addmm(sae.b_enc, xin, sae.W_enc, out=work_buf(bufs, 'h', (B, F), x))   # the dense product
     if cand is None: cand = h > theta - eps / 2
     flat = cand.view(-1).nonzero().squeeze(1)                        # row-major: sorted by token
     rows, cols = flat.div(F, rounding_mode='floor'), flat.remainder(F)
@@ -570,6 +571,7 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
 SPARSE_AUTO = dict(cpu=(0.05, 2**31), cuda=(0.05, 2**28))   # device type -> (largest pair density, smallest B·d·F)
 # cuda: on an H200 at 2304×16384, B=2048, the sparse gradient was still 1.2× faster at density 0.068 (README)
 
+# %% ../nbs/06_train.ipynb #6b6ae8fb
 def _path_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                 x:Tensor, # normalised batch [B, d]
                 cfg:TrainConfig, # `sparse` mode and `sparse_max_density`
@@ -597,7 +599,7 @@ def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                 cfg:TrainConfig, # penalty settings and `sparse` mode
                 coeff:float, # effective λ (after warm-up)
                 bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
-               )->dict: # `fused_grads`'s output plus `sparse` (which path ran); with log-θ the gradient is `log_theta`'s
+               )->dict: # `fused_grads`'s output and `sparse` (the path); with log-θ the gradient is `log_theta`'s
     "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch"
     out = _path_grads(sae, x, cfg, coeff, bufs)
     if cfg.theta_param == 'log': out['grads']['log_theta'] = out['grads'].pop('theta') * sae.theta   # θ ∂L/∂θ
@@ -611,10 +613,10 @@ FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch'
 # %% ../nbs/06_train.ipynb #c1d9f6d8
 def remove_parallel_(g:Tensor, # decoder gradient [F, d], changed in place
                      W:Tensor, # unit-norm decoder rows [F, d]
-                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries on CPU, in cache; all rows on a GPU)
+                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries on CPU; all rows on a GPU)
                     )->Tensor:
     "gᵢ ← gᵢ - (gᵢ·dᵢ) dᵢ for every row, by blocks of rows (no F×d temporary; the same bits as in one go)"
-    if rows is None and g.device.type != 'cpu': rows = len(g)     # a GPU: one launch (blocks of 14 rows: 10⁴ launches)
+    if rows is None and g.device.type != 'cpu': rows = len(g)     # a GPU: one launch (not 10⁴ of 14 rows)
     rows = rows or max(1, (2**15 - 1) // g.shape[1])
     for i in range(0, len(g), rows):
         gi, wi = g[i:i + rows], W[i:i + rows]
@@ -642,7 +644,7 @@ class SAETrainer:
         self.bufs = {} if self.device.type == 'cpu' else None   # CPU work buffers kept between steps (CUDA caches)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
-        self.grads = train_grads                               # `salmon.distributed.DDPGrads` under DDP: the global batch's
+        self.grads = train_grads                               # under DDP `salmon.distributed.DDPGrads`
 
 # %% ../nbs/06_train.ipynb #4a11b2d3
 @patch
@@ -741,6 +743,7 @@ def _norm_factor(batches:list[Tensor], # the stream's first batches
 # %% ../nbs/06_train.ipynb #3d5e1a1b
 SPEED_ONLY = ('sparse', 'sparse_max_density')   # TrainConfig fields that choose the step's path, not its result
 
+# %% ../nbs/06_train.ipynb #1ab5416b
 def results_settings(c:TrainConfig, # a run
                     )->dict: # its fields as JSON values, less `SPEED_ONLY`
     "The fields of `c` that change the trained SAE: what checkpoints and provenance records compare"
@@ -751,13 +754,14 @@ def _ckpt_dirs(root:Path, # the checkpoints folder
               )->list[Path]: # newest first
     "Checkpoints under `root`, newest first (the single `checkpoint[_g]` folder of older salmon last)"
     steps = sorted(root.glob('step_*'), reverse=True) if root.is_dir() else []
-    legacy = root.with_name(root.name.replace('checkpoints', 'checkpoint', 1)) if root.name.startswith('checkpoints') else None
+    old = root.name.startswith('checkpoints')
+    legacy = root.with_name(root.name.replace('checkpoints', 'checkpoint', 1)) if old else None
     return [p for p in steps if p.is_dir()] + ([legacy] if legacy is not None and legacy.is_dir() else [])
 
 # %% ../nbs/06_train.ipynb #c191d63c
 def _drop(p:Path, # a checkpoint folder
          ):
-    "Remove a checkpoint folder: renamed first, so a kill part-way never leaves a half-deleted checkpoint under its name"
+    "Remove a checkpoint folder: renamed first, so a kill never leaves a half-deleted checkpoint under its name"
     gone = p.with_name(f'.{p.name}.del')
     os.replace(p, gone)
     shutil.rmtree(gone, ignore_errors=True)
@@ -803,7 +807,7 @@ def _ckpt_save(root:Path, # the checkpoints folder
     _check_finite(trainers, state['step'])
     root.mkdir(parents=True, exist_ok=True)
     for p in root.glob('.*.del'): shutil.rmtree(p, ignore_errors=True)
-    for old in _ckpt_dirs(root)[max(keep - 1, 1):]: _drop(old)      # at most `keep` on disk, even while writing the next
+    for old in _ckpt_dirs(root)[max(keep - 1, 1):]: _drop(old)      # at most `keep`, even while writing the next
     names = [f'sae_{i}.safetensors' for i in range(len(trainers))] + ['state.pt', 'state.json']
     names += ['stream.pt'] * (stream is not None)
     with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:   # straight to disk: a 65k group's is GBs
@@ -837,7 +841,8 @@ def _check_ckpt_fits(path:Path, # a checkpoint folder
     new = [results_settings(c) for c in configs]
     if new != old:
         diff = [f'config {i}: ' + ', '.join(f'{k} {o.get(k)!r} -> {n[k]!r}' for k in n if o.get(k) != n[k])
-                for i, (o, n) in enumerate(zip(old, new)) if o != n] or [f'{len(old)} configs in the checkpoint, {len(new)} given']
+                for i, (o, n) in enumerate(zip(old, new)) if o != n]
+        diff = diff or [f'{len(old)} configs in the checkpoint, {len(new)} given']
         raise ValueError(f'checkpoint {str(path)!r} was written for different configs: ' + '; '.join(diff)
                          + ' (use another out_dir, or resume=False)')
     fp_old, fp_new = (st.get('meta') or {}).get('fingerprint'), (meta or {}).get('fingerprint')
@@ -882,7 +887,8 @@ def _ckpt_torch(path:Path, # a checkpoint folder
     "A torch file of the checkpoint, loaded with `weights_only=True`, or a `CorruptArtefactError` naming it"
     try: return torch.load(io.BytesIO(read(name)), weights_only=True)
     except CorruptArtefactError: raise
-    except Exception as e: raise CorruptArtefactError(f"checkpoint file {str(path/name)!r} is unreadable ({e})") from None
+    except Exception as e:
+        raise CorruptArtefactError(f"checkpoint file {str(path/name)!r} is unreadable ({e})") from None
 
 # %% ../nbs/06_train.ipynb #2e2cb8fd
 def _restore(trainers:list[SAETrainer], # fresh trainers
@@ -937,6 +943,7 @@ def _ckpt_load(root:Path, # the checkpoints folder
 # %% ../nbs/06_train.ipynb #08ece4aa
 from .distributed import DDPGrads, active, all_sum, gather_all, gather_main, is_main, my_share, wait_main, world
 
+# %% ../nbs/06_train.ipynb #1bf950cf
 def _cpu(o):
     "`o` with every tensor in it moved to the CPU (for sending between ranks)"
     if isinstance(o, Tensor): return o.detach().cpu()
@@ -979,7 +986,7 @@ class _Lookahead:
 # %% ../nbs/06_train.ipynb #a1553753
 def _check_configs(configs, # a TrainConfig or several
                   )->list[TrainConfig]:
-    "The configs as a list, checked to share batch size and tokens (one stream feeds them all) and to have distinct labels"
+    "The configs as a list, checked to share batch size and tokens (one stream feeds them all), with distinct labels"
     if isinstance(configs, TrainConfig): configs = [configs]
     configs = list(configs)
     if not configs: raise ValueError('configs is empty: give at least one TrainConfig')
@@ -987,7 +994,8 @@ def _check_configs(configs, # a TrainConfig or several
         if not isinstance(c, TrainConfig): raise TypeError(f'configs[{i}] is {type(c).__name__}; expected TrainConfig')
     for k in ('batch_size', 'n_tokens'):
         vals = {getattr(c, k) for c in configs}
-        if len(vals) > 1: raise ValueError(f'all configs must share {k} (one stream feeds them all); got {sorted(vals)}')
+        if len(vals) > 1:
+            raise ValueError(f'all configs must share {k} (one stream feeds them all); got {sorted(vals)}')
     labels = [c.label for c in configs]
     if len(set(labels)) < len(labels): raise ValueError(f'config names clash: {labels}; set TrainConfig.name')
     return configs
@@ -1016,11 +1024,13 @@ def _plan(configs:list[TrainConfig], out_dir, ckpt_dir, device, max_steps, paral
     if max_steps is not None: n_steps = min(n_steps, max_steps)
     rank, n_proc = world()
     if n_proc > 1 and not active():
-        raise RuntimeError(f'WORLD_SIZE={n_proc} but no process group is up: call salmon.distributed.init_distributed() first')
+        raise RuntimeError(f'WORLD_SIZE={n_proc} but no process group is up: '
+                           'call salmon.distributed.init_distributed() first')
     if parallel is not None: check_choice('parallel', parallel, ('ddp', 'sweep'))
     mode = (parallel or 'ddp') if n_proc > 1 else None
     if mode == 'ddp' and B % n_proc:
-        raise ValueError(f'batch_size={B} does not split over {n_proc} processes (DDP: each takes batch_size / N rows); '
+        raise ValueError(f'batch_size={B} does not split over {n_proc} processes '
+                         '(DDP: each takes batch_size / N rows); '
                          f'make it a multiple of {n_proc}')
     own = my_share(len(configs)) if mode == 'sweep' else list(range(len(configs)))   # the configs this rank trains
     B_in = B // n_proc if mode == 'ddp' else B                  # rows per batch of this rank's stream
@@ -1028,7 +1038,8 @@ def _plan(configs:list[TrainConfig], out_dir, ckpt_dir, device, max_steps, paral
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoints') if out_dir is not None else None
     return SimpleNamespace(configs=configs, labels=[c.label for c in configs], B=B, n_steps=n_steps, rank=rank,
-                           n_proc=n_proc, mode=mode, own=own, B_in=B_in, device=device, out_dir=out_dir, ckpt=ckpt, meta=meta)
+                           n_proc=n_proc, mode=mode, own=own, B_in=B_in, device=device, out_dir=out_dir, ckpt=ckpt,
+                           meta=meta)
 
 # %% ../nbs/06_train.ipynb #69728d06
 def _stream_position(run:SimpleNamespace, # the plan
@@ -1052,11 +1063,12 @@ def _first_batch(run:SimpleNamespace, # the plan
     first = next(it, None)
     if first is None: raise ValueError('activations is empty')
     if not isinstance(first, Tensor) or first.ndim != 2:
-        raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {type(first).__name__} {getattr(first, "shape", "")}')
+        got = f'{type(first).__name__} {getattr(first, "shape", "")}'
+        raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {got}')
     if len(first) != run.B_in:
         ddp = f' (DDP over {run.n_proc} processes: {run.B_in} per rank)' if run.mode == 'ddp' else ''
-        raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have batch_size={run.B}'
-                         + ddp + '; make them equal')
+        raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have '
+                         f'batch_size={run.B}' + ddp + '; make them equal')
     return first
 
 # %% ../nbs/06_train.ipynb #10f166f2
@@ -1065,7 +1077,7 @@ def _open(run:SimpleNamespace, # the plan (gets `stateful` and `look`)
           resume:bool, # look for a checkpoint
          )->tuple: # the checkpoint found (or None), this rank's saved position, the stream, its first batch
     "Find the checkpoint to resume, put the source at its saved position, and read the first batch"
-    run.stateful = bool(getattr(activations, 'resumable', False))   # the source records its position (a streamed buffer)
+    run.stateful = bool(getattr(activations, 'resumable', False))   # the source records its position
     run.look = collections.deque()                               # batches read but not yet trained on
     found = _ckpt_load(run.ckpt, run.configs, run.meta, run.device) if resume else None   # verified whole first
     if run.mode and len(set(steps := gather_all(found[0]['step'] if found else 0))) > 1:
@@ -1106,6 +1118,7 @@ def _ddp_total(device, # where to sum
     "(s, n) -> (s, n) summed over the ranks, in float64"
     return lambda s, n: tuple(all_sum(torch.tensor([s, n], dtype=torch.float64, device=device)).tolist())
 
+# %% ../nbs/06_train.ipynb #7fb43420
 def _start_fresh(run:SimpleNamespace, # the plan (gets trainers, history, C, t0)
                  it, # the stream
                  first:Tensor, # its first batch
@@ -1140,7 +1153,8 @@ def _start(run:SimpleNamespace, # the plan: gets the stream, trainers, history, 
     if run.mode == 'ddp':
         for tr in run.trainers: tr.grads = DDPGrads(train_grads)
     run.inv_c = 1.0 / run.C
-    run.state = dict(step=run.t0, d_model=run.d, norm_factor=run.C, configs=json.loads(json.dumps([asdict(c) for c in run.configs])),
+    run.state = dict(step=run.t0, d_model=run.d, norm_factor=run.C,
+                     configs=json.loads(json.dumps([asdict(c) for c in run.configs])),
                      meta=json.loads(json.dumps(run.meta or {}, default=str)))
     run.dtypes = sorted({tr.sae.dtype for tr in run.trainers}, key=str)
     run.mine = [run.history[i] for i in run.own]
@@ -1185,7 +1199,9 @@ def _step_all(run:SimpleNamespace, # the run
     losses = [tr.step(xs[tr.sae.dtype], t, var) for tr in run.trainers]
     bad = [i for i, l in enumerate(losses) if not math.isfinite(float(l))]
     if not bad: return
-    where = f'; the last good checkpoint (step {run.state["step"]}) is kept in {str(run.ckpt)!r}' if run.ckpt is not None else ''
+    where = ''
+    if run.ckpt is not None:
+        where = f'; the last good checkpoint (step {run.state["step"]}) is kept in {str(run.ckpt)!r}'
     raise FloatingPointError(f'non-finite loss ({float(losses[bad[0]])}) at step {t} in SAE '
                              f'{run.labels[run.own[bad[0]]]!r}; training stopped{where}')
 
@@ -1200,6 +1216,7 @@ def _log(run:SimpleNamespace, # the run
     r = run.mine[0][-1]
     bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
 
+# %% ../nbs/06_train.ipynb #cef9fe0f
 def _checkpoint(run:SimpleNamespace, # the run
                 activations, # the source (its position is saved when it records one)
                 t:int, # the step just done
@@ -1241,7 +1258,8 @@ def _fold(run:SimpleNamespace, # the trained run
     for i, tr in zip(run.own, run.trainers):
         c = run.configs[i]
         sae = fold_norm(tr.sae, run.C)
-        sae.cfg.update(dict(run.meta or {}), width=c.d_sae, norm_factor=run.C, n_tokens_trained=t * run.B, train=asdict(c))
+        sae.cfg.update(dict(run.meta or {}), width=c.d_sae, norm_factor=run.C, n_tokens_trained=t * run.B,
+                       train=asdict(c))
         results[i] = (sae, pd.DataFrame(run.history[i]))
     if run.mode == 'sweep':                                  # every rank returns every SAE
         for part in gather_all([(i, sae.cpu(), df) for i, (sae, df) in results.items()]):
@@ -1267,7 +1285,7 @@ def _save(run:SimpleNamespace, # the trained run
 # %% ../nbs/06_train.ipynb #87339754
 @torch.enable_grad()                      # trains even when called under torch.no_grad()
 def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_tokens)
-               activations:Iterable[Tensor], # batches [batch_size, d] (an `ActivationBuffer`, `ActivationCache.batches`, ...)
+               activations:Iterable[Tensor], # batches [batch_size, d] (`ActivationBuffer`, `ActivationCache.batches`...)
                *,
                out_dir:str|Path|None=None, # where checkpoints, final SAEs and histories go (None: keep in memory)
                resume:bool=False, # continue from the checkpoint in `out_dir`
@@ -1281,8 +1299,8 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                max_steps:int|None=None, # stop after this many steps (the schedule still spans n_tokens)
                progress:bool=True, # tqdm bar with tokens/s
                keep_checkpoints:int=2, # checkpoints kept while training (removed once the SAEs are saved)
-               ckpt_dir:str|Path|None=None, # checkpoint folder, holding `step_<N>` folders (default: `out_dir/checkpoints`)
-               parallel:str|None=None, # under N > 1 processes: 'ddp' (default: B/N rows each) or 'sweep' (configs shared out)
+               ckpt_dir:str|Path|None=None, # holds the `step_<N>` checkpoints (default: `out_dir/checkpoints`)
+               parallel:str|None=None, # N > 1 processes: 'ddp' (default: B/N rows each) or 'sweep' (configs shared)
               )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
     "Train one SAE per config on a single pass over `activations`; every batch is read once and used by all"
     configs = _check_configs(configs)
