@@ -353,7 +353,8 @@ def _saelens_metadata(c:dict, # the SAE's cfg
                      )->dict:
     "SAELens' `metadata` block, with salmon's own cfg under `salmon`"
     return dict(sae_lens_version='6.0.0', sae_lens_training_version='6.0.0', model_name=c.get('model'),
-                hook_name=hook_name, hook_head_index=None, context_size=c.get('max_len'), prepend_bos=True, dataset_path=c.get('corpus'),
+                hook_name=hook_name, hook_head_index=None, context_size=c.get('max_len'), prepend_bos=True,
+                dataset_path=c.get('corpus'),
                 model_class_name='HookedTransformer', seqpos_slice=[None], model_from_pretrained_kwargs={},
                 exclude_special_tokens=c.get('bos', 'drop') == 'drop', sequence_separator_token=None,
                 disable_concat_sequences=True, nnsight_path=c.get('hook'), salmon=c)

@@ -1285,7 +1285,7 @@ def _save(run:SimpleNamespace, # the trained run
 # %% ../nbs/06_train.ipynb #87339754
 @torch.enable_grad()                      # trains even when called under torch.no_grad()
 def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_tokens)
-               activations:Iterable[Tensor], # batches [batch_size, d] (`ActivationBuffer`, `ActivationCache.batches`...)
+               activations:Iterable[Tensor], # batches [batch_size, d] (an `ActivationBuffer`, ...)
                *,
                out_dir:str|Path|None=None, # where checkpoints, final SAEs and histories go (None: keep in memory)
                resume:bool=False, # continue from the checkpoint in `out_dir`
