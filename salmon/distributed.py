@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from fastcore.basics import patch
 from .core import check_choice, check_int, check_range
 
 # %% auto #0
@@ -17,34 +18,40 @@ __all__ = ['DIST_TIMEOUT', 'world', 'local_rank', 'is_main', 'active', 'init_dis
            'all_sum', 'gather_main', 'gather_all', 'from_main', 'wait_main', 'shard', 'rank_rows', 'DDPGrads',
            'my_share', 'launch', 'rank_sum']
 
-# %% ../nbs/05a_distributed.ipynb #a2a5e437
+# %% ../nbs/05a_distributed.ipynb #63d16b1c
 def world()->tuple[int, int]:
-    "(rank, world size) of this process: the initialised process group's, else torchrun's RANK / WORLD_SIZE, else (0, 1)"
+    "(rank, world size) of this process: the process group's, else torchrun's RANK / WORLD_SIZE, else (0, 1)"
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 
+# %% ../nbs/05a_distributed.ipynb #9f8f26ac
 def local_rank()->int:
     "This process's device index on its node (torchrun's LOCAL_RANK; 0 without torchrun)"
     return int(os.environ.get('LOCAL_RANK', 0))
 
+# %% ../nbs/05a_distributed.ipynb #716a8d48
 def is_main()->bool:
     "Whether this process is rank 0, the one that writes checkpoints, tables and figures"
     return world()[0] == 0
 
+# %% ../nbs/05a_distributed.ipynb #7e99ef6e
 def active()->bool:
     "Whether a process group of more than one process is up (collectives will run)"
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-# %% ../nbs/05a_distributed.ipynb #bf931bc5
+# %% ../nbs/05a_distributed.ipynb #55970ac9
 DIST_TIMEOUT = 600.0   # seconds a collective may wait for the slowest rank before the job stops ($SALMON_DIST_TIMEOUT)
 _GROUPS = {}
 
-def _timeout(timeout:float|None)->float:
+def _timeout(timeout:float|None, # seconds, or None
+            )->float:
+    "The collective timeout: the argument, else $SALMON_DIST_TIMEOUT, else `DIST_TIMEOUT`"
     t = float(timeout if timeout is not None else os.environ.get('SALMON_DIST_TIMEOUT', DIST_TIMEOUT))
     return check_range('timeout', t, 1e-3)
 
+# %% ../nbs/05a_distributed.ipynb #aa64021b
 def init_distributed(backend:str|None=None, # 'nccl' or 'gloo' (default: nccl when CUDA is available, else gloo)
-                     timeout:float|None=None, # seconds per collective (default: $SALMON_DIST_TIMEOUT, else `DIST_TIMEOUT`)
+                     timeout:float|None=None, # seconds per collective (default: $SALMON_DIST_TIMEOUT or `DIST_TIMEOUT`)
                     )->tuple[int, int]: # (rank, world size)
     "Join the process group torchrun describes (a no-op for one process or an existing group)"
     if backend is not None: check_choice('backend', backend, ('nccl', 'gloo'))
@@ -52,56 +59,71 @@ def init_distributed(backend:str|None=None, # 'nccl' or 'gloo' (default: nccl wh
     n = int(os.environ.get('WORLD_SIZE', 1))
     if n <= 1: return 0, 1
     miss = [k for k in ('RANK', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
-    if miss: raise RuntimeError(f'WORLD_SIZE={n} but {miss} are not set: launch with torchrun (it sets them), or unset WORLD_SIZE')
+    if miss:
+        raise RuntimeError(f'WORLD_SIZE={n} but {miss} are not set: launch with torchrun (it sets them), '
+                           'or unset WORLD_SIZE')
     backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
     t = datetime.timedelta(seconds=_timeout(timeout))
     if backend == 'nccl': torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend, timeout=t, **({'device_id': torch.device('cuda', local_rank())} if backend == 'nccl' else {}))
+    dev = {'device_id': torch.device('cuda', local_rank())} if backend == 'nccl' else {}
+    dist.init_process_group(backend, timeout=t, **dev)
     _GROUPS.clear()
-    if backend != 'gloo': _GROUPS['cpu'] = dist.new_group(backend='gloo', timeout=t)   # every rank creates it, in the same order
+    if backend != 'gloo': _GROUPS['cpu'] = dist.new_group(backend='gloo', timeout=t)   # every rank, in the same order
     return world()
 
+# %% ../nbs/05a_distributed.ipynb #a5a5dfe4
 def cpu_group():
     "The gloo group for Python objects and CPU tensors (the default group when it is gloo)"
     return _GROUPS.get('cpu')
 
+# %% ../nbs/05a_distributed.ipynb #118a2701
 def close_distributed():
     "Leave the process group (if any)"
     if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     _GROUPS.clear()
 
-# %% ../nbs/05a_distributed.ipynb #7bb38f64
-def all_sum(x:Tensor)->Tensor:
+# %% ../nbs/05a_distributed.ipynb #daa5c556
+def all_sum(x:Tensor, # changed in place
+           )->Tensor:
     "`x` summed over ranks, in place"
     if active(): dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
 
-def gather_main(obj)->list|None:
+# %% ../nbs/05a_distributed.ipynb #f63b90ef
+def gather_main(obj, # any picklable object
+               )->list|None:
     "Every rank's `obj`, in rank order, on rank 0 (None elsewhere)"
     if not active(): return [obj]
     out = [None] * dist.get_world_size() if is_main() else None
     dist.gather_object(obj, out, dst=0, group=cpu_group())
     return out
 
-def gather_all(obj)->list:
+# %% ../nbs/05a_distributed.ipynb #9762d375
+def gather_all(obj, # any picklable object
+              )->list:
     "Every rank's `obj`, in rank order, on every rank"
     if not active(): return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj, group=cpu_group())
     return out
 
-def from_main(obj):
+# %% ../nbs/05a_distributed.ipynb #539f3184
+def from_main(obj, # rank 0's is sent
+             ):
     "Rank 0's `obj` on every rank"
     if not active(): return obj
-    box = [obj]; dist.broadcast_object_list(box, src=0, group=cpu_group())
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=cpu_group())
     return box[0]
 
+# %% ../nbs/05a_distributed.ipynb #4a548a29
 def wait_main(timeout:float|None=None, # seconds (default: the group's)
              ):
     "Barrier: every rank waits here until all arrive (rank 0 after its single-process work)"
     if not active(): return
     if dist.get_backend(cpu_group()) == 'gloo':
-        dist.monitored_barrier(group=cpu_group(), timeout=datetime.timedelta(seconds=_timeout(timeout)), wait_all_ranks=True)
+        t = datetime.timedelta(seconds=_timeout(timeout))
+        dist.monitored_barrier(group=cpu_group(), timeout=t, wait_all_ranks=True)
     else: dist.barrier()
 
 # %% ../nbs/05a_distributed.ipynb #c39173cc
@@ -112,7 +134,8 @@ def shard(items:Iterable, # texts (or anything)
     "Items `rank`, `rank + world_size`, ...: rank `rank`'s disjoint, deterministic share of `items`"
     r, n = world()
     rank, world_size = (r if rank is None else rank), (n if world_size is None else world_size)
-    check_int('world_size', world_size, 1); check_int('rank', rank, 0, world_size)
+    check_int('world_size', world_size, 1)
+    check_int('rank', rank, 0, world_size)
     if isinstance(items, str): raise TypeError('items is a single str; expected an iterable (of texts)')
     return itertools.islice(iter(items), rank, None, world_size)
 
@@ -123,51 +146,94 @@ def rank_rows(batches:Iterable[Tensor], # global batches [B, d], B divisible by 
     "This rank's contiguous share of rows of every global batch"
     r, n = world()
     rank, world_size = (r if rank is None else rank), (n if world_size is None else world_size)
-    check_int('world_size', world_size, 1); check_int('rank', rank, 0, world_size)
+    check_int('world_size', world_size, 1)
+    check_int('rank', rank, 0, world_size)
     for b in batches:
-        if len(b) % world_size: raise ValueError(f'a global batch of {len(b)} rows does not split over {world_size} ranks; '
-                                                 'make the batch size a multiple of the number of processes')
+        if len(b) % world_size:
+            raise ValueError(f'a global batch of {len(b)} rows does not split over {world_size} ranks; '
+                             'make the batch size a multiple of the number of processes')
         k = len(b) // world_size
         yield b[rank * k:(rank + 1) * k]
 
-# %% ../nbs/05a_distributed.ipynb #c564434e
+# %% ../nbs/05a_distributed.ipynb #b52cb8e6
 class DDPGrads:
     "A `train_grads`-like function returning the gradients of the global batch, from this rank's rows and an all-reduce"
     def __init__(self, grads_fn:Callable, # `salmon.train.train_grads`
-                ): self.grads_fn, self._cfgs = grads_fn, {}
+                ):
+        self.grads_fn, self._cfgs = grads_fn, {}
 
-    def _l0_cfg(self, cfg):
-        "`cfg` with the linear `l0` penalty in place of `target_l0` (cached)"
-        k = id(cfg)
-        if k not in self._cfgs: self._cfgs[k] = (cfg, replace(cfg, penalty='l0'))
-        return self._cfgs[k][1]
+# %% ../nbs/05a_distributed.ipynb #3224acf6
+@patch
+def _l0_cfg(self:DDPGrads, cfg):
+    "`cfg` with the linear `l0` penalty in place of `target_l0` (cached)"
+    k = id(cfg)
+    if k not in self._cfgs: self._cfgs[k] = (cfg, replace(cfg, penalty='l0'))
+    return self._cfgs[k][1]
 
-    @torch.no_grad()
-    def __call__(self, sae, x:Tensor, cfg, coeff:float, bufs:dict|None=None)->dict:
-        n = dist.get_world_size() if active() else 1
-        if cfg.penalty == 'target_l0':
-            xin = x - sae.b_dec if sae.pre_enc_bias else x
-            h = torch.addmm(sae.b_enc, xin, sae.W_enc)
-            act = h > sae.theta
-            if bool((sae.theta < 0).any()): act &= h > 0
-            cnt = all_sum(torch.count_nonzero(act).double().reshape(1)); del h, act
-            l0 = float(cnt) / (x.shape[0] * n)
-            out = self.grads_fn(sae, x, self._l0_cfg(cfg), coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0, bufs=bufs)
-        else: out = self.grads_fn(sae, x, cfg, coeff, bufs=bufs)
-        g = out['grads']
-        flat = torch.cat([v.float().reshape(-1) for v in g.values()] + [out['fired'].float()])
-        all_sum(flat).div_(n)
-        i = 0
-        for k, v in g.items():
-            v.copy_(flat[i:i + v.numel()].view_as(v)); i += v.numel()
-        out['fired'] = flat[i:] > 0
-        s = torch.stack([out['mse'].double(), out['l0'].double(), out['sq_err'].double(), out['loss'].double(),
-                         torch.tensor(float(out['n_window']), dtype=torch.float64, device=x.device)])
-        s = all_sum(s)
-        mse, l0g = s[0] / n, s[1] / n
-        out.update(mse=mse, l0=l0g, sq_err=s[2], n_window=int(s[4]) // n)
-        out['loss'] = mse + coeff * (l0g / cfg.target_l0 - 1) ** 2 if cfg.penalty == 'target_l0' else s[3] / n
-        return out
+# %% ../nbs/05a_distributed.ipynb #fd694b4a
+@torch.no_grad()
+def _global_dl0(sae, # the SAE
+                x:Tensor, # this rank's rows
+                cfg, # `target_l0`
+                coeff:float, # λ
+                n:int, # ranks
+               )->float: # λ′ = 2λ(L̄0/τ - 1)/τ
+    "The `l0` penalty's coefficient that gives the target-L0 penalty's gradient at the global batch's L0"
+    xin = x - sae.b_dec if sae.pre_enc_bias else x
+    h = torch.addmm(sae.b_enc, xin, sae.W_enc)
+    act = h > sae.theta
+    if bool((sae.theta < 0).any()): act &= h > 0
+    cnt = all_sum(torch.count_nonzero(act).double().reshape(1))
+    del h, act
+    l0 = float(cnt) / (x.shape[0] * n)
+    return coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
+
+# %% ../nbs/05a_distributed.ipynb #1bb12f9f
+def _mean_grads(out:dict, # `train_grads`'s output: changed in place
+                n:int, # ranks
+               ):
+    "Average the gradients and OR the `fired` flags over the ranks, in one all-reduce"
+    g = out['grads']
+    flat = torch.cat([v.float().reshape(-1) for v in g.values()] + [out['fired'].float()])
+    all_sum(flat).div_(n)
+    i = 0
+    for k, v in g.items():
+        v.copy_(flat[i:i + v.numel()].view_as(v))
+        i += v.numel()
+    out['fired'] = flat[i:] > 0
+
+# %% ../nbs/05a_distributed.ipynb #ecc08ea4
+def _global_stats(out:dict, # `train_grads`'s output: changed in place
+                  cfg, # the penalty settings
+                  coeff:float, # λ
+                  n:int, # ranks
+                  device, # where to sum
+                 ):
+    "The global batch's MSE, L0, squared error, window count and loss (the target-L0 loss from the global L0)"
+    s = torch.stack([out['mse'].double(), out['l0'].double(), out['sq_err'].double(), out['loss'].double(),
+                     torch.tensor(float(out['n_window']), dtype=torch.float64, device=device)])
+    s = all_sum(s)
+    mse, l0g = s[0] / n, s[1] / n
+    out.update(mse=mse, l0=l0g, sq_err=s[2], n_window=int(s[4]) // n)
+    out['loss'] = mse + coeff * (l0g / cfg.target_l0 - 1) ** 2 if cfg.penalty == 'target_l0' else s[3] / n
+
+# %% ../nbs/05a_distributed.ipynb #e8b53d40
+@patch
+@torch.no_grad()
+def __call__(self:DDPGrads, sae, # the SAE
+             x:Tensor, # this rank's rows of the global batch
+             cfg, # penalty settings
+             coeff:float, # λ
+             bufs:dict|None=None, # work buffers
+            )->dict: # `train_grads`'s output for the global batch
+    "The global batch's loss and gradients"
+    n = dist.get_world_size() if active() else 1
+    if cfg.penalty == 'target_l0':
+        out = self.grads_fn(sae, x, self._l0_cfg(cfg), _global_dl0(sae, x, cfg, coeff, n), bufs=bufs)
+    else: out = self.grads_fn(sae, x, cfg, coeff, bufs=bufs)
+    _mean_grads(out, n)
+    _global_stats(out, cfg, coeff, n, x.device)
+    return out
 
 # %% ../nbs/05a_distributed.ipynb #9d707a95
 def my_share(n_items:int, # configs in the sweep
@@ -176,16 +242,27 @@ def my_share(n_items:int, # configs in the sweep
     "Indices of the configs rank `rank` trains in sweep-parallel mode"
     r, n = world()
     rank, world_size = (r if rank is None else rank), (n if world_size is None else world_size)
-    check_int('n_items', n_items, 1); check_int('world_size', world_size, 1); check_int('rank', rank, 0, world_size)
-    if world_size > n_items: raise ValueError(f'sweep-parallel training of {n_items} SAEs on {world_size} processes leaves '
-                                              f'{world_size - n_items} idle; use at most {n_items} processes, or DDP')
+    check_int('n_items', n_items, 1)
+    check_int('world_size', world_size, 1)
+    check_int('rank', rank, 0, world_size)
+    if world_size > n_items:
+        raise ValueError(f'sweep-parallel training of {n_items} SAEs on {world_size} processes leaves '
+                         f'{world_size - n_items} idle; use at most {n_items} processes, or DDP')
     return list(range(rank, n_items, world_size))
 
-# %% ../nbs/05a_distributed.ipynb #3fff91d8
+# %% ../nbs/05a_distributed.ipynb #605f0f70
 def _free_port()->int:
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+    "A free TCP port on 127.0.0.1 for rank 0 to listen on"
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
-def _launched(rank:int, n:int, port:int, threads:int, timeout:float, fn:Callable, args:tuple, q):
+# %% ../nbs/05a_distributed.ipynb #9d573ebc
+def _launched(rank:int, n:int, port:int, threads:int, timeout:float, # the process's place and settings
+              fn:Callable, args:tuple, # the work
+              q, # the queue for (rank, 'ok' | 'error', payload)
+             ):
+    "A launched process: torchrun's environment, the group, `fn(*args)`, its report"
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(threads)
@@ -194,9 +271,58 @@ def _launched(rank:int, n:int, port:int, threads:int, timeout:float, fn:Callable
         q.put((rank, 'ok', pickle.dumps(fn(*args))))
     except BaseException as e:
         q.put((rank, 'error', f'{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}'))
-        q.close(); q.join_thread(); os._exit(1)
+        q.close()
+        q.join_thread()
+        os._exit(1)
     close_distributed()
 
+# %% ../nbs/05a_distributed.ipynb #e310303b
+def _collect(procs:list, # the processes
+             q, # their report queue
+             timeout:float, # seconds from now
+            )->dict: # rank -> (kind, payload)
+    "Reports from the queue until every process has ended (and the queue is empty) or `timeout` passes"
+    got, end = {}, time.monotonic() + timeout
+    while any(p.is_alive() for p in procs) or not q.empty():
+        try:
+            r, kind, val = q.get(timeout=0.1)
+            got[r] = (kind, val)
+        except queue.Empty: pass
+        if time.monotonic() > end: break
+    return got
+
+# %% ../nbs/05a_distributed.ipynb #f3a19c63
+def _reap(procs:list, # the processes
+         )->list[int]: # ranks that were still running
+    "Kill the processes still alive, then join every process"
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for r in hung: os.kill(procs[r].pid, signal.SIGKILL)
+    for p in procs: p.join(5)
+    return hung
+
+# %% ../nbs/05a_distributed.ipynb #031bca8e
+def _report(r:int, # rank
+            p, # its process
+            got:dict, # the collected reports
+           )->dict: # rank, exitcode, result, error
+    "One rank's exit code and its result or error"
+    kind = got.get(r, ('',))[0]
+    return dict(rank=r, exitcode=p.exitcode, result=pickle.loads(got[r][1]) if kind == 'ok' else None,
+                error=got[r][1] if kind == 'error' else None)
+
+# %% ../nbs/05a_distributed.ipynb #dfe3456a
+def _raise_failed(rep:list[dict], # the reports
+                  nprocs:int, # processes
+                  got:dict, # the collected reports
+                 ):
+    "Raise, naming each failed rank with its exit code and first error line"
+    bad = [d for d in rep if d['exitcode'] != 0 or d['error'] is not None or d['rank'] not in got]
+    if not bad: return
+    why = [f"rank {d['rank']} (exit code {d['exitcode']}): {(d['error'] or 'no result').strip().splitlines()[0]}"
+           for d in bad]
+    raise RuntimeError(f'{len(bad)} of {nprocs} processes failed: ' + '; '.join(why))
+
+# %% ../nbs/05a_distributed.ipynb #e59d4f54
 def launch(fn:Callable, # a module-level function (pickled into each process)
            nprocs:int, # processes
            *args, # passed to `fn`
@@ -206,26 +332,19 @@ def launch(fn:Callable, # a module-level function (pickled into each process)
            check:bool=True, # raise when a rank fails (else return per-rank reports)
           )->list: # each rank's return value (check=False: dicts with rank, exitcode, result, error)
     "Run `fn(*args)` on `nprocs` local gloo processes joined like torchrun's; no hang past `timeout`"
-    check_int('nprocs', nprocs, 1); check_range('timeout', timeout, 1e-3)
+    check_int('nprocs', nprocs, 1)
+    check_range('timeout', timeout, 1e-3)
     ctx = torch.multiprocessing.get_context('spawn')
     q, port = ctx.Queue(), _free_port()
-    procs = [ctx.Process(target=_launched, args=(r, nprocs, port, threads, dist_timeout, fn, args, q), daemon=True) for r in range(nprocs)]
+    procs = [ctx.Process(target=_launched, args=(r, nprocs, port, threads, dist_timeout, fn, args, q), daemon=True)
+             for r in range(nprocs)]
     for p in procs: p.start()
-    got, end = {}, time.monotonic() + timeout
-    while any(p.is_alive() for p in procs) or not q.empty():
-        try: r, kind, val = q.get(timeout=0.1); got[r] = (kind, val)
-        except queue.Empty: pass
-        if time.monotonic() > end: break
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for r in hung: os.kill(procs[r].pid, signal.SIGKILL)
-    for p in procs: p.join(5)
-    rep = [dict(rank=r, exitcode=p.exitcode, result=pickle.loads(got[r][1]) if got.get(r, ('',))[0] == 'ok' else None,
-                error=got[r][1] if got.get(r, ('',))[0] == 'error' else None) for r, p in enumerate(procs)]
+    got = _collect(procs, q, timeout)
+    hung = _reap(procs)
+    rep = [_report(r, p, got) for r, p in enumerate(procs)]
     if hung and check: raise TimeoutError(f'ranks {hung} of {nprocs} still ran after {timeout:g} s and were killed')
     if not check: return rep
-    bad = [d for d in rep if d['exitcode'] != 0 or d['error'] is not None or d['rank'] not in got]
-    if bad: raise RuntimeError(f'{len(bad)} of {nprocs} processes failed: ' + '; '.join(
-        f"rank {d['rank']} (exit code {d['exitcode']}): {(d['error'] or 'no result').strip().splitlines()[0]}" for d in bad))
+    _raise_failed(rep, nprocs, got)
     return [d['result'] for d in rep]
 
 # %% ../nbs/05a_distributed.ipynb #d3277c44

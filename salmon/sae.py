@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
+from fastcore.basics import patch
 from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save
 from .core import atomic_dir, atomic_write, check_choice, check_range
 from .store import CorruptArtefactError, file_record, read_json, read_verified
@@ -17,7 +18,20 @@ from .store import CorruptArtefactError, file_record, read_json, read_verified
 __all__ = ['JumpReLUSAE', 'ste_window', 'JumpReLUFn', 'StepFn', 'jumprelu', 'step', 'fold_norm', 'save_sae', 'load_sae',
            'save_saelens', 'load_saelens', 'save_gemmascope_npz', 'load_gemmascope_npz']
 
-# %% ../nbs/04_sae.ipynb #2343648c
+# %% ../nbs/04_sae.ipynb #874e7a91
+def _check_sae_args(d_model, d_sae, theta0, bandwidth, step_on, dtype, # as `JumpReLUSAE`'s
+                   ):
+    "Raise, naming the argument, unless the widths are positive ints, ε > 0, θ₀ ≥ 0 and dtype is floating"
+    for k, v in dict(d_model=d_model, d_sae=d_sae).items():
+        if not isinstance(v, int) or isinstance(v, bool): raise TypeError(f'{k}={v!r} must be an int')
+        check_range(k, v, 1)
+    check_range('bandwidth', bandwidth, 1e-12)
+    check_range('theta0', theta0, 0.0)
+    check_choice('step_on', step_on, {'pre', 'post'})
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f'dtype={dtype!r} must be a floating torch.dtype')
+
+# %% ../nbs/04_sae.ipynb #e8cdf3da
 class JumpReLUSAE(nn.Module):
     "JumpReLU SAE: `encode(x) = JumpReLU_θ(x @ W_enc + b_enc)`, `decode(f) = f @ W_dec + b_dec`"
     def __init__(self,
@@ -27,18 +41,14 @@ class JumpReLUSAE(nn.Module):
                  theta0:float=0.001, # initial threshold of every latent (normalised units while training)
                  bandwidth:float=0.001, # STE rectangle-kernel width ε
                  pre_enc_bias:bool=False, # subtract `b_dec` from the input before encoding (GemmaScope training)
-                 step_on:str='pre', # L0 step STE on pre-activations h ('pre', JumpReLU paper) or on f ('post', the paper's code)
+                 step_on:str='pre', # L0 step STE on h ('pre', JumpReLU paper) or on f ('post', the paper's code)
                  dtype:torch.dtype=torch.float32, # dtype of weights and biases (`theta` is always fp32)
                  device:str|torch.device|None=None, # where the parameters live
                 ):
         super().__init__()
-        for k, v in dict(d_model=d_model, d_sae=d_sae).items():
-            if not isinstance(v, int) or isinstance(v, bool): raise TypeError(f'{k}={v!r} must be an int')
-            check_range(k, v, 1)
-        check_range('bandwidth', bandwidth, 1e-12); check_range('theta0', theta0, 0.0)
-        check_choice('step_on', step_on, {'pre', 'post'})
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point): raise TypeError(f'dtype={dtype!r} must be a floating torch.dtype')
-        self.d_model, self.d_sae, self.bandwidth, self.pre_enc_bias, self.step_on = d_model, d_sae, float(bandwidth), bool(pre_enc_bias), step_on
+        _check_sae_args(d_model, d_sae, theta0, bandwidth, step_on, dtype)
+        self.d_model, self.d_sae, self.bandwidth = d_model, d_sae, float(bandwidth)
+        self.pre_enc_bias, self.step_on = bool(pre_enc_bias), step_on
         W_dec = torch.empty(d_sae, d_model, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(W_dec)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
@@ -49,51 +59,82 @@ class JumpReLUSAE(nn.Module):
         self.theta = nn.Parameter(torch.full((d_sae,), float(theta0), device=device, dtype=torch.float32))
         self.cfg = {}
 
-    @property
-    def threshold(self)->Tensor: return self.theta      # GemmaScope / SAELens name
-    @property
-    def dtype(self)->torch.dtype: return self.W_enc.dtype
-    @property
-    def device(self)->torch.device: return self.W_enc.device
-    def extra_repr(self): return f'd_model={self.d_model}, d_sae={self.d_sae}, dtype={self.dtype}, pre_enc_bias={self.pre_enc_bias}, step_on={self.step_on!r}'
+# %% ../nbs/04_sae.ipynb #408d5d96
+@patch(as_prop=True)
+def threshold(self:JumpReLUSAE)->Tensor:
+    "θ, under GemmaScope's and SAELens' name"
+    return self.theta
 
-    def _apply(self, fn, *args, **kw):
-        "Module casts (`.to`, `.half`, ...) never change `theta` from fp32"
-        out = super()._apply(fn, *args, **kw)
-        if self.theta.dtype != torch.float32: self.theta.data = self.theta.data.float()
-        return out
+# %% ../nbs/04_sae.ipynb #09092577
+@patch(as_prop=True)
+def dtype(self:JumpReLUSAE)->torch.dtype:
+    "The weights' dtype (θ is fp32 whatever it is)"
+    return self.W_enc.dtype
 
-# %% ../nbs/04_sae.ipynb #63697737
-def ste_window(z:Tensor, theta:Tensor, eps:float)->Tensor:
+# %% ../nbs/04_sae.ipynb #ad7fdf38
+@patch(as_prop=True)
+def device(self:JumpReLUSAE)->torch.device:
+    "Where the parameters live"
+    return self.W_enc.device
+
+# %% ../nbs/04_sae.ipynb #99290163
+@patch
+def extra_repr(self:JumpReLUSAE)->str:
+    "Widths, dtype and training options, shown by `repr`"
+    return (f'd_model={self.d_model}, d_sae={self.d_sae}, dtype={self.dtype}, pre_enc_bias={self.pre_enc_bias}, '
+            f'step_on={self.step_on!r}')
+
+# %% ../nbs/04_sae.ipynb #88a27b9f
+@patch
+def _apply(self:JumpReLUSAE, fn, *args, **kw):
+    "Module casts (`.to`, `.half`, ...) never change `theta` from fp32"
+    out = super(JumpReLUSAE, self)._apply(fn, *args, **kw)
+    if self.theta.dtype != torch.float32: self.theta.data = self.theta.data.float()
+    return out
+
+# %% ../nbs/04_sae.ipynb #dd79c824
+def ste_window(z:Tensor, # pre- or post-activations [..., F]
+               theta:Tensor, # thresholds [F]
+               eps:float, # STE width ε
+              )->Tensor: # bool, like `z`
     "Rectangle kernel K((z-θ)/ε): True where θ - ε/2 < z < θ + ε/2"
     return (z > theta - eps / 2) & (z < theta + eps / 2)
 
-def _sum_tokens(t:Tensor, F:int)->Tensor: return t.reshape(-1, F).sum(0)
+def _sum_tokens(t:Tensor, F:int)->Tensor:
+    "Sum over every dimension but the last (the latents)"
+    return t.reshape(-1, F).sum(0)
 
+# %% ../nbs/04_sae.ipynb #7eee51c5
 class JumpReLUFn(torch.autograd.Function):
     "JumpReLU with the rectangle-kernel STE for θ"
     @staticmethod
     def forward(ctx, h:Tensor, theta:Tensor, eps:float)->Tensor:
-        ctx.save_for_backward(h, theta); ctx.eps = eps
+        ctx.save_for_backward(h, theta)
+        ctx.eps = eps
         return h * ((h > theta) & (h > 0))
     @staticmethod
     def backward(ctx, g:Tensor):
-        h, theta = ctx.saved_tensors; eps = ctx.eps
+        h, theta = ctx.saved_tensors
+        eps = ctx.eps
         gh = g * ((h > theta) & (h > 0))
         gt = -(theta / eps) * _sum_tokens((g * ste_window(h, theta, eps)).float(), theta.shape[-1])
         return gh, gt, None
 
+# %% ../nbs/04_sae.ipynb #0e04901d
 class StepFn(torch.autograd.Function):
     "Heaviside step H(z - θ) with the rectangle-kernel STE for θ (no gradient to z)"
     @staticmethod
     def forward(ctx, z:Tensor, theta:Tensor, eps:float)->Tensor:
-        ctx.save_for_backward(z, theta); ctx.eps = eps
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
         return (z > theta).to(z.dtype)
     @staticmethod
     def backward(ctx, g:Tensor):
-        z, theta = ctx.saved_tensors; eps = ctx.eps
+        z, theta = ctx.saved_tensors
+        eps = ctx.eps
         return None, -(1 / eps) * _sum_tokens((g * ste_window(z, theta, eps)).float(), theta.shape[-1]), None
 
+# %% ../nbs/04_sae.ipynb #5244d977
 def jumprelu(h:Tensor, # pre-activations [..., F]
              theta:Tensor, # thresholds [F]
              eps:float, # STE bandwidth
@@ -101,6 +142,7 @@ def jumprelu(h:Tensor, # pre-activations [..., F]
     "JumpReLU with straight-through θ-gradient"
     return JumpReLUFn.apply(h, theta, eps)
 
+# %% ../nbs/04_sae.ipynb #fff3a13a
 def step(z:Tensor, # the tensor thresholded: pre-activations h (correct) or post-activations f (the paper's code)
          theta:Tensor, # thresholds [F]
          eps:float, # STE bandwidth
@@ -108,57 +150,69 @@ def step(z:Tensor, # the tensor thresholded: pre-activations h (correct) or post
     "Heaviside step with straight-through θ-gradient"
     return StepFn.apply(z, theta, eps)
 
-# %% ../nbs/04_sae.ipynb #defb821e
-def _pre(self:JumpReLUSAE, x:Tensor)->Tensor:
+# %% ../nbs/04_sae.ipynb #e1ac38ef
+@patch
+def pre_acts(self:JumpReLUSAE, x:Tensor, # activations [..., d_model]
+            )->Tensor: # pre-activations h [..., d_sae]
     "Pre-activations h"
-    if x.shape[-1] != self.d_model: raise ValueError(f'input has last dimension {x.shape[-1]}; this SAE expects d_model={self.d_model}')
+    if x.shape[-1] != self.d_model:
+        raise ValueError(f'input has last dimension {x.shape[-1]}; this SAE expects d_model={self.d_model}')
     x = x.to(self.dtype)
     if self.pre_enc_bias: x = x - self.b_dec
     return x @ self.W_enc + self.b_enc
 
-def _encode_with_pre(self:JumpReLUSAE, x:Tensor)->tuple[Tensor, Tensor]:
+# %% ../nbs/04_sae.ipynb #beebdad9
+@patch
+def encode_with_pre(self:JumpReLUSAE, x:Tensor, # activations [..., d_model]
+                   )->tuple[Tensor, Tensor]: # latents f and pre-activations h
     "Latents f and pre-activations h"
     h = self.pre_acts(x)
     return jumprelu(h, self.theta, self.bandwidth), h
 
-def _encode(self:JumpReLUSAE,
-            x:Tensor, # activations [..., d_model]
-           )->Tensor: # latents [..., d_sae]
+# %% ../nbs/04_sae.ipynb #3d8e6ac9
+@patch
+def encode(self:JumpReLUSAE,
+           x:Tensor, # activations [..., d_model]
+          )->Tensor: # latents [..., d_sae]
     "JumpReLU latents of `x` (pre-encoder bias subtracted first if the SAE has one)"
     return self.encode_with_pre(x)[0]
 
-def _decode(self:JumpReLUSAE,
-            f:Tensor, # latents [..., d_sae]
-           )->Tensor: # reconstruction [..., d_model]
+# %% ../nbs/04_sae.ipynb #7336281a
+@patch
+def decode(self:JumpReLUSAE,
+           f:Tensor, # latents [..., d_sae]
+          )->Tensor: # reconstruction [..., d_model]
     "Reconstruction `f @ W_dec + b_dec`"
     return f.to(self.dtype) @ self.W_dec + self.b_dec
 
-def _forward(self:JumpReLUSAE, x:Tensor)->tuple[Tensor, Tensor]:
+# %% ../nbs/04_sae.ipynb #b0266e67
+@patch
+def forward(self:JumpReLUSAE, x:Tensor, # activations [..., d_model]
+           )->tuple[Tensor, Tensor]: # reconstruction and latents
     "Reconstruction and latents"
     f = self.encode(x)
     return self.decode(f), f
 
-def _l0(self:JumpReLUSAE,
-        h:Tensor, # pre-activations
-        f:Tensor, # latents
-       )->Tensor:  # per-token L0, differentiable in θ
+# %% ../nbs/04_sae.ipynb #ca427dfd
+@patch
+def l0(self:JumpReLUSAE,
+       h:Tensor, # pre-activations
+       f:Tensor, # latents
+      )->Tensor:  # per-token L0, differentiable in θ
     "Per-token count of active latents through the Step STE on `h` (`step_on='pre'`) or `f` ('post')"
     return step(h if self.step_on == 'pre' else f, self.theta, self.bandwidth).sum(-1)
 
-JumpReLUSAE.pre_acts, JumpReLUSAE.encode_with_pre, JumpReLUSAE.encode = _pre, _encode_with_pre, _encode
-JumpReLUSAE.decode, JumpReLUSAE.forward, JumpReLUSAE.l0 = _decode, _forward, _l0
-
-# %% ../nbs/04_sae.ipynb #36c58884
-def _decode_sparse(self:JumpReLUSAE,
-                   ptr:Tensor, # CSR row pointer [n_tokens + 1]: token b's pairs are `ptr[b]:ptr[b+1]`
-                   cols:Tensor, # latent of each pair (int64)
-                   vals:Tensor, # value of each pair
-                  )->Tensor: # reconstruction [n_tokens, d_model]
-    "`decode` of latents given as a CSR list of (token, latent, value): a weighted sum of decoder rows, O(L0·d) per token"
-    out = torch.nn.functional.embedding_bag(cols, self.W_dec, ptr[:-1], mode='sum', per_sample_weights=vals.to(self.dtype))
+# %% ../nbs/04_sae.ipynb #410d20ca
+@patch
+def decode_sparse(self:JumpReLUSAE,
+                  ptr:Tensor, # CSR row pointer [n_tokens + 1]: token b's pairs are `ptr[b]:ptr[b+1]`
+                  cols:Tensor, # latent of each pair (int64)
+                  vals:Tensor, # value of each pair
+                 )->Tensor: # reconstruction [n_tokens, d_model]
+    "`decode` of latents as a CSR list of (token, latent, value): a weighted sum of decoder rows, O(L0·d) per token"
+    out = torch.nn.functional.embedding_bag(cols, self.W_dec, ptr[:-1], mode='sum',
+                                            per_sample_weights=vals.to(self.dtype))
     return out.add_(self.b_dec)
-
-JumpReLUSAE.decode_sparse = _decode_sparse
 
 # %% ../nbs/04_sae.ipynb #03759748
 @torch.no_grad()
@@ -171,107 +225,156 @@ def fold_norm(sae:JumpReLUSAE, # SAE trained on activations divided by `c` (poss
     out = copy.deepcopy(sae)
     b_enc = sae.b_enc.double() * c
     if sae.pre_enc_bias: b_enc -= c * (sae.b_dec.double() @ sae.W_enc.double())
-    out.b_enc.copy_(b_enc.to(sae.dtype)); out.b_dec.copy_((sae.b_dec.double() * c).to(sae.dtype))
+    out.b_enc.copy_(b_enc.to(sae.dtype))
+    out.b_dec.copy_((sae.b_dec.double() * c).to(sae.dtype))
     out.theta.copy_((sae.theta.double() * c).float())
     out.pre_enc_bias = False
     out.cfg['norm_factor'] = float(sae.cfg.get('norm_factor', 1.0)) * c
     return out
 
-# %% ../nbs/04_sae.ipynb #9bb5def6
+# %% ../nbs/04_sae.ipynb #3c8767a8
 _KEYS = ('W_enc', 'W_dec', 'b_enc', 'b_dec', 'theta')
 
 def _jsonable(o):
+    "A JSON value for the objects `sae.cfg` may hold (dataclasses, paths, dtypes, numpy scalars, sets)"
     if dataclasses.is_dataclass(o): return dataclasses.asdict(o)
     if isinstance(o, (Path, torch.dtype, torch.device)): return str(o)
     if isinstance(o, (np.integer, np.floating)): return o.item()
     if isinstance(o, (set, tuple)): return list(o)
     raise TypeError(f'{type(o).__name__} {o!r} in sae.cfg is not JSON-serialisable')
 
-def _check_tensors(sd:dict, src:str, key_map:dict|None=None)->dict:
+# %% ../nbs/04_sae.ipynb #4efadc37
+def _check_values(t:dict, # tensors under salmon's names
+                  src:str, # the file (for messages)
+                  key_map:dict, # salmon name -> the file's name
+                 ):
+    "Raise unless every tensor is floating and finite"
+    for k, v in t.items():
+        if not v.dtype.is_floating_point:
+            raise TypeError(f'{src}: {key_map[k]} has dtype {v.dtype}; expected a floating dtype')
+        if not bool(torch.isfinite(v).all()):
+            n_bad = int((~torch.isfinite(v)).sum())
+            raise ValueError(f'{src}: {key_map[k]} holds {n_bad} non-finite values (NaN or inf)')
+
+# %% ../nbs/04_sae.ipynb #48a6095b
+def _check_tensors(sd:dict, # tensors or arrays by the file's names
+                   src:str, # the file (for messages)
+                   key_map:dict|None=None, # salmon name -> the file's name (default: the same)
+                  )->dict: # the five tensors under salmon's names
     "Validate the five SAE tensors (names per `key_map`), return them under salmon's names"
     key_map = key_map or {k: k for k in _KEYS}
     missing = [v for v in key_map.values() if v not in sd]
     if missing: raise KeyError(f'{src} lacks tensor(s) {missing}; found {sorted(sd)}')
     t = {k: sd[v] if isinstance(sd[v], Tensor) else torch.from_numpy(np.asarray(sd[v])) for k, v in key_map.items()}
-    for k, v in t.items():
-        if not v.dtype.is_floating_point: raise TypeError(f'{src}: {key_map[k]} has dtype {v.dtype}; expected a floating dtype')
-        if not bool(torch.isfinite(v).all()): raise ValueError(f'{src}: {key_map[k]} holds {int((~torch.isfinite(v)).sum())} non-finite values (NaN or inf)')
-    if t['W_enc'].ndim != 2: raise ValueError(f"{src}: {key_map['W_enc']} has shape {tuple(t['W_enc'].shape)}; expected [d_model, d_sae]")
+    _check_values(t, src, key_map)
+    if t['W_enc'].ndim != 2:
+        raise ValueError(f"{src}: {key_map['W_enc']} has shape {tuple(t['W_enc'].shape)}; expected [d_model, d_sae]")
     d, F = t['W_enc'].shape
     want = dict(W_enc=(d, F), W_dec=(F, d), b_enc=(F,), b_dec=(d,), theta=(F,))
     for k, s in want.items():
-        if tuple(t[k].shape) != s: raise ValueError(f'{src}: {key_map[k]} has shape {tuple(t[k].shape)}; expected {s} (d_model={d}, d_sae={F} from {key_map["W_enc"]})')
+        if tuple(t[k].shape) != s:
+            raise ValueError(f'{src}: {key_map[k]} has shape {tuple(t[k].shape)}; expected {s} '
+                             f'(d_model={d}, d_sae={F} from {key_map["W_enc"]})')
     return t
 
-def _from_tensors(t:dict, dtype=None, device=None, **kw)->JumpReLUSAE:
+# %% ../nbs/04_sae.ipynb #efe5886b
+def _from_tensors(t:dict, # the five tensors under salmon's names
+                  dtype=None, # weight dtype (default: W_enc's)
+                  device=None, # where to put them (default: CPU)
+                  **kw, # `JumpReLUSAE` options
+                 )->JumpReLUSAE:
+    "An SAE holding the tensors `t` (θ as fp32)"
     d, F = t['W_enc'].shape
     dtype = dtype or t['W_enc'].dtype
     sae = JumpReLUSAE(d, F, dtype=dtype, device='meta', **kw)
     for k in _KEYS:
-        setattr(sae, k, nn.Parameter(t[k].to(device=device or 'cpu', dtype=torch.float32 if k == 'theta' else dtype).contiguous()))
+        dt = torch.float32 if k == 'theta' else dtype
+        setattr(sae, k, nn.Parameter(t[k].to(device=device or 'cpu', dtype=dt).contiguous()))
     return sae
 
-# %% ../nbs/04_sae.ipynb #54e14638
+# %% ../nbs/04_sae.ipynb #54a05c3b
 def save_sae(sae:JumpReLUSAE, # the SAE (normally folded: takes raw activations)
              path:str|Path, # folder to write (replaced atomically if it exists)
             )->Path:       # the folder
     "Save in salmon's format: `sae.safetensors` + `config.json`"
     path = Path(path)
-    meta = dict(format='salmon.sae', version=1, d_model=sae.d_model, d_sae=sae.d_sae, dtype=str(sae.dtype).removeprefix('torch.'),
-                bandwidth=sae.bandwidth, pre_enc_bias=sae.pre_enc_bias, step_on=sae.step_on, cfg=sae.cfg)
+    meta = dict(format='salmon.sae', version=1, d_model=sae.d_model, d_sae=sae.d_sae,
+                dtype=str(sae.dtype).removeprefix('torch.'), bandwidth=sae.bandwidth, pre_enc_bias=sae.pre_enc_bias,
+                step_on=sae.step_on, cfg=sae.cfg)
     text = json.dumps(meta, indent=1, default=_jsonable)
     tensors = {k: getattr(sae, k).detach().cpu().contiguous() for k in _KEYS}
     data = st_save(tensors)
-    text = json.dumps(dict(meta, weights=file_record(data)), indent=1, default=_jsonable)   # size and content hash of the weights
+    text = json.dumps(dict(meta, weights=file_record(data)), indent=1, default=_jsonable)   # size and content hash
     with atomic_dir(path, overwrite=True) as tmp:
         (tmp/'sae.safetensors').write_bytes(data)
         (tmp/'config.json').write_text(text)
     return path
 
-def _read_folder(path:str|Path, config:str, weights:str, kind:str)->tuple[Path, dict]:
+# %% ../nbs/04_sae.ipynb #8ce2e2d1
+def _read_folder(path:str|Path, # an SAE folder
+                 config:str, # its config file's name
+                 weights:str, # its weights file's name
+                 kind:str, # the format (for messages)
+                )->tuple[Path, dict]:
     "Check an SAE folder holds `config` and `weights`; return the folder and the parsed JSON config"
     path = Path(path)
     for n in (config, weights):
         if not (path/n).exists(): raise FileNotFoundError(f'{str(path)!r} is not a {kind} SAE folder: {n} is missing')
     return path, read_json(path/config, f'{kind} SAE config')
 
+# %% ../nbs/04_sae.ipynb #f07738e8
 def load_sae(path:str|Path, # folder written by `save_sae`
              device:str|torch.device|None=None, # where to put the parameters
             )->JumpReLUSAE:
     "Load an SAE saved by `save_sae`"
     path, meta = _read_folder(path, 'config.json', 'sae.safetensors', 'salmon')
-    if meta.get('format') != 'salmon.sae': raise ValueError(f"{str(path/'config.json')!r} has format {meta.get('format')!r}; expected 'salmon.sae'")
+    if meta.get('format') != 'salmon.sae':
+        raise ValueError(f"{str(path/'config.json')!r} has format {meta.get('format')!r}; expected 'salmon.sae'")
     try: sd = st_load(read_verified(path/'sae.safetensors', meta.get('weights'), 'SAE weights'))
     except CorruptArtefactError: raise
-    except Exception as e: raise CorruptArtefactError(f"SAE weights {str(path/'sae.safetensors')!r} are unreadable ({e})") from None
+    except Exception as e:
+        raise CorruptArtefactError(f"SAE weights {str(path/'sae.safetensors')!r} are unreadable ({e})") from None
     t = _check_tensors(sd, str(path/'sae.safetensors'))
     if t['W_enc'].shape != (meta['d_model'], meta['d_sae']):
-        raise ValueError(f"{str(path)!r}: weights are {tuple(t['W_enc'].shape)} but config.json says d_model={meta['d_model']}, d_sae={meta['d_sae']}")
+        raise ValueError(f"{str(path)!r}: weights are {tuple(t['W_enc'].shape)} but config.json says "
+                         f"d_model={meta['d_model']}, d_sae={meta['d_sae']}")
     sae = _from_tensors(t, dtype=getattr(torch, meta['dtype']), device=device, bandwidth=meta['bandwidth'],
                         pre_enc_bias=meta['pre_enc_bias'], step_on=meta['step_on'])
     sae.cfg = meta['cfg']
     return sae
 
-# %% ../nbs/04_sae.ipynb #ff1f1ae9
-def _folded(sae:JumpReLUSAE)->JumpReLUSAE: return fold_norm(sae, 1.0) if sae.pre_enc_bias else sae
+# %% ../nbs/04_sae.ipynb #3a5d0034
+def _folded(sae:JumpReLUSAE)->JumpReLUSAE:
+    "`sae` without its pre-encoder bias (folded in), for formats that have none"
+    return fold_norm(sae, 1.0) if sae.pre_enc_bias else sae
 
+def _saelens_metadata(c:dict, # the SAE's cfg
+                      hook_name:str, # TransformerLens hook
+                     )->dict:
+    "SAELens' `metadata` block, with salmon's own cfg under `salmon`"
+    return dict(sae_lens_version='6.0.0', sae_lens_training_version='6.0.0', model_name=c.get('model'),
+                hook_name=hook_name, hook_head_index=None, context_size=c.get('max_len'), prepend_bos=True,
+                dataset_path=c.get('corpus'),
+                model_class_name='HookedTransformer', seqpos_slice=[None], model_from_pretrained_kwargs={},
+                exclude_special_tokens=c.get('bos', 'drop') == 'drop', sequence_separator_token=None,
+                disable_concat_sequences=True, nnsight_path=c.get('hook'), salmon=c)
+
+# %% ../nbs/04_sae.ipynb #4fc8feab
 def save_saelens(sae:JumpReLUSAE, # the SAE (taking raw activations)
                  path:str|Path, # folder to write (replaced atomically)
-                 hook_name:str|None=None, # TransformerLens hook (default: `blocks.{layer}.hook_resid_post` from `sae.cfg['layer']`)
+                 hook_name:str|None=None, # TransformerLens hook (default: `blocks.{layer}.hook_resid_post`)
                  **metadata, # extra metadata keys (context_size, prepend_bos, dataset_path, ...)
                 )->Path:
     "Save in SAELens' v6 disk format (`cfg.json` + `sae_weights.safetensors`)"
-    sae = _folded(sae); c = sae.cfg
+    sae = _folded(sae)
+    c = sae.cfg
     layer = c.get('layer')
     if hook_name is None: hook_name = f'blocks.{layer}.hook_resid_post' if layer is not None else c.get('hook', '')
-    md = dict(sae_lens_version='6.0.0', sae_lens_training_version='6.0.0', model_name=c.get('model'), hook_name=hook_name,
-              hook_head_index=None, context_size=c.get('max_len'), prepend_bos=True, dataset_path=c.get('corpus'),
-              model_class_name='HookedTransformer', seqpos_slice=[None], model_from_pretrained_kwargs={},
-              exclude_special_tokens=c.get('bos', 'drop') == 'drop', sequence_separator_token=None, disable_concat_sequences=True,
-              nnsight_path=c.get('hook'), salmon=c)
+    md = _saelens_metadata(c, hook_name)
     md.update(metadata)
-    cfg = dict(architecture='jumprelu', d_in=sae.d_model, d_sae=sae.d_sae, dtype=str(sae.dtype).removeprefix('torch.'), device='cpu',
-               apply_b_dec_to_input=False, normalize_activations='none', reshape_activations='none', metadata=md)
+    cfg = dict(architecture='jumprelu', d_in=sae.d_model, d_sae=sae.d_sae, dtype=str(sae.dtype).removeprefix('torch.'),
+               device='cpu', apply_b_dec_to_input=False, normalize_activations='none', reshape_activations='none',
+               metadata=md)
     text = json.dumps(cfg, indent=1, default=_jsonable)
     tensors = {('threshold' if k == 'theta' else k): getattr(sae, k).detach().cpu().contiguous() for k in _KEYS}
     with atomic_dir(path, overwrite=True) as tmp:
@@ -279,24 +382,29 @@ def save_saelens(sae:JumpReLUSAE, # the SAE (taking raw activations)
         (tmp/'cfg.json').write_text(text)
     return Path(path)
 
+# %% ../nbs/04_sae.ipynb #110ddf54
+_LENS_KEYS = dict(W_enc='W_enc', W_dec='W_dec', b_enc='b_enc', b_dec='b_dec', theta='threshold')
+
 def load_saelens(path:str|Path, # SAELens SAE folder (cfg.json + sae_weights.safetensors)
                  device:str|torch.device|None=None, # where to put the parameters
                 )->JumpReLUSAE:
     "Read a JumpReLU SAE from SAELens' disk format (without needing SAELens)"
     path, cfg = _read_folder(path, 'cfg.json', 'sae_weights.safetensors', 'SAELens')
     arch = cfg.get('architecture', cfg.get('activation_fn_str'))
-    if arch not in ('jumprelu',): raise ValueError(f"{str(path)!r} holds a {arch!r} SAE; expected architecture 'jumprelu'")
+    if arch not in ('jumprelu',):
+        raise ValueError(f"{str(path)!r} holds a {arch!r} SAE; expected architecture 'jumprelu'")
     if cfg.get('normalize_activations', 'none') not in ('none', None, False):
-        raise ValueError(f"{str(path)!r} uses normalize_activations={cfg['normalize_activations']!r}, which is not folded into the weights; expected 'none'")
+        raise ValueError(f"{str(path)!r} uses normalize_activations={cfg['normalize_activations']!r}, "
+                         "which is not folded into the weights; expected 'none'")
     sd = st_load_file(path/'sae_weights.safetensors')
     if 'threshold' not in sd and 'log_threshold' in sd: sd['threshold'] = sd.pop('log_threshold').exp()
-    t = _check_tensors(sd, str(path/'sae_weights.safetensors'), dict(W_enc='W_enc', W_dec='W_dec', b_enc='b_enc', b_dec='b_dec', theta='threshold'))
+    t = _check_tensors(sd, str(path/'sae_weights.safetensors'), _LENS_KEYS)
     sae = _from_tensors(t, device=device, pre_enc_bias=bool(cfg.get('apply_b_dec_to_input', False)))
     md = cfg.get('metadata', {})
     sae.cfg = dict(md.get('salmon') or {}, hook_name=md.get('hook_name', cfg.get('hook_name')), source='saelens')
     return sae
 
-# %% ../nbs/04_sae.ipynb #374c515e
+# %% ../nbs/04_sae.ipynb #a7c4f915
 def save_gemmascope_npz(sae:JumpReLUSAE, # the SAE (taking raw activations)
                         path:str|Path, # the .npz file to write (atomically)
                        )->Path:
@@ -306,6 +414,7 @@ def save_gemmascope_npz(sae:JumpReLUSAE, # the SAE (taking raw activations)
     with atomic_write(path) as f: np.savez(f, **arrs)
     return Path(path)
 
+# %% ../nbs/04_sae.ipynb #59a47f00
 def load_gemmascope_npz(path:str|Path, # a GemmaScope `params.npz`
                         device:str|torch.device|None=None, # where to put the parameters
                         dtype:torch.dtype=torch.float32, # weight dtype (`theta` stays fp32)
@@ -318,7 +427,7 @@ def load_gemmascope_npz(path:str|Path, # a GemmaScope `params.npz`
         if k in arrs and k.replace('w', 'W') not in arrs: arrs[k.replace('w', 'W')] = arrs.pop(k)
     if 'scaling_factor' in arrs and not np.all(arrs.pop('scaling_factor') == 1):
         raise ValueError(f'{str(path)!r} has a scaling_factor other than 1, which this loader does not fold')
-    t = _check_tensors(arrs, str(path), dict(W_enc='W_enc', W_dec='W_dec', b_enc='b_enc', b_dec='b_dec', theta='threshold'))
+    t = _check_tensors(arrs, str(path), _LENS_KEYS)
     sae = _from_tensors(t, dtype=dtype, device=device)
     sae.cfg = dict(source='gemmascope', path=str(path))
     return sae

@@ -8,12 +8,53 @@ import math
 from typing import Iterator
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 from .core import check_range
 
 # %% auto #0
 __all__ = ['SparseDictionary', 'max_cosines', 'recovery']
 
-# %% ../nbs/05_synthetic.ipynb #fcf849bc
+# %% ../nbs/05_synthetic.ipynb #8732d99f
+def _check_dictionary_args(d, n_features, l0, batch_tokens, n_batches, alpha, coef_range, corr, group_size, children,
+                          ): # as `SparseDictionary`'s
+    "Raise, naming the argument, unless the sizes, L0, α, the coefficient range and the correlation are valid"
+    check_range('d', d, 1)
+    check_range('n_features', n_features, 1)
+    check_range('batch_tokens', batch_tokens, 1)
+    check_range('n_batches', n_batches, 1)
+    check_range('l0', l0, 1e-9, n_features + 1e-9)
+    check_range('corr', corr, 0.0, 1.0)
+    check_range('group_size', group_size, 1)
+    check_range('children', children, 0)
+    check_range('alpha', alpha, 0.0)
+    if not 0 <= coef_range[0] <= coef_range[1]:
+        raise ValueError(f'coef_range={coef_range!r} must satisfy 0 <= lo <= hi')
+
+# %% ../nbs/05_synthetic.ipynb #51a58c36
+def _firing_probs(n_features:int, # N
+                  l0:float, # mean active features per token
+                  alpha:float, # power-law exponent
+                 )->Tensor: # [N] fp32
+    "Per-feature firing probabilities ∝ (i+1)^-α, summing to `l0`"
+    w = (torch.arange(n_features, dtype=torch.float64) + 1) ** -alpha
+    p = w / w.sum() * l0
+    if p.max() > 1:
+        raise ValueError(f'l0={l0} with alpha={alpha} needs a firing probability {p.max():.2f} > 1 for feature 0; '
+                         'lower l0 or alpha')
+    return p.float()
+
+# %% ../nbs/05_synthetic.ipynb #aaa5770a
+def _parents(n_features:int, # N
+             children:int, # children per parent (0: none)
+            )->Tensor: # [N] parent index, -1 for a root
+    "Each feature's parent (-1: none)"
+    parent = torch.full((n_features,), -1, dtype=torch.long)
+    if children:
+        n_par = max(1, n_features // (children + 1))
+        parent[n_par:] = torch.arange(n_features - n_par) % n_par
+    return parent
+
+# %% ../nbs/05_synthetic.ipynb #1771542e
 class SparseDictionary:
     "Iterable of `[batch_tokens, d]` activations built from a known sparse dictionary (`features`)"
     def __init__(self,
@@ -32,63 +73,68 @@ class SparseDictionary:
                  noise:float=0.0, # std σ of isotropic Gaussian noise (total norm ≈ σ)
                  seed:int=0, # seed of the dictionary and of the data
                 ):
-        check_range('d', d, 1); check_range('n_features', n_features, 1); check_range('batch_tokens', batch_tokens, 1)
-        check_range('n_batches', n_batches, 1); check_range('l0', l0, 1e-9, n_features + 1e-9); check_range('corr', corr, 0.0, 1.0)
-        check_range('group_size', group_size, 1); check_range('children', children, 0); check_range('alpha', alpha, 0.0)
-        if not 0 <= coef_range[0] <= coef_range[1]: raise ValueError(f'coef_range={coef_range!r} must satisfy 0 <= lo <= hi')
+        _check_dictionary_args(d, n_features, l0, batch_tokens, n_batches, alpha, coef_range, corr, group_size,
+                               children)
         self.d, self.n_features, self.l0, self.batch_tokens, self.n_batches = d, n_features, l0, batch_tokens, n_batches
-        self.coef_range, self.corr, self.group_size, self.children, self.noise, self.seed = coef_range, corr, group_size, children, noise, seed
+        self.coef_range, self.corr, self.group_size, self.children = coef_range, corr, group_size, children
+        self.noise, self.seed = noise, seed
         g = torch.Generator().manual_seed(seed)
         feats = torch.randn(n_features, d, generator=g)
         self.features = feats / feats.norm(dim=1, keepdim=True)
         b = torch.randn(d, generator=g)
         self.bias = b / b.norm() * bias_norm
-        w = (torch.arange(n_features, dtype=torch.float64) + 1) ** -alpha
-        p = w / w.sum() * l0
-        if p.max() > 1: raise ValueError(f'l0={l0} with alpha={alpha} needs a firing probability {p.max():.2f} > 1 for feature 0; lower l0 or alpha')
-        self.probs = p.float()
-        self.parent = torch.full((n_features,), -1, dtype=torch.long)
-        if children:
-            n_par = max(1, n_features // (children + 1))
-            self.parent[n_par:] = torch.arange(n_features - n_par) % n_par
+        self.probs = _firing_probs(n_features, l0, alpha)
+        self.parent = _parents(n_features, children)
         self._z = torch.special.ndtri(self.probs.double()).float()
 
-    def __len__(self)->int: return self.n_batches
+# %% ../nbs/05_synthetic.ipynb #afaafce3
+@patch
+def sample(self:SparseDictionary,
+           n:int, # tokens
+           g:torch.Generator, # random generator
+          )->tuple[Tensor, Tensor]: # activations [n, d] and true coefficients [n, N]
+    "Draw `n` tokens and their ground-truth coefficients"
+    N = self.n_features
+    z = torch.randn(n, N, generator=g)
+    if self.corr > 0:
+        u = torch.randn(n, math.ceil(N / self.group_size), generator=g)
+        u = u.repeat_interleave(self.group_size, 1)[:, :N]
+        z = math.sqrt(self.corr) * u + math.sqrt(1 - self.corr) * z
+    active = z < self._z
+    if self.children:
+        kids = self.parent >= 0
+        active[:, kids] &= active[:, self.parent[kids]]
+    lo, hi = self.coef_range
+    c = (lo + (hi - lo) * torch.rand(n, N, generator=g)) * active
+    x = c @ self.features + self.bias
+    if self.noise: x += self.noise / math.sqrt(self.d) * torch.randn(n, self.d, generator=g)
+    return x, c
 
-    def sample(self,
-               n:int, # tokens
-               g:torch.Generator, # random generator
-              )->tuple[Tensor, Tensor]: # activations [n, d] and true coefficients [n, N]
-        "Draw `n` tokens and their ground-truth coefficients"
-        N = self.n_features
-        z = torch.randn(n, N, generator=g)
-        if self.corr > 0:
-            u = torch.randn(n, math.ceil(N / self.group_size), generator=g).repeat_interleave(self.group_size, 1)[:, :N]
-            z = math.sqrt(self.corr) * u + math.sqrt(1 - self.corr) * z
-        active = z < self._z
-        if self.children:
-            kids = self.parent >= 0
-            active[:, kids] &= active[:, self.parent[kids]]
-        lo, hi = self.coef_range
-        c = (lo + (hi - lo) * torch.rand(n, N, generator=g)) * active
-        x = c @ self.features + self.bias
-        if self.noise: x += self.noise / math.sqrt(self.d) * torch.randn(n, self.d, generator=g)
-        return x, c
+# %% ../nbs/05_synthetic.ipynb #f31b7dab
+@patch
+def __len__(self:SparseDictionary)->int:
+    "Batches per pass"
+    return self.n_batches
 
-    def __iter__(self)->Iterator[Tensor]:
-        g = torch.Generator().manual_seed(self.seed + 1)
-        for _ in range(self.n_batches): yield self.sample(self.batch_tokens, g)[0]
+# %% ../nbs/05_synthetic.ipynb #6920c8b6
+@patch
+def __iter__(self:SparseDictionary)->Iterator[Tensor]:
+    "The batches of one pass, from the seed"
+    g = torch.Generator().manual_seed(self.seed + 1)
+    for _ in range(self.n_batches): yield self.sample(self.batch_tokens, g)[0]
 
 # %% ../nbs/05_synthetic.ipynb #0396b796
 def max_cosines(W_dec:Tensor, # SAE decoder [F, d] (or any set of candidate directions)
                 features:Tensor, # ground truth [N, d]
                )->Tensor: # [N]: for each true feature, its best cosine with a decoder row
     "Best cosine similarity of each true feature with any decoder row"
-    if W_dec.shape[-1] != features.shape[-1]: raise ValueError(f'W_dec has width {W_dec.shape[-1]} but features have {features.shape[-1]}')
+    if W_dec.shape[-1] != features.shape[-1]:
+        raise ValueError(f'W_dec has width {W_dec.shape[-1]} but features have {features.shape[-1]}')
     Wn = W_dec.detach().float() / W_dec.detach().float().norm(dim=1, keepdim=True).clamp_min(1e-12)
     Fn = features.float() / features.float().norm(dim=1, keepdim=True)
     return (Fn @ Wn.t()).max(1).values
 
+# %% ../nbs/05_synthetic.ipynb #b2a088c5
 def recovery(W_dec:Tensor, # SAE decoder [F, d]
              features:Tensor, # ground truth [N, d]
              min_cos:float=0.9, # cosine needed to count a feature as recovered

@@ -7,11 +7,13 @@ from __future__ import annotations
 import collections, dataclasses, io, itertools, json, math, os, shutil, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 from safetensors.torch import load as st_load, load_file as st_load_file, save as st_save, save_file as st_save_file
 from tqdm.auto import tqdm
 from .core import atomic_dir, atomic_write, check_choice, check_int, check_path, check_range
@@ -23,12 +25,50 @@ __all__ = ['PRESETS', 'SPARSE_AUTO', 'FUSED_ADAM_MIN', 'SPEED_ONLY', 'TrainConfi
            'work_buf', 'fused_grads', 'sparse_grads', 'train_grads', 'remove_parallel_', 'SAETrainer',
            'results_settings', 'train_saes', 'plot_history']
 
-# %% ../nbs/06_train.ipynb #83741bb5
+# %% ../nbs/06_train.ipynb #63d61b27
+def _check_penalty_and_sizes(c:TrainConfig, # the config to check
+                            ):
+    "Raise, naming the field, unless the penalty, the sizes, the rates and the warm-ups of `c` are valid"
+    check_choice('penalty', c.penalty, {'target_l0', 'l0', 'tanh', 'quadratic'})
+    check_choice('lr_warmup', c.lr_warmup, {'linear', 'cosine'})
+    check_choice('step_on', c.step_on, {'pre', 'post'})
+    check_choice('dtype', c.dtype, {'float32', 'bfloat16', 'float16'})
+    check_int('d_sae', c.d_sae, 1)
+    check_int('batch_size', c.batch_size, 1)
+    check_int('n_tokens', c.n_tokens, c.batch_size)
+    check_int('seed', c.seed)
+    check_range('adam_eps', c.adam_eps, 0.0)
+    if c.grad_clip is not None: check_range('grad_clip', c.grad_clip, 1e-12)
+    check_range('lr', c.lr, 0.0)
+    check_range('bandwidth', c.bandwidth, 1e-12)
+    check_range('theta0', c.theta0, 0.0)
+    check_range('sparsity_coeff', c.sparsity_coeff, 0.0)
+    for k in ('sparsity_warmup_steps', 'lr_warmup_steps'): check_int(k, getattr(c, k), 0)
+    if c.target_l0 is not None: check_range('target_l0', c.target_l0, 1e-12)
+    if c.penalty in ('target_l0', 'quadratic') and (c.target_l0 is None or c.target_l0 <= 0):
+        raise ValueError(f"target_l0={c.target_l0!r}: the {c.penalty!r} penalty needs a positive target")
+
+# %% ../nbs/06_train.ipynb #4de989cf
+def _check_modes_and_betas(c:TrainConfig, # the config to check (its `betas` become a tuple)
+                          ):
+    "Raise, naming the field, unless the decay start, the step modes, θ's parametrisation and Adam's betas are valid"
+    if c.lr_decay_start is not None: check_range('lr_decay_start', c.lr_decay_start, 0.0, 1.0)
+    check_choice('sparse', c.sparse, {'auto', 'on', 'off'})
+    check_choice('theta_param', c.theta_param, {'linear', 'log'})
+    check_range('tanh_scale', c.tanh_scale, 0.0)
+    if c.theta_param == 'log' and c.theta0 <= 0:
+        raise ValueError(f"theta0={c.theta0!r}: theta_param='log' needs a positive θ₀")
+    if c.sparse_max_density is not None: check_range('sparse_max_density', c.sparse_max_density, 0.0, 1.0)
+    c.betas = tuple(c.betas)
+    if len(c.betas) != 2: raise ValueError(f'betas={c.betas!r} must be two numbers (beta1, beta2)')
+    for i, b in enumerate(c.betas): check_range(f'betas[{i}]', b, 0.0, 1.0)
+
+# %% ../nbs/06_train.ipynb #dae8d82c
 @dataclass
 class TrainConfig:
     "Everything that defines one SAE's training run"
     d_sae:int=16384 # number of latents F
-    penalty:str='target_l0' # 'target_l0': λ(L0/target − 1)² (paper's code); 'l0': λ·L0 (GemmaScope); 'tanh' (Anthropic); 'quadratic' (GemmaScope 2)
+    penalty:str='target_l0' # 'target_l0' (paper's code), 'l0' (GemmaScope), 'tanh' (Anthropic) or 'quadratic'
     target_l0:float|None=80.0 # target L0 of the 'target_l0' and 'quadratic' penalties
     tanh_scale:float=4.0 # c of the 'tanh' penalty λ·Σᵢ tanh(c·fᵢ·‖dᵢ‖)
     sparsity_coeff:float=1.0 # λ
@@ -49,64 +89,56 @@ class TrainConfig:
     step_on:str='pre' # L0 STE on pre-activations ('pre', correct) or post-activations ('post', the paper's code)
     unit_norm_decoder:bool=True # remove the gradient parallel to decoder rows and renormalise them every step
     dtype:str='float32' # SAE weight dtype ('float32' or 'bfloat16'); θ is always fp32
-    sparse:str='auto' # training step: 'auto' (sparse when few (token, latent) pairs are active; `SPARSE_AUTO`), 'on' or 'off' (dense)
-    sparse_max_density:float|None=None # 'auto' crossover: largest fraction of pairs active or in the STE window (None: the device's)
+    sparse:str='auto' # training step: 'auto' (sparse when few pairs are active; `SPARSE_AUTO`), 'on' or 'off' (dense)
+    sparse_max_density:float|None=None # 'auto' crossover: largest density of pairs (None: the device's)
     seed:int=0 # initialisation seed
     name:str|None=None # output sub-folder (default: derived from the fields)
 
     def __post_init__(self):
-        check_choice('penalty', self.penalty, {'target_l0', 'l0', 'tanh', 'quadratic'}); check_choice('lr_warmup', self.lr_warmup, {'linear', 'cosine'})
-        check_choice('step_on', self.step_on, {'pre', 'post'}); check_choice('dtype', self.dtype, {'float32', 'bfloat16', 'float16'})
-        check_int('d_sae', self.d_sae, 1); check_int('batch_size', self.batch_size, 1); check_int('n_tokens', self.n_tokens, self.batch_size)
-        check_int('seed', self.seed); check_range('adam_eps', self.adam_eps, 0.0)
-        if self.grad_clip is not None: check_range('grad_clip', self.grad_clip, 1e-12)
-        check_range('lr', self.lr, 0.0); check_range('bandwidth', self.bandwidth, 1e-12); check_range('theta0', self.theta0, 0.0)
-        check_range('sparsity_coeff', self.sparsity_coeff, 0.0)
-        for k in ('sparsity_warmup_steps', 'lr_warmup_steps'): check_int(k, getattr(self, k), 0)
-        if self.target_l0 is not None: check_range('target_l0', self.target_l0, 1e-12)
-        if self.penalty in ('target_l0', 'quadratic') and (self.target_l0 is None or self.target_l0 <= 0):
-            raise ValueError(f"target_l0={self.target_l0!r}: the {self.penalty!r} penalty needs a positive target")
-        if self.lr_decay_start is not None: check_range('lr_decay_start', self.lr_decay_start, 0.0, 1.0)
-        check_choice('sparse', self.sparse, {'auto', 'on', 'off'}); check_choice('theta_param', self.theta_param, {'linear', 'log'})
-        check_range('tanh_scale', self.tanh_scale, 0.0)
-        if self.theta_param == 'log' and self.theta0 <= 0: raise ValueError(f"theta0={self.theta0!r}: theta_param='log' needs a positive θ₀")
-        if self.sparse_max_density is not None: check_range('sparse_max_density', self.sparse_max_density, 0.0, 1.0)
-        self.betas = tuple(self.betas)
-        if len(self.betas) != 2: raise ValueError(f'betas={self.betas!r} must be two numbers (beta1, beta2)')
-        for i, b in enumerate(self.betas): check_range(f'betas[{i}]', b, 0.0, 1.0)
+        _check_penalty_and_sizes(self)
+        _check_modes_and_betas(self)
 
-    @property
-    def n_steps(self)->int: return self.n_tokens // self.batch_size
-    @property
-    def label(self)->str:
-        "Output folder name"
-        if self.name: return self.name
-        sp = f'l0target{self.target_l0:g}' if self.penalty == 'target_l0' else f'lambda{self.sparsity_coeff:g}'
-        if self.penalty in ('tanh', 'quadratic'): sp = f'{self.penalty}_' + (f'l0target{self.target_l0:g}_' if self.penalty == 'quadratic' else '') + sp
-        return f'F{self.d_sae}_{sp}'
+# %% ../nbs/06_train.ipynb #f24b5106
+@patch(as_prop=True)
+def n_steps(self:TrainConfig)->int:
+    "Optimiser steps: `n_tokens // batch_size`"
+    return self.n_tokens // self.batch_size
 
-    @classmethod
-    def preset(cls, preset:str, # 'paper', 'paper_faithful' or 'gemmascope'
-               /,
-               **overrides, # any field (including `name`)
-              )->TrainConfig:
-        "A named recipe with overrides"
-        check_choice('preset', preset, set(PRESETS))
-        bad = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if bad: raise TypeError(f'unknown TrainConfig field(s) {sorted(bad)}')
-        return cls(**{**PRESETS[preset], **overrides})
+# %% ../nbs/06_train.ipynb #fb608bf1
+@patch(as_prop=True)
+def label(self:TrainConfig)->str:
+    "Output folder name"
+    if self.name: return self.name
+    sp = f'l0target{self.target_l0:g}' if self.penalty == 'target_l0' else f'lambda{self.sparsity_coeff:g}'
+    if self.penalty == 'quadratic': sp = f'quadratic_l0target{self.target_l0:g}_' + sp
+    elif self.penalty == 'tanh': sp = 'tanh_' + sp
+    return f'F{self.d_sae}_{sp}'
 
+# %% ../nbs/06_train.ipynb #6a120347
 PRESETS = {
-    'paper': dict(penalty='target_l0', target_l0=80.0, sparsity_coeff=1.0, lr=3e-4, betas=(0.0, 0.999), lr_warmup_steps=1000,
-                  lr_warmup='linear', lr_decay_start=0.8, sparsity_warmup_steps=5000, grad_clip=1.0, batch_size=2048,
-                  n_tokens=49_000_000, bandwidth=0.001, theta0=0.001, pre_enc_bias=False, step_on='pre'),
-    'gemmascope': dict(penalty='l0', target_l0=None, sparsity_coeff=1e-3, lr=7e-5, betas=(0.0, 0.999), lr_warmup_steps=1000,
-                       lr_warmup='cosine', lr_decay_start=None, sparsity_warmup_steps=10_000, grad_clip=1.0, batch_size=4096,
-                       n_tokens=4_000_000_000, bandwidth=0.001, theta0=0.001, pre_enc_bias=True, step_on='pre'),
+    'paper': dict(penalty='target_l0', target_l0=80.0, sparsity_coeff=1.0, lr=3e-4, betas=(0.0, 0.999),
+                  lr_warmup_steps=1000, lr_warmup='linear', lr_decay_start=0.8, sparsity_warmup_steps=5000,
+                  grad_clip=1.0, batch_size=2048, n_tokens=49_000_000, bandwidth=0.001, theta0=0.001,
+                  pre_enc_bias=False, step_on='pre'),
+    'gemmascope': dict(penalty='l0', target_l0=None, sparsity_coeff=1e-3, lr=7e-5, betas=(0.0, 0.999),
+                       lr_warmup_steps=1000, lr_warmup='cosine', lr_decay_start=None, sparsity_warmup_steps=10_000,
+                       grad_clip=1.0, batch_size=4096, n_tokens=4_000_000_000, bandwidth=0.001, theta0=0.001,
+                       pre_enc_bias=True, step_on='pre'),
 }
 PRESETS['paper_faithful'] = dict(PRESETS['paper'], step_on='post')
 
-# %% ../nbs/06_train.ipynb #c4cc9099
+# %% ../nbs/06_train.ipynb #a8cc8cdf
+@patch(cls_method=True)
+def preset(cls:TrainConfig, preset:str, # 'paper', 'paper_faithful' or 'gemmascope'
+           **overrides, # any field (including `name`)
+          )->TrainConfig:
+    "A named recipe with overrides"
+    check_choice('preset', preset, set(PRESETS))
+    bad = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+    if bad: raise TypeError(f'unknown TrainConfig field(s) {sorted(bad)}')
+    return cls(**{**PRESETS[preset], **overrides})
+
+# %% ../nbs/06_train.ipynb #76fdb6ff
 def lr_at(cfg:TrainConfig, # the run
           t:int, # step (0-based)
          )->float: # learning rate
@@ -120,6 +152,7 @@ def lr_at(cfg:TrainConfig, # the run
         if t >= t0: return cfg.lr * max(T - t, 0) / max(T - t0, 1)
     return cfg.lr
 
+# %% ../nbs/06_train.ipynb #6ffa4e12
 def sparsity_at(cfg:TrainConfig, # the run
                 t:int, # step (0-based)
                )->float: # effective λ
@@ -144,19 +177,151 @@ def reference_loss(sae:JumpReLUSAE, # SAE on normalised inputs
     else: sp = coeff * torch.tanh(cfg.tanh_scale * f * sae.W_dec.norm(dim=1)).sum(-1).mean()
     return mse + sp, dict(mse=mse, l0=l0, sparsity=sp)
 
-# %% ../nbs/06_train.ipynb #5750c0f2
+# %% ../nbs/06_train.ipynb #227c9c3e
 def work_buf(bufs:dict|None, # buffers by name, or None (then nothing is kept)
              name:str, # which buffer
              shape:tuple, # its shape
              like:Tensor, # its dtype and device
             )->Tensor|None: # the buffer (uninitialised when new), or None without `bufs`
-    "A buffer of `bufs` reused from call to call: a fresh large CPU tensor costs a page fault per 4 kB on first write"
+    "A buffer of `bufs` reused between calls: a fresh large CPU tensor costs a page fault per 4 kB on first write"
     if bufs is None: return None
     b = bufs.get(name)
     if b is None or b.shape != tuple(shape) or b.dtype != like.dtype or b.device != like.device:
         b = bufs[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
     return b
 
+# %% ../nbs/06_train.ipynb #c3edd426
+def _dense_pairs(sae:JumpReLUSAE, # SAE on normalised inputs
+                 x:Tensor, # normalised batch [B, d]
+                 h:Tensor|None, # pre-activations if already computed (then used as the buffer)
+                 bufs:dict|None, # work buffers (see `work_buf`)
+                )->tuple: # encoder input, buffer holding h, window rows and cols, active mask, h on the window
+    "The dense step's start: h in the one B×F buffer, the STE window's pairs and the active mask"
+    B, F = x.shape[0], sae.d_sae
+    theta = sae.theta
+    xin = x - sae.b_dec if sae.pre_enc_bias else x
+    buf = torch.addmm(sae.b_enc, xin, sae.W_enc, out=work_buf(bufs, 'h', (B, F), x)) if h is None else h
+    win = ste_window(buf, theta, sae.bandwidth).nonzero()            # (token, latent) pairs in the STE window
+    rows, cols = win[:, 0], win[:, 1]
+    mask = buf > theta
+    if bool((theta < 0).any()): mask &= buf > 0
+    return xin, buf, rows, cols, mask, buf[rows, cols]
+
+# %% ../nbs/06_train.ipynb #470df1a4
+def _dense_decode(sae:JumpReLUSAE, # SAE on normalised inputs
+                  x:Tensor, # normalised batch [B, d]
+                  buf:Tensor, # h [B, F]: becomes f in place
+                  mask:Tensor, # active pairs [B, F]
+                  bufs:dict|None, # work buffers
+                 )->tuple: # squared error per token, ∂L/∂x̂, ∂L/∂W_dec, ∂L/∂b_dec
+    "f in place of h, the reconstruction error and the MSE's decoder gradients"
+    torch.where(mask, buf, buf.new_zeros(()), out=buf)               # f (in place: no B×F copy)
+    err = torch.addmm(sae.b_dec, buf, sae.W_dec).sub_(x)             # x̂ - x, in place
+    sq = err.float().pow(2).sum(1)
+    g_out = err.mul_(2.0 / x.shape[0])                               # ∂L/∂x̂
+    g_W_dec = torch.mm(buf.t(), g_out, out=work_buf(bufs, 'W_dec', sae.W_dec.shape, sae.W_dec))
+    return sq, g_out, g_W_dec, g_out.sum(0)
+
+# %% ../nbs/06_train.ipynb #d514a895
+def _dense_tanh(sae:JumpReLUSAE, # SAE on normalised inputs
+                cfg:TrainConfig, # `tanh_scale`
+                coeff:float, # effective λ
+                f:Tensor, # latents [B, F]
+                g_W_dec:Tensor, # ∂L/∂W_dec: the penalty's part is added in place
+               )->tuple: # the penalty (float64) and its ∂/∂f [B, F]
+    "The tanh penalty on the dense f: its value, its ∂/∂f, and its ∂/∂W_dec (added to `g_W_dec`)"
+    B, c, n = f.shape[0], cfg.tanh_scale, sae.W_dec.norm(dim=1)
+    s = torch.tanh(f * (c * n))
+    sp = coeff * s.sum(dtype=torch.float64) / B
+    s.mul_(s).neg_().add_(1)                                         # sech²
+    g_W_dec += (coeff * c / B) * ((s * f).sum(0) / n).unsqueeze(1) * sae.W_dec
+    return sp, s.mul_((coeff * c / B) * n)
+
+# %% ../nbs/06_train.ipynb #9d02e643
+def _dense_backward(sae:JumpReLUSAE, # SAE on normalised inputs
+                    xin:Tensor, # encoder input [B, d]
+                    g_out:Tensor, # ∂L/∂x̂ [B, d]
+                    buf:Tensor, # the B×F buffer (overwritten)
+                    mask:Tensor, # active pairs
+                    rows:Tensor, cols:Tensor, # the STE window's pairs
+                    g_f_extra:Tensor|None, # a penalty's ∂/∂f, or None
+                    bufs:dict|None, # work buffers
+                   )->tuple: # ∂L/∂θ (the JumpReLU part), ∂L/∂b_enc, ∂L/∂W_enc
+    "∂L/∂f in the buffer, the JumpReLU STE's θ-gradient on the window, then ∂L/∂h and the encoder's gradients"
+    F, eps, theta = sae.d_sae, sae.bandwidth, sae.theta
+    torch.mm(g_out, sae.W_dec.t(), out=buf)                          # ∂L/∂f
+    if g_f_extra is not None: buf.add_(g_f_extra)
+    g_theta = torch.zeros(F, dtype=torch.float32, device=buf.device)
+    g_theta.index_add_(0, cols, buf[rows, cols].float())
+    g_theta.mul_(-theta / eps)
+    torch.where(mask, buf, buf.new_zeros(()), out=buf)               # ∂L/∂h
+    g_b_enc = buf.sum(0)
+    g_W_enc = torch.mm(xin.t(), buf, out=work_buf(bufs, 'W_enc', sae.W_enc.shape, sae.W_enc))
+    return g_theta, g_b_enc, g_W_enc
+
+# %% ../nbs/06_train.ipynb #4cffb6f3
+def _zero_in_window(theta:Tensor, # thresholds [F]
+                    eps:float, # STE width ε
+                   )->Tensor: # latent indices
+    "Latents whose STE window θ ± ε/2 contains f = 0"
+    return ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)
+
+# %% ../nbs/06_train.ipynb #92dc1970
+def _l0_penalty(cfg:TrainConfig, # `penalty` ('l0' or 'target_l0') and `target_l0`
+                coeff:float, # effective λ
+                l0:Tensor, # the batch's mean L0 (float64)
+               )->tuple: # the penalty and ∂penalty/∂L̄0
+    "The 'l0' or 'target_l0' penalty of the batch's mean L0, and its derivative"
+    if cfg.penalty == 'l0': return coeff * l0, coeff
+    return coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
+
+# %% ../nbs/06_train.ipynb #3687414a
+def _dense_quadratic(sae:JumpReLUSAE, # SAE on normalised inputs
+                     cfg:TrainConfig, # `target_l0`
+                     coeff:float, # effective λ
+                     mask:Tensor, # active pairs [B, F]
+                     rows:Tensor, cols:Tensor, # the STE window's pairs
+                     h_win:Tensor, # h on those pairs
+                     g_theta:Tensor, # ∂L/∂θ: the penalty's part is added in place
+                    )->Tensor: # the penalty
+    "The per-token quadratic L0 penalty on the dense mask, and its θ-gradient through the L0 STE"
+    B, F, eps, theta = mask.shape[0], sae.d_sae, sae.bandwidth, sae.theta
+    l0_tok = mask.sum(1, dtype=torch.float64)
+    sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+    w = (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)             # per-token weights ∂L/∂L0_b
+    acc = torch.zeros(F, dtype=torch.float64, device=mask.device)
+    if sae.step_on == 'pre': acc.index_add_(0, cols, w[rows])
+    else:
+        up = h_win > theta[cols]
+        acc.index_add_(0, cols[up], w[rows[up]])
+        zero_in = _zero_in_window(theta, eps)
+        if len(zero_in): acc[zero_in] += w @ (~mask[:, zero_in]).double()
+    g_theta -= (acc / eps).float()
+    return sp
+
+# %% ../nbs/06_train.ipynb #859b8c2a
+def _dense_l0(sae:JumpReLUSAE, # SAE on normalised inputs
+              cfg:TrainConfig, # `penalty` and `target_l0`
+              coeff:float, # effective λ
+              mask:Tensor, # active pairs [B, F]
+              cols:Tensor, # latents of the STE window's pairs
+              h_win:Tensor, # h on those pairs
+              l0:Tensor, # the batch's mean L0
+              g_theta:Tensor, # ∂L/∂θ: the penalty's part is added in place
+             )->Tensor: # the penalty
+    "A mean-L0 penalty and its θ-gradient through the L0 STE: the window's pairs counted per latent"
+    B, F, eps, theta = mask.shape[0], sae.d_sae, sae.bandwidth, sae.theta
+    if sae.step_on == 'pre': cnt = torch.bincount(cols, minlength=F)
+    else:
+        up = h_win > theta[cols]
+        cnt = torch.bincount(cols[up], minlength=F)
+        zero_in = _zero_in_window(theta, eps)
+        if len(zero_in): cnt[zero_in] += B - mask[:, zero_in].sum(0)
+    sp, dl0 = _l0_penalty(cfg, coeff, l0)
+    g_theta -= (float(dl0) / (B * eps)) * cnt.float()
+    return sp
+
+# %% ../nbs/06_train.ipynb #81536646
 @torch.no_grad()
 def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
                 x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
@@ -166,84 +331,49 @@ def fused_grads(sae:JumpReLUSAE, # SAE on normalised inputs (θ ≥ 0)
                 bufs:dict|None=None, # work buffers kept between calls (`SAETrainer`'s, on CPU)
                )->dict: # grads per parameter name, plus batch statistics
     "Loss and gradients of `reference_loss`, computed by hand with one B×F buffer"
-    B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
-    theta = sae.theta
-    W_enc, W_dec = sae.W_enc, sae.W_dec
-    xin = x - sae.b_dec if sae.pre_enc_bias else x
-    buf = torch.addmm(sae.b_enc, xin, W_enc, out=work_buf(bufs, 'h', (B, F), x)) if h is None else h  # h
-    win = ste_window(buf, theta, eps).nonzero()                     # (token, latent) pairs in the STE window
-    rows, cols = win[:, 0], win[:, 1]
-    mask = buf > theta
-    if bool((theta < 0).any()): mask &= buf > 0
-    h_win = buf[rows, cols]
-    zero = buf.new_zeros(())
-    fired = mask.any(0)                                          # per latent, this batch
-    l0 = torch.count_nonzero(mask).double() / B
-    torch.where(mask, buf, zero, out=buf)                        # f (in place: no B×F copy)
-    x_hat = torch.addmm(sae.b_dec, buf, W_dec)
-    err = x_hat.sub_(x)                                          # x̂ - x, in place
-    sq = err.float().pow(2).sum(1)
+    xin, buf, rows, cols, mask, h_win = _dense_pairs(sae, x, h, bufs)
+    fired = mask.any(0)                                              # per latent, this batch
+    l0 = torch.count_nonzero(mask).double() / x.shape[0]
+    sq, g_out, g_W_dec, g_b_dec = _dense_decode(sae, x, buf, mask, bufs)
+    sp, g_f_tanh = _dense_tanh(sae, cfg, coeff, buf, g_W_dec) if cfg.penalty == 'tanh' else (None, None)
+    g_theta, g_b_enc, g_W_enc = _dense_backward(sae, xin, g_out, buf, mask, rows, cols, g_f_tanh, bufs)
+    if sae.pre_enc_bias: g_b_dec -= sae.W_enc @ g_b_enc
+    if cfg.penalty == 'quadratic': sp = _dense_quadratic(sae, cfg, coeff, mask, rows, cols, h_win, g_theta)
+    elif cfg.penalty != 'tanh': sp = _dense_l0(sae, cfg, coeff, mask, cols, h_win, l0, g_theta)
+    grads = dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta)
     mse = sq.mean()
-    g_out = err.mul_(2.0 / B)                                    # ∂L/∂x̂
-    g_W_dec = torch.mm(buf.t(), g_out, out=work_buf(bufs, 'W_dec', W_dec.shape, W_dec))
-    g_b_dec = g_out.sum(0)
-    if cfg.penalty == 'tanh':                                    # λ/B Σ tanh(c‖dᵢ‖f): a second B×F buffer
-        c, n = cfg.tanh_scale, W_dec.norm(dim=1)
-        s = torch.tanh(buf * (c * n))
-        sp_tanh = coeff * s.sum(dtype=torch.float64) / B
-        s.mul_(s).neg_().add_(1)                                 # sech²
-        g_W_dec += (coeff * c / B) * ((s * buf).sum(0) / n).unsqueeze(1) * W_dec
-    torch.mm(g_out, W_dec.t(), out=buf)                          # ∂L/∂f
-    if cfg.penalty == 'tanh': buf.add_(s.mul_((coeff * c / B) * n))
-    g_theta = torch.zeros(F, dtype=torch.float32, device=x.device)
-    g_theta.index_add_(0, cols, buf[rows, cols].float())
-    g_theta.mul_(-theta / eps)
-    torch.where(mask, buf, zero, out=buf)                        # ∂L/∂h
-    g_b_enc = buf.sum(0)
-    g_W_enc = torch.mm(xin.t(), buf, out=work_buf(bufs, 'W_enc', W_enc.shape, W_enc))
-    if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
-    if cfg.penalty == 'tanh': sp = sp_tanh
-    elif cfg.penalty == 'quadratic':                             # per-token weights ∂L/∂L0_b
-        l0_tok = mask.sum(1, dtype=torch.float64)
-        sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
-        w = (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)
-        acc = torch.zeros(F, dtype=torch.float64, device=x.device)
-        if sae.step_on == 'pre': acc.index_add_(0, cols, w[rows])
-        else:
-            up = h_win > theta[cols]
-            acc.index_add_(0, cols[up], w[rows[up]])
-            zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)
-            if len(zero_in): acc[zero_in] += w @ (~mask[:, zero_in]).double()
-        g_theta -= (acc / eps).float()
-    else:
-        if sae.step_on == 'pre': cnt = torch.bincount(cols, minlength=F)
-        else:
-            up = h_win > theta[cols]
-            cnt = torch.bincount(cols[up], minlength=F)
-            zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
-            if len(zero_in): cnt[zero_in] += B - mask[:, zero_in].sum(0)
-        if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
-        else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
-        g_theta -= (float(dl0) / (B * eps)) * cnt.float()
-    return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
-                loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=fired, n_window=len(rows))
+    return dict(grads=grads, loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=fired,
+                n_window=len(rows))
 
-# %% ../nbs/06_train.ipynb #f0e39366
-def _row_ptr(rows:Tensor, n:int)->Tensor:
+# %% ../nbs/06_train.ipynb #748539c6
+def _row_ptr(rows:Tensor, # sorted row indices
+             n:int, # rows
+            )->Tensor: # n + 1 offsets
     "CSR row pointer (n + 1 entries) of sorted row indices"
     cnt = torch.bincount(rows, minlength=n)
     return torch.cat([cnt.new_zeros(1), cnt.cumsum(0)])
 
-def _sddmm(ptr:Tensor, cols:Tensor, A:Tensor, W:Tensor)->Tensor:
+# %% ../nbs/06_train.ipynb #1b2bc83e
+def _sddmm(ptr:Tensor, # CSR row pointer of the pattern
+           cols:Tensor, # its column indices
+           A:Tensor, # rows [B, d]
+           W:Tensor, # columns [F, d]
+          )->Tensor: # one value per pair
     "A[b]·W[i] for every pair (b, i) of the CSR pattern (ptr, cols), without gathering rows (fp32 for half dtypes)"
     dt = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta')
-        pat = torch.sparse_csr_tensor(ptr, cols, torch.zeros(len(cols), dtype=dt, device=A.device), size=(A.shape[0], W.shape[0]),
-                                      check_invariants=False)
+        pat = torch.sparse_csr_tensor(ptr, cols, torch.zeros(len(cols), dtype=dt, device=A.device),
+                                      size=(A.shape[0], W.shape[0]), check_invariants=False)
     return torch.sparse.sampled_addmm(pat, A.to(dt), W.to(dt).t(), beta=0.0).values().to(A.dtype)
 
-def _csr_mm(ptr:Tensor, idx:Tensor, vals:Tensor, A:Tensor, out:Tensor|None)->Tensor:
+# %% ../nbs/06_train.ipynb #9968c1ef
+def _csr_mm(ptr:Tensor, # CSR row pointer
+            idx:Tensor, # column indices
+            vals:Tensor, # values
+            A:Tensor, # dense right factor
+            out:Tensor|None, # result buffer, or None
+           )->Tensor: # the product
     "CSR(ptr, idx, vals) @ A, into `out` if given (fp32 for half dtypes)"
     dt = A.dtype if A.dtype in (torch.float32, torch.float64) else torch.float32
     with warnings.catch_warnings():
@@ -253,6 +383,161 @@ def _csr_mm(ptr:Tensor, idx:Tensor, vals:Tensor, A:Tensor, out:Tensor|None)->Ten
         if out.dtype != dt: return out.copy_(torch.sparse.mm(S, A.to(dt)))
         return torch.addmm(out, S, A, beta=0.0, out=out)
 
+# %% ../nbs/06_train.ipynb #9a1dbf2e
+def _sparse_pairs(sae:JumpReLUSAE, # SAE on normalised inputs
+                  x:Tensor, # normalised batch [B, d]
+                  h:Tensor|None, # pre-activations, if already computed
+                  cand:Tensor|None, # `h > θ - ε/2`, if already computed
+                  bufs:dict|None, # work buffers
+                 )->tuple: # encoder input; the pairs' rows, cols and h; their active and in-window flags
+    "The (token, latent) pairs active or in the STE window, sorted by token"
+    B, F, eps, theta = x.shape[0], sae.d_sae, sae.bandwidth, sae.theta
+    xin = x - sae.b_dec if sae.pre_enc_bias else x
+    if h is None: h = torch.addmm(sae.b_enc, xin, sae.W_enc, out=work_buf(bufs, 'h', (B, F), x))   # the dense product
+    if cand is None: cand = h > theta - eps / 2
+    flat = cand.view(-1).nonzero().squeeze(1)                        # row-major: sorted by token
+    rows, cols = flat.div(F, rounding_mode='floor'), flat.remainder(F)
+    v = h.view(-1).index_select(0, flat)
+    act = v > theta.index_select(0, cols)
+    win = v < (theta + eps / 2).index_select(0, cols)
+    if bool((theta < 0).any()):                                      # then h ≤ 0 is inactive, and may be neither
+        act &= v > 0
+        keep = (act | win).nonzero().squeeze(1)
+        rows, cols, v, act, win = (t.index_select(0, keep) for t in (rows, cols, v, act, win))
+    return xin, rows, cols, v, act, win
+
+# %% ../nbs/06_train.ipynb #2d5bd909
+def _sparse_decode(sae:JumpReLUSAE, # SAE on normalised inputs
+                   x:Tensor, # normalised batch [B, d]
+                   ptr:Tensor, # CSR row pointer of the pairs
+                   cols:Tensor, # their latents
+                   f:Tensor, # their latent values
+                  )->tuple: # squared error per token, ∂L/∂x̂, ∂L/∂b_dec, ∂L/∂f on the pairs
+    "Decode the pairs' f and take the MSE's gradients w.r.t. x̂, b_dec and the pairs' f"
+    err = _csr_mm(ptr, cols, f, sae.W_dec, None).add_(sae.b_dec).sub_(x)     # x̂ - x: CSR [B, F] @ W_dec
+    sq = err.float().pow(2).sum(1)
+    g_out = err.mul_(2.0 / x.shape[0])                                       # ∂L/∂x̂
+    g_b_dec = g_out.sum(0)
+    return sq, g_out, g_b_dec, _sddmm(ptr, cols, g_out, sae.W_dec)
+
+# %% ../nbs/06_train.ipynb #bc115838
+def _sparse_tanh(sae:JumpReLUSAE, # SAE on normalised inputs
+                 cfg:TrainConfig, # `tanh_scale`
+                 coeff:float, # effective λ
+                 B:int, # tokens in the batch
+                 cols:Tensor, # the pairs' latents
+                 f:Tensor, # their latent values
+                 g_f:Tensor, # ∂L/∂f on the pairs: the penalty's part is added in place
+                )->tuple: # the penalty (float64) and its ∂/∂W_dec [F, d]
+    "The tanh penalty on the pairs: its value, its ∂/∂f (added to `g_f`) and its ∂/∂W_dec"
+    c, n = cfg.tanh_scale, sae.W_dec.norm(dim=1)
+    n_p = n.index_select(0, cols)
+    s = torch.tanh(f * (c * n_p))
+    sp = coeff * s.sum(dtype=torch.float64) / B
+    s.mul_(s).neg_().add_(1)                                                 # sech²
+    q = torch.zeros(sae.d_sae, dtype=f.dtype, device=f.device).index_add_(0, cols, s * f)
+    g_f.add_(s.mul_((coeff * c / B) * n_p))
+    return sp, (coeff * c / B) * (q / n).unsqueeze(1) * sae.W_dec
+
+# %% ../nbs/06_train.ipynb #dd9910cd
+def _sparse_theta_h(sae:JumpReLUSAE, # SAE on normalised inputs
+                    cols:Tensor, # the pairs' latents
+                    g_f:Tensor, # ∂L/∂f on the pairs
+                    act:Tensor, # active flags
+                    win:Tensor, # in-window flags
+                   )->tuple: # ∂L/∂θ (the JumpReLU part), ∂L/∂h on the pairs, ∂L/∂b_enc
+    "The JumpReLU STE's θ-gradient, ∂L/∂h and ∂L/∂b_enc from the pairs"
+    F = sae.d_sae
+    g_theta = torch.zeros(F, dtype=torch.float32, device=g_f.device).index_add_(0, cols, g_f.float() * win.float())
+    g_theta.mul_(-sae.theta / sae.bandwidth)
+    g_h = g_f * act                                                          # ∂L/∂h
+    g_b_enc = torch.zeros(F, dtype=g_h.dtype, device=g_h.device).index_add_(0, cols, g_h)
+    return g_theta, g_h, g_b_enc
+
+# %% ../nbs/06_train.ipynb #bc938831
+def _latent_csr(rows:Tensor, # the pairs' tokens (sorted)
+                cols:Tensor, # their latents
+                B:int, # tokens
+                F:int, # latents
+               )->tuple: # row pointer over latents, each pair's token in latent order, the permutation to that order
+    "The pairs as a CSR [F, B] pattern"
+    key, perm = torch.sort(cols * B + rows)                                  # the pairs by latent, then token
+    n_pair = torch.bincount(cols, minlength=F)
+    return torch.cat([n_pair.new_zeros(1), n_pair.cumsum(0)]), key.remainder(B), perm
+
+# %% ../nbs/06_train.ipynb #9644653d
+def _by_latent(csr:tuple, # `_latent_csr`'s output
+               w:Tensor, # a weight per pair (in token order)
+               src:Tensor, # dense factor [B, ·]
+               bufs:dict|None, # work buffers
+               name:str, # the result's buffer
+              )->Tensor: # [F, ·]
+    "CSR [F, B] @ src with the pairs' weights `w`"
+    ptr_lat, by_tok, perm = csr
+    out = work_buf(bufs, name, (len(ptr_lat) - 1, src.shape[1]), src)
+    return _csr_mm(ptr_lat, by_tok, w.index_select(0, perm), src, out)
+
+# %% ../nbs/06_train.ipynb #fa85516d
+def _sparse_weight_grads(sae:JumpReLUSAE, # SAE on normalised inputs
+                         rows:Tensor, cols:Tensor, # the pairs
+                         f:Tensor, # their latent values
+                         g_h:Tensor, # ∂L/∂h on them
+                         g_out:Tensor, # ∂L/∂x̂ [B, d]
+                         xin:Tensor, # encoder input [B, d]
+                         dec_extra:Tensor|None, # a penalty's ∂/∂W_dec, or None
+                         bufs:dict|None, # work buffers
+                        )->tuple: # ∂L/∂W_dec, ∂L/∂W_enc
+    "The decoder's and the encoder's gradients as CSR products over the pairs by latent"
+    csr = _latent_csr(rows, cols, g_out.shape[0], sae.d_sae)
+    g_W_dec = _by_latent(csr, f, g_out, bufs, 'W_dec')
+    if dec_extra is not None: g_W_dec += dec_extra
+    g_W_enc_t = _by_latent(csr, g_h, xin, bufs, 'W_enc_t')
+    if bufs is None: return g_W_dec, g_W_enc_t.t().contiguous()
+    return g_W_dec, work_buf(bufs, 'W_enc', sae.W_enc.shape, sae.W_enc).copy_(g_W_enc_t.t())
+
+# %% ../nbs/06_train.ipynb #eda87be0
+def _sparse_quadratic(sae:JumpReLUSAE, # SAE on normalised inputs
+                      cfg:TrainConfig, # `target_l0`
+                      coeff:float, # effective λ
+                      B:int, # tokens
+                      rows:Tensor, cols:Tensor, # the pairs
+                      act:Tensor, # active flags
+                      in_win:Tensor, # in the L0 STE's window (float)
+                      zero_in:Tensor, # latents whose window holds f = 0
+                      g_theta:Tensor, # ∂L/∂θ: the penalty's part is added in place
+                     )->Tensor: # the penalty
+    "The per-token quadratic L0 penalty on the pairs, and its θ-gradient"
+    F, dev = sae.d_sae, act.device
+    l0_tok = torch.zeros(B, dtype=torch.float64, device=dev).index_add_(0, rows, act.double())
+    sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
+    w = ((coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)).index_select(0, rows)   # ∂L/∂L0_b per pair
+    acc = torch.zeros(F, dtype=torch.float64, device=dev).index_add_(0, cols, w * in_win)
+    if sae.step_on == 'post' and len(zero_in):
+        on = torch.zeros(F, dtype=torch.float64, device=dev).index_add_(0, cols, w * act)
+        acc[zero_in] += (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0).sum() - on[zero_in]
+    g_theta -= (acc / sae.bandwidth).float()
+    return sp
+
+# %% ../nbs/06_train.ipynb #91774055
+def _sparse_l0(sae:JumpReLUSAE, # SAE on normalised inputs
+               cfg:TrainConfig, # `penalty` and `target_l0`
+               coeff:float, # effective λ
+               B:int, # tokens
+               cols:Tensor, # the pairs' latents
+               in_win:Tensor, # in the L0 STE's window (float)
+               n_act:Tensor, # active tokens per latent
+               zero_in:Tensor, # latents whose window holds f = 0
+               l0:Tensor, # the batch's mean L0
+               g_theta:Tensor, # ∂L/∂θ: the penalty's part is added in place
+              )->Tensor: # the penalty
+    "A mean-L0 penalty on the pairs, and its θ-gradient"
+    cnt = torch.zeros(sae.d_sae, dtype=torch.float32, device=cols.device).index_add_(0, cols, in_win)
+    if sae.step_on == 'post' and len(zero_in): cnt[zero_in] += (B - n_act[zero_in]).float()
+    sp, dl0 = _l0_penalty(cfg, coeff, l0)
+    g_theta -= (float(dl0) / (B * sae.bandwidth)) * cnt
+    return sp
+
+# %% ../nbs/06_train.ipynb #12bf557a
 @torch.no_grad()
 def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                  x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
@@ -263,92 +548,37 @@ def sparse_grads(sae:JumpReLUSAE, # SAE on normalised inputs
                  bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
                 )->dict: # the same as `fused_grads`
     "`fused_grads` over the (token, latent) pairs that are active or in the STE window only"
-    B, F, eps = x.shape[0], sae.d_sae, sae.bandwidth
-    theta, W_enc = sae.theta, sae.W_enc
-    xin = x - sae.b_dec if sae.pre_enc_bias else x
-    if h is None: h = torch.addmm(sae.b_enc, xin, W_enc, out=work_buf(bufs, 'h', (B, F), x))   # the one dense product
-    if cand is None: cand = h > theta - eps / 2
-    flat = cand.view(-1).nonzero().squeeze(1)                                 # row-major: sorted by token
-    rows, cols = flat.div(F, rounding_mode='floor'), flat.remainder(F)
-    v = h.view(-1).index_select(0, flat)
-    act = v > theta.index_select(0, cols)
-    win = v < (theta + eps / 2).index_select(0, cols)
-    if bool((theta < 0).any()):                                               # then h ≤ 0 is inactive, and may be neither
-        act &= v > 0
-        keep = (act | win).nonzero().squeeze(1)
-        rows, cols, v, act, win = (t.index_select(0, keep) for t in (rows, cols, v, act, win))
+    B, F = x.shape[0], sae.d_sae
+    xin, rows, cols, v, act, win = _sparse_pairs(sae, x, h, cand, bufs)
     f = v * act
     l0 = act.sum().double() / B
-    ptr = _row_ptr(rows, B)
-    err = _csr_mm(ptr, cols, f, sae.W_dec, None).add_(sae.b_dec).sub_(x)     # x̂ - x: CSR [B, F] @ W_dec
-    sq = err.float().pow(2).sum(1)
-    mse = sq.mean()
-    g_out = err.mul_(2.0 / B)                                                 # ∂L/∂x̂
-    g_b_dec = g_out.sum(0)
-    g_f = _sddmm(ptr, cols, g_out, sae.W_dec)                                 # ∂L/∂f on the pairs
-    if cfg.penalty == 'tanh':
-        c, n = cfg.tanh_scale, sae.W_dec.norm(dim=1)
-        n_p = n.index_select(0, cols)
-        s = torch.tanh(f * (c * n_p))
-        sp_tanh = coeff * s.sum(dtype=torch.float64) / B
-        s.mul_(s).neg_().add_(1)                                              # sech²
-        q = torch.zeros(F, dtype=f.dtype, device=x.device).index_add_(0, cols, s * f)
-        g_f.add_(s.mul_((coeff * c / B) * n_p))
-    winf = win.float()
-    g_theta = torch.zeros(F, dtype=torch.float32, device=x.device).index_add_(0, cols, g_f.float() * winf)
-    g_theta.mul_(-theta / eps)
-    g_h = g_f * act                                                           # ∂L/∂h
-    g_b_enc = torch.zeros(F, dtype=g_h.dtype, device=x.device).index_add_(0, cols, g_h)
-    key, perm = torch.sort(cols * B + rows)                                   # the pairs by latent, then token
-    n_pair = torch.bincount(cols, minlength=F)
-    by_tok, ptr_lat = key.remainder(B), torch.cat([n_pair.new_zeros(1), n_pair.cumsum(0)])
-    def by_lat(w, src, name):                                                 # CSR [F, B] @ src [B, ·]
-        return _csr_mm(ptr_lat, by_tok, w.index_select(0, perm), src, work_buf(bufs, name, (F, src.shape[1]), src))
-    g_W_dec = by_lat(f, g_out, 'W_dec')
-    if cfg.penalty == 'tanh': g_W_dec += (coeff * c / B) * (q / n).unsqueeze(1) * sae.W_dec
-    g_W_enc_t = by_lat(g_h, xin, 'W_enc_t')
-    if bufs is None: g_W_enc = g_W_enc_t.t().contiguous()
-    else: g_W_enc = work_buf(bufs, 'W_enc', W_enc.shape, W_enc).copy_(g_W_enc_t.t())
-    if sae.pre_enc_bias: g_b_dec -= W_enc @ g_b_enc
+    sq, g_out, g_b_dec, g_f = _sparse_decode(sae, x, _row_ptr(rows, B), cols, f)
+    sp, dec_tanh = _sparse_tanh(sae, cfg, coeff, B, cols, f, g_f) if cfg.penalty == 'tanh' else (None, None)
+    g_theta, g_h, g_b_enc = _sparse_theta_h(sae, cols, g_f, act, win)
+    g_W_dec, g_W_enc = _sparse_weight_grads(sae, rows, cols, f, g_h, g_out, xin, dec_tanh, bufs)
+    if sae.pre_enc_bias: g_b_dec -= sae.W_enc @ g_b_enc
     n_act = torch.zeros(F, dtype=torch.long, device=x.device).index_add_(0, cols, act.long())
-    zero_in = ((theta - eps / 2 < 0) & (theta + eps / 2 > 0)).nonzero().squeeze(1)   # f = 0 lies in these latents' windows
-    in_win = winf if sae.step_on == 'pre' else (win & act).float()          # pairs inside the L0 STE's window
-    if cfg.penalty == 'tanh': sp = sp_tanh
-    elif cfg.penalty == 'quadratic':                                          # per-token weights ∂L/∂L0_b
-        l0_tok = torch.zeros(B, dtype=torch.float64, device=x.device).index_add_(0, rows, act.double())
-        sp = coeff * (2 / cfg.target_l0 * (l0_tok - cfg.target_l0) ** 2).mean()
-        w = ((coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0)).index_select(0, rows)
-        acc = torch.zeros(F, dtype=torch.float64, device=x.device).index_add_(0, cols, w * in_win)
-        if sae.step_on == 'post' and len(zero_in):
-            on = torch.zeros(F, dtype=torch.float64, device=x.device).index_add_(0, cols, w * act)
-            acc[zero_in] += (coeff * 4 / (B * cfg.target_l0)) * (l0_tok - cfg.target_l0).sum() - on[zero_in]
-        g_theta -= (acc / eps).float()
-    else:
-        cnt = torch.zeros(F, dtype=torch.float32, device=x.device).index_add_(0, cols, in_win)
-        if sae.step_on == 'post' and len(zero_in): cnt[zero_in] += (B - n_act[zero_in]).float()
-        if cfg.penalty == 'l0': sp, dl0 = coeff * l0, coeff
-        else: sp, dl0 = coeff * (l0 / cfg.target_l0 - 1) ** 2, coeff * 2 * (l0 / cfg.target_l0 - 1) / cfg.target_l0
-        g_theta -= (float(dl0) / (B * eps)) * cnt
-    return dict(grads=dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta),
-                loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=n_act > 0, n_window=int(win.sum()))
+    zero_in = _zero_in_window(sae.theta, sae.bandwidth)                     # f = 0 lies in these latents' windows
+    in_win = win.float() if sae.step_on == 'pre' else (win & act).float()   # pairs inside the L0 STE's window
+    if cfg.penalty == 'quadratic': sp = _sparse_quadratic(sae, cfg, coeff, B, rows, cols, act, in_win, zero_in, g_theta)
+    elif cfg.penalty != 'tanh': sp = _sparse_l0(sae, cfg, coeff, B, cols, in_win, n_act, zero_in, l0, g_theta)
+    grads = dict(W_enc=g_W_enc, W_dec=g_W_dec, b_enc=g_b_enc, b_dec=g_b_dec, theta=g_theta)
+    mse = sq.mean()
+    return dict(grads=grads, loss=mse.double() + sp, mse=mse, l0=l0, sq_err=sq.double().sum(), fired=n_act > 0,
+                n_window=int(win.sum()))
 
-# %% ../nbs/06_train.ipynb #889fe8cd
-SPARSE_AUTO = dict(cpu=(0.05, 2**31), cuda=(0.05, 2**28))   # device type -> (largest density of pairs, smallest B·d·F) for 'auto'
+# %% ../nbs/06_train.ipynb #43ac2dff
+SPARSE_AUTO = dict(cpu=(0.05, 2**31), cuda=(0.05, 2**28))   # device type -> (largest pair density, smallest B·d·F)
 # cuda: on an H200 at 2304×16384, B=2048, the sparse gradient was still 1.2× faster at density 0.068 (README)
 
-@torch.no_grad()
-def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
-                x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
-                cfg:TrainConfig, # penalty settings and `sparse` mode
-                coeff:float, # effective λ (after warm-up)
-                bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
-               )->dict: # `fused_grads`'s output plus `sparse`: which path ran; with log-θ the gradient is `log_theta`'s
-    "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch by `cfg.sparse`"
-    out = _path_grads(sae, x, cfg, coeff, bufs)
-    if cfg.theta_param == 'log': out['grads']['log_theta'] = out['grads'].pop('theta') * sae.theta     # ∂L/∂log θ = θ ∂L/∂θ
-    return out
-
-def _path_grads(sae, x, cfg, coeff, bufs=None):
+# %% ../nbs/06_train.ipynb #6b6ae8fb
+def _path_grads(sae:JumpReLUSAE, # SAE on normalised inputs
+                x:Tensor, # normalised batch [B, d]
+                cfg:TrainConfig, # `sparse` mode and `sparse_max_density`
+                coeff:float, # effective λ
+                bufs:dict|None=None, # work buffers
+               )->dict: # the chosen path's output, plus `sparse`
+    "Run the dense or the sparse step on `x`, as `cfg.sparse` and the pairs' density choose"
     B, F = x.shape[0], sae.d_sae
     max_density, min_work = SPARSE_AUTO.get(x.device.type, SPARSE_AUTO['cuda'])
     if cfg.sparse_max_density is not None: max_density = cfg.sparse_max_density
@@ -362,23 +592,38 @@ def _path_grads(sae, x, cfg, coeff, bufs=None):
     del cand
     return dict(fused_grads(sae, x, cfg, coeff, h=h, bufs=bufs), sparse=False)
 
-# %% ../nbs/06_train.ipynb #1daf2308
+# %% ../nbs/06_train.ipynb #50426ac2
+@torch.no_grad()
+def train_grads(sae:JumpReLUSAE, # SAE on normalised inputs
+                x:Tensor, # normalised batch [B, d] in the SAE's dtype and device
+                cfg:TrainConfig, # penalty settings and `sparse` mode
+                coeff:float, # effective λ (after warm-up)
+                bufs:dict|None=None, # work buffers reused between calls (see `fused_grads`)
+               )->dict: # `fused_grads`'s output and `sparse` (the path); with log-θ the gradient is `log_theta`'s
+    "Loss and gradients by the dense (`fused_grads`) or the sparse (`sparse_grads`) path, chosen per batch"
+    out = _path_grads(sae, x, cfg, coeff, bufs)
+    if cfg.theta_param == 'log': out['grads']['log_theta'] = out['grads'].pop('theta') * sae.theta   # θ ∂L/∂θ
+    return out
+
+# %% ../nbs/06_train.ipynb #85715654
 _DT = dict(float32=torch.float32, bfloat16=torch.bfloat16, float16=torch.float16)
 _SUMS = ('loss', 'mse', 'l0', 'sq_err', 'var', 'window', 'sparse', 'n')
 FUSED_ADAM_MIN = 2**22   # weights per matrix (d·F) from which Adam runs torch's fused kernel
 
+# %% ../nbs/06_train.ipynb #c1d9f6d8
 def remove_parallel_(g:Tensor, # decoder gradient [F, d], changed in place
                      W:Tensor, # unit-norm decoder rows [F, d]
-                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries on CPU, in cache; all rows on a GPU)
+                     rows:int|None=None, # rows per block (default: < 2¹⁵ entries on CPU; all rows on a GPU)
                     )->Tensor:
     "gᵢ ← gᵢ - (gᵢ·dᵢ) dᵢ for every row, by blocks of rows (no F×d temporary; the same bits as in one go)"
-    if rows is None and g.device.type != 'cpu': rows = len(g)     # a GPU: one launch (blocks of 14 rows: 10⁴ launches)
+    if rows is None and g.device.type != 'cpu': rows = len(g)     # a GPU: one launch (not 10⁴ of 14 rows)
     rows = rows or max(1, (2**15 - 1) // g.shape[1])
     for i in range(0, len(g), rows):
         gi, wi = g[i:i + rows], W[i:i + rows]
         gi -= (gi * wi).sum(1, keepdim=True) * wi
     return g
 
+# %% ../nbs/06_train.ipynb #77250931
 class SAETrainer:
     "One SAE with its optimiser, schedule and statistics"
     def __init__(self,
@@ -389,8 +634,9 @@ class SAETrainer:
         self.cfg, self.device = cfg, torch.device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.sae = JumpReLUSAE(d_model, cfg.d_sae, theta0=cfg.theta0, bandwidth=cfg.bandwidth, pre_enc_bias=cfg.pre_enc_bias,
-                                   step_on=cfg.step_on, dtype=_DT[cfg.dtype], device=self.device)
+            self.sae = JumpReLUSAE(d_model, cfg.d_sae, theta0=cfg.theta0, bandwidth=cfg.bandwidth,
+                                   pre_enc_bias=cfg.pre_enc_bias, step_on=cfg.step_on, dtype=_DT[cfg.dtype],
+                                   device=self.device)
         self.params = dict(self.sae.named_parameters())
         if cfg.theta_param == 'log':                           # Adam moves log θ; θ = exp(log θ) is derived from it
             self.params['log_theta'] = torch.nn.Parameter(self.params.pop('theta').detach().log())
@@ -398,151 +644,306 @@ class SAETrainer:
         self.bufs = {} if self.device.type == 'cpu' else None   # CPU work buffers kept between steps (CUDA caches)
         self.last_fired = torch.full((cfg.d_sae,), -1, dtype=torch.long, device=self.device)
         self.sums = dict.fromkeys(_SUMS, 0.0)
-        self.grads = train_grads                               # `salmon.distributed.DDPGrads` under DDP: the global batch's
+        self.grads = train_grads                               # under DDP `salmon.distributed.DDPGrads`
 
-    def new_optimizer(self)->torch.optim.Adam:
-        "Adam over `params`: torch's fused kernel from `FUSED_ADAM_MIN` weights per matrix, else its per-tensor loop"
-        c = self.cfg
-        fused = True if self.sae.d_model * c.d_sae >= FUSED_ADAM_MIN else None
-        return torch.optim.Adam(self.params.values(), lr=c.lr, betas=c.betas, eps=c.adam_eps, fused=fused)
+# %% ../nbs/06_train.ipynb #4a11b2d3
+@patch
+def new_optimizer(self:SAETrainer)->torch.optim.Adam:
+    "Adam over `params`: torch's fused kernel from `FUSED_ADAM_MIN` weights per matrix, else its per-tensor loop"
+    c = self.cfg
+    fused = True if self.sae.d_model * c.d_sae >= FUSED_ADAM_MIN else None
+    return torch.optim.Adam(self.params.values(), lr=c.lr, betas=c.betas, eps=c.adam_eps, fused=fused)
 
-    @torch.no_grad()
-    def step(self, x:Tensor, t:int, var:float)->Tensor:
-        "One optimiser step on the normalised batch `x` at step `t`; returns the loss (a 0-d tensor)"
-        cfg, sae = self.cfg, self.sae
-        coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
-        if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())   # also right after a resume
-        out = self.grads(sae, x, cfg, coeff, bufs=self.bufs)
-        if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
-        g = out['grads']
-        if cfg.unit_norm_decoder: remove_parallel_(g['W_dec'], sae.W_dec)
-        for k, p in self.params.items(): p.grad = g[k]
-        if cfg.grad_clip is not None: torch.nn.utils.clip_grad_norm_(self.params.values(), cfg.grad_clip)
-        for grp in self.opt.param_groups: grp['lr'] = lr
-        self.opt.step()
-        for p in self.params.values(): p.grad = None
-        if cfg.unit_norm_decoder: sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
-        if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())
-        sae.theta.clamp_(min=0)
-        self.last_fired[out['fired']] = t
-        s = self.sums
-        s['loss'] += float(out['loss']); s['mse'] += float(out['mse']); s['l0'] += float(out['l0'])
-        s['sq_err'] += float(out['sq_err']); s['var'] += var; s['window'] += out['n_window'] / (x.shape[0] * cfg.d_sae)
-        s['sparse'] = s.get('sparse', 0.0) + out['sparse']; s['n'] += 1
-        return out['loss']
+# %% ../nbs/06_train.ipynb #730043bc
+@patch
+@torch.no_grad()
+def _apply_grads(self:SAETrainer, g:dict, # gradients per parameter name (the decoder's is changed in place)
+                 lr:float, # this step's learning rate
+                ):
+    "Project out each decoder row's direction, clip, Adam at `lr`, renormalise the rows and clamp θ ≥ 0"
+    cfg, sae = self.cfg, self.sae
+    if cfg.unit_norm_decoder: remove_parallel_(g['W_dec'], sae.W_dec)
+    for k, p in self.params.items(): p.grad = g[k]
+    if cfg.grad_clip is not None: torch.nn.utils.clip_grad_norm_(self.params.values(), cfg.grad_clip)
+    for grp in self.opt.param_groups: grp['lr'] = lr
+    self.opt.step()
+    for p in self.params.values(): p.grad = None
+    if cfg.unit_norm_decoder: sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True))
+    if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())
+    sae.theta.clamp_(min=0)
 
-    def log_row(self, t:int, tokens:int, dead_window:int)->dict:
-        "Interval means and current θ statistics; resets the interval sums"
-        s, cfg, th = self.sums, self.cfg, self.sae.theta.detach().double()
-        n = max(s['n'], 1); win_steps = max(1, math.ceil(dead_window / cfg.batch_size))
-        q = torch.quantile(th.cpu(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-        row = dict(step=t + 1, tokens=tokens, loss=s['loss'] / n, mse=s['mse'] / n, l0=s['l0'] / n,
-                   fve=1 - s['sq_err'] / s['var'] if s['var'] else float('nan'),
-                   dead_frac=((t - self.last_fired) >= win_steps).double().mean().item(),
-                   theta_mean=th.mean().item(), theta_q10=q[0].item(), theta_q50=q[1].item(), theta_q90=q[2].item(),
-                   ste_window_frac=s['window'] / n, sparse_frac=s.get('sparse', 0.0) / n, lr=lr_at(cfg, t), sparsity_coeff=sparsity_at(cfg, t))
-        self.sums = dict.fromkeys(_SUMS, 0.0)
-        return row
+# %% ../nbs/06_train.ipynb #444783fb
+@patch
+def _record(self:SAETrainer, out:dict, # `train_grads`'s output
+            B:int, # tokens in the batch
+            var:float, # the batch's Σ‖x - x̄‖²
+           ):
+    "Add one step's loss, MSE, L0, squared error, variance, window occupancy and path to the interval sums"
+    s = self.sums
+    s['loss'] += float(out['loss'])
+    s['mse'] += float(out['mse'])
+    s['l0'] += float(out['l0'])
+    s['sq_err'] += float(out['sq_err'])
+    s['var'] += var
+    s['window'] += out['n_window'] / (B * self.cfg.d_sae)
+    s['sparse'] = s.get('sparse', 0.0) + out['sparse']
+    s['n'] += 1
 
-# %% ../nbs/06_train.ipynb #6e47fc79
-def _norm_factor(batches:list[Tensor], total=None)->float:
-    s = sum(b.double().pow(2).sum().item() for b in batches); n = sum(len(b) for b in batches)
+# %% ../nbs/06_train.ipynb #d879cd24
+@patch
+@torch.no_grad()
+def step(self:SAETrainer, x:Tensor, # normalised batch [B, d] in the SAE's dtype
+         t:int, # step (0-based)
+         var:float, # the batch's Σ‖x - x̄‖² (for the FVE)
+        )->Tensor: # the loss (0-d)
+    "One optimiser step on the normalised batch `x` at step `t`"
+    cfg, sae = self.cfg, self.sae
+    coeff, lr = sparsity_at(cfg, t), lr_at(cfg, t)
+    if cfg.theta_param == 'log': sae.theta.copy_(self.params['log_theta'].exp())   # also right after a resume
+    out = self.grads(sae, x, cfg, coeff, bufs=self.bufs)
+    if not math.isfinite(float(out['loss'])): return out['loss']      # the caller stops; nothing is updated
+    self._apply_grads(out['grads'], lr)
+    self.last_fired[out['fired']] = t
+    self._record(out, x.shape[0], var)
+    return out['loss']
+
+# %% ../nbs/06_train.ipynb #090a50cd
+@patch
+def log_row(self:SAETrainer, t:int, # the step just done
+            tokens:int, # tokens trained on so far
+            dead_window:int, # tokens without firing after which a latent counts as dead
+           )->dict: # one history row
+    "Interval means and current θ statistics; resets the interval sums"
+    s, cfg, th = self.sums, self.cfg, self.sae.theta.detach().double()
+    n = max(s['n'], 1)
+    win_steps = max(1, math.ceil(dead_window / cfg.batch_size))
+    q = torch.quantile(th.cpu(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+    row = dict(step=t + 1, tokens=tokens, loss=s['loss'] / n, mse=s['mse'] / n, l0=s['l0'] / n,
+               fve=1 - s['sq_err'] / s['var'] if s['var'] else float('nan'),
+               dead_frac=((t - self.last_fired) >= win_steps).double().mean().item(),
+               theta_mean=th.mean().item(), theta_q10=q[0].item(), theta_q50=q[1].item(), theta_q90=q[2].item(),
+               ste_window_frac=s['window'] / n, sparse_frac=s.get('sparse', 0.0) / n, lr=lr_at(cfg, t),
+               sparsity_coeff=sparsity_at(cfg, t))
+    self.sums = dict.fromkeys(_SUMS, 0.0)
+    return row
+
+# %% ../nbs/06_train.ipynb #87efd850
+def _norm_factor(batches:list[Tensor], # the stream's first batches
+                 total=None, # (s, n) -> (s, n) summed over ranks, or None
+                )->float: # C
+    "√(mean squared norm) of the activations in `batches`"
+    s = sum(b.double().pow(2).sum().item() for b in batches)
+    n = sum(len(b) for b in batches)
     if total is not None: s, n = total(s, n)                 # summed over ranks (DDP)
     c = math.sqrt(s / n)
-    if not math.isfinite(c) or c == 0: raise ValueError(f'cannot normalise: mean squared norm of the first {n} activations is {s / n!r}')
+    if not math.isfinite(c) or c == 0:
+        raise ValueError(f'cannot normalise: mean squared norm of the first {n} activations is {s / n!r}')
     return c
 
-SPEED_ONLY = ('sparse', 'sparse_max_density')   # TrainConfig fields that choose the step's path, not its result (equal within 1e-5)
+# %% ../nbs/06_train.ipynb #3d5e1a1b
+SPEED_ONLY = ('sparse', 'sparse_max_density')   # TrainConfig fields that choose the step's path, not its result
 
+# %% ../nbs/06_train.ipynb #1ab5416b
 def results_settings(c:TrainConfig, # a run
                     )->dict: # its fields as JSON values, less `SPEED_ONLY`
     "The fields of `c` that change the trained SAE: what checkpoints and provenance records compare"
     return {k: v for k, v in json.loads(json.dumps(asdict(c))).items() if k not in SPEED_ONLY}
 
-def _ckpt_dirs(root:Path)->list[Path]:
+# %% ../nbs/06_train.ipynb #14eb15dd
+def _ckpt_dirs(root:Path, # the checkpoints folder
+              )->list[Path]: # newest first
     "Checkpoints under `root`, newest first (the single `checkpoint[_g]` folder of older salmon last)"
     steps = sorted(root.glob('step_*'), reverse=True) if root.is_dir() else []
-    legacy = root.with_name(root.name.replace('checkpoints', 'checkpoint', 1)) if root.name.startswith('checkpoints') else None
+    old = root.name.startswith('checkpoints')
+    legacy = root.with_name(root.name.replace('checkpoints', 'checkpoint', 1)) if old else None
     return [p for p in steps if p.is_dir()] + ([legacy] if legacy is not None and legacy.is_dir() else [])
 
-def _drop(p:Path):
-    "Remove a checkpoint folder: renamed first, so a kill part-way never leaves a half-deleted checkpoint under its own name"
-    gone = p.with_name(f'.{p.name}.del'); os.replace(p, gone); shutil.rmtree(gone, ignore_errors=True)
+# %% ../nbs/06_train.ipynb #c191d63c
+def _drop(p:Path, # a checkpoint folder
+         ):
+    "Remove a checkpoint folder: renamed first, so a kill never leaves a half-deleted checkpoint under its name"
+    gone = p.with_name(f'.{p.name}.del')
+    os.replace(p, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
-def _ckpt_save(root:Path, trainers:list[SAETrainer], state:dict, history:list[list[dict]], keep:int=2, stream:dict|None=None):
-    "Write checkpoint `root/step_<N>` atomically, with a size and content hash per file (a resumable source's position too); keep `keep`"
+# %% ../nbs/06_train.ipynb #2a844914
+def _check_finite(trainers:list[SAETrainer], # the SAEs to checkpoint
+                  step:int, # the step (for the message)
+                 ):
+    "Raise, naming the SAE and parameter, when a parameter holds NaN or ±inf"
     for i, tr in enumerate(trainers):
         for k, p in tr.params.items():
-            if not bool(torch.isfinite(p).all()): raise FloatingPointError(f'SAE {i} has non-finite {k} at step {state["step"]}; not checkpointed')
+            if not bool(torch.isfinite(p).all()):
+                raise FloatingPointError(f'SAE {i} has non-finite {k} at step {step}; not checkpointed')
+
+# %% ../nbs/06_train.ipynb #7726a1cd
+def _ckpt_files(tmp:Path, # the checkpoint's temporary folder
+                trainers:list[SAETrainer], # the SAEs
+                state:dict, # step, d_model, norm_factor, configs, meta
+                history:list[list[dict]], # every SAE's history rows
+                stream:dict|None, # a resumable source's position and the batches read ahead
+                names:list[str], # the files to write
+               ):
+    "Write a checkpoint's files into `tmp`, then its manifest (each file's size and content hash)"
+    for i, tr in enumerate(trainers):
+        st_save_file({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}, tmp/names[i])
+    torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
+                    rng=torch.get_rng_state(),
+                    cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), tmp/'state.pt')
+    (tmp/'state.json').write_text(json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)))
+    if stream is not None: torch.save(stream, tmp/'stream.pt')
+    recs = {n: dict(bytes=(tmp/n).stat().st_size, digest=file_digest(tmp/n)) for n in names}   # as `file_record`
+    (tmp/'manifest.json').write_text(json.dumps(dict(format=FORMAT_VERSION, step=state['step'], files=recs)))
+
+# %% ../nbs/06_train.ipynb #2deafb6f
+def _ckpt_save(root:Path, # the checkpoints folder
+               trainers:list[SAETrainer], # the SAEs
+               state:dict, # step, d_model, norm_factor, configs, meta
+               history:list[list[dict]], # every SAE's history rows
+               keep:int=2, # checkpoints kept
+               stream:dict|None=None, # a resumable source's position
+              ):
+    "Write checkpoint `root/step_<N>` atomically, with a size and content hash per file; keep `keep`"
+    _check_finite(trainers, state['step'])
     root.mkdir(parents=True, exist_ok=True)
     for p in root.glob('.*.del'): shutil.rmtree(p, ignore_errors=True)
-    for old in _ckpt_dirs(root)[max(keep - 1, 1):]: _drop(old)      # at most `keep` on disk, even while the next one is written
-    names = [f'sae_{i}.safetensors' for i in range(len(trainers))] + ['state.pt', 'state.json'] + ['stream.pt'] * (stream is not None)
-    with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:   # each file straight to disk: a 65k group's is GBs
-        for i, tr in enumerate(trainers): st_save_file({k: v.detach().cpu().contiguous() for k, v in tr.params.items()}, tmp/names[i])
-        torch.save(dict(opt=[tr.opt.state_dict() for tr in trainers], last_fired=[tr.last_fired.cpu() for tr in trainers],
-                        rng=torch.get_rng_state(), cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []), tmp/'state.pt')
-        (tmp/'state.json').write_text(json.dumps(dict(state, sums=[tr.sums for tr in trainers], history=history)))
-        if stream is not None: torch.save(stream, tmp/'stream.pt')   # a resumable source's position and the batches read ahead
-        recs = {n: dict(bytes=(tmp/n).stat().st_size, digest=file_digest(tmp/n)) for n in names}   # as `file_record`, read back
-        (tmp/'manifest.json').write_text(json.dumps(dict(format=FORMAT_VERSION, step=state['step'], files=recs)))
+    for old in _ckpt_dirs(root)[max(keep - 1, 1):]: _drop(old)      # at most `keep`, even while writing the next
+    names = [f'sae_{i}.safetensors' for i in range(len(trainers))] + ['state.pt', 'state.json']
+    names += ['stream.pt'] * (stream is not None)
+    with atomic_dir(root/f'step_{state["step"]:08d}', overwrite=True) as tmp:   # straight to disk: a 65k group's is GBs
+        _ckpt_files(tmp, trainers, state, history, stream, names)
     for old in _ckpt_dirs(root)[keep:]: _drop(old)
 
-# %% ../nbs/06_train.ipynb #4ff6a240
-def _ckpt_read(path:Path, configs:list[TrainConfig], meta:dict|None, device)->tuple[dict, list[SAETrainer]]:
-    "Verify and read one checkpoint into new trainers (and its source position into `st['stream']`); raise unless all of it is intact"
+# %% ../nbs/06_train.ipynb #0159a14b
+def _ckpt_reader(path:Path, # a checkpoint folder
+                )->tuple: # the manifest's file records, and a reader of verified file bytes
+    "The checkpoint's manifest records and a reader of its files, each verified against them"
     rec = read_json(path/'manifest.json', 'checkpoint manifest')['files'] if (path/'manifest.json').exists() else {}
-    read = lambda n: read_verified(path/n, rec.get(n), 'checkpoint file')
-    try: st = json.loads(read('state.json'))
-    except json.JSONDecodeError as e: raise CorruptArtefactError(f"checkpoint file {str(path/'state.json')!r} is unreadable: {e}") from None
-    old = [{k: v for k, v in o.items() if k not in SPEED_ONLY} for o in st['configs']]; new = [results_settings(c) for c in configs]
+    return rec, lambda n: read_verified(path/n, rec.get(n), 'checkpoint file')
+
+# %% ../nbs/06_train.ipynb #cf155753
+def _ckpt_state(path:Path, # a checkpoint folder
+                read, # its verified reader
+               )->dict: # state.json
+    "The checkpoint's state.json, or a `CorruptArtefactError` naming it"
+    try: return json.loads(read('state.json'))
+    except json.JSONDecodeError as e:
+        raise CorruptArtefactError(f"checkpoint file {str(path/'state.json')!r} is unreadable: {e}") from None
+
+# %% ../nbs/06_train.ipynb #03106199
+def _check_ckpt_fits(path:Path, # a checkpoint folder
+                     st:dict, # its state
+                     configs:list[TrainConfig], # this run's configs
+                     meta:dict|None, # this run's meta (its `fingerprint`)
+                    ):
+    "Raise unless the checkpoint was written for these configs (speed-only fields aside) and these inputs"
+    old = [{k: v for k, v in o.items() if k not in SPEED_ONLY} for o in st['configs']]
+    new = [results_settings(c) for c in configs]
     if new != old:
         diff = [f'config {i}: ' + ', '.join(f'{k} {o.get(k)!r} -> {n[k]!r}' for k in n if o.get(k) != n[k])
-                for i, (o, n) in enumerate(zip(old, new)) if o != n] or [f'{len(old)} configs in the checkpoint, {len(new)} given']
-        raise ValueError(f'checkpoint {str(path)!r} was written for different configs: ' + '; '.join(diff) + ' (use another out_dir, or resume=False)')
+                for i, (o, n) in enumerate(zip(old, new)) if o != n]
+        diff = diff or [f'{len(old)} configs in the checkpoint, {len(new)} given']
+        raise ValueError(f'checkpoint {str(path)!r} was written for different configs: ' + '; '.join(diff)
+                         + ' (use another out_dir, or resume=False)')
     fp_old, fp_new = (st.get('meta') or {}).get('fingerprint'), (meta or {}).get('fingerprint')
     if fp_old and fp_new and fp_old != fp_new:
-        raise ValueError(f'checkpoint {str(path)!r} was written for other inputs (fingerprint {fp_old}, now {fp_new}); use another out_dir, or resume=False')
-    trainers = [SAETrainer(c, st['d_model'], device) for c in configs]
+        raise ValueError(f'checkpoint {str(path)!r} was written for other inputs (fingerprint {fp_old}, now {fp_new}); '
+                         'use another out_dir, or resume=False')
+
+# %% ../nbs/06_train.ipynb #a28b473f
+def _check_params(f:Path, # the file (for messages)
+                  sd:dict, # its tensors
+                  params:dict, # the trainer's parameters
+                 ):
+    "Raise unless `sd` holds every parameter, with its shape, and all finite"
+    for k, p in params.items():
+        if k not in sd or sd[k].shape != p.shape:
+            got = tuple(sd[k].shape) if k in sd else 'missing'
+            raise CorruptArtefactError(f'checkpoint file {str(f)!r}: {k} is {got}, expected {tuple(p.shape)}')
+        if not bool(torch.isfinite(sd[k]).all()):
+            raise CorruptArtefactError(f'checkpoint file {str(f)!r}: {k} holds non-finite values')
+
+# %% ../nbs/06_train.ipynb #67b3d726
+def _ckpt_params(path:Path, # a checkpoint folder
+                 read, # its verified reader
+                 trainers:list[SAETrainer], # trainers to check the tensors against
+                )->list[dict]: # each SAE's tensors
+    "Each SAE's parameters from the checkpoint, checked against its trainer"
     sds = []
     for i, tr in enumerate(trainers):
         f = path/f'sae_{i}.safetensors'
         try: sd = st_load(read(f.name))
         except CorruptArtefactError: raise
         except Exception as e: raise CorruptArtefactError(f'checkpoint file {str(f)!r} is unreadable ({e})') from None
-        for k, p in tr.params.items():
-            if k not in sd or sd[k].shape != p.shape: raise CorruptArtefactError(f'checkpoint file {str(f)!r}: {k} is {tuple(sd[k].shape) if k in sd else "missing"}, expected {tuple(p.shape)}')
-            if not bool(torch.isfinite(sd[k]).all()): raise CorruptArtefactError(f'checkpoint file {str(f)!r}: {k} holds non-finite values')
+        _check_params(f, sd, tr.params)
         sds.append(sd)
-    try: ts = torch.load(io.BytesIO(read('state.pt')), weights_only=True)
+    return sds
+
+# %% ../nbs/06_train.ipynb #2d4bb4be
+def _ckpt_torch(path:Path, # a checkpoint folder
+                read, # its verified reader
+                name:str, # 'state.pt' or 'stream.pt'
+               ):
+    "A torch file of the checkpoint, loaded with `weights_only=True`, or a `CorruptArtefactError` naming it"
+    try: return torch.load(io.BytesIO(read(name)), weights_only=True)
     except CorruptArtefactError: raise
-    except Exception as e: raise CorruptArtefactError(f"checkpoint file {str(path/'state.pt')!r} is unreadable ({e})") from None
-    st['stream'] = None
-    if 'stream.pt' in rec or (not rec and (path/'stream.pt').exists()):
-        try: st['stream'] = torch.load(io.BytesIO(read('stream.pt')), weights_only=True)
-        except CorruptArtefactError: raise
-        except Exception as e: raise CorruptArtefactError(f"checkpoint file {str(path/'stream.pt')!r} is unreadable ({e})") from None
+    except Exception as e:
+        raise CorruptArtefactError(f"checkpoint file {str(path/name)!r} is unreadable ({e})") from None
+
+# %% ../nbs/06_train.ipynb #2e2cb8fd
+def _restore(trainers:list[SAETrainer], # fresh trainers
+             sds:list[dict], # their parameters
+             ts:dict, # state.pt: Adam states and firing steps
+             sums:list[dict], # their interval sums
+            ):
+    "Load parameters (θ follows log θ), Adam's state, the firing steps and the interval sums into the trainers"
     for i, (tr, sd) in enumerate(zip(trainers, sds)):
         with torch.no_grad():
             for k, p in tr.params.items(): p.copy_(sd[k])
             if tr.cfg.theta_param == 'log': tr.sae.theta.copy_(tr.params['log_theta'].exp())   # θ follows log θ
-        tr.opt.load_state_dict(ts['opt'][i]); tr.last_fired.copy_(ts['last_fired'][i]); tr.sums = st['sums'][i]
+        tr.opt.load_state_dict(ts['opt'][i])
+        tr.last_fired.copy_(ts['last_fired'][i])
+        tr.sums = sums[i]
+
+# %% ../nbs/06_train.ipynb #292f8328
+def _ckpt_read(path:Path, # a checkpoint folder
+               configs:list[TrainConfig], # this run's configs
+               meta:dict|None, # this run's meta
+               device, # training device
+              )->tuple[dict, list[SAETrainer]]: # the state (with `stream` and `path`) and trainers holding it
+    "Verify and read one checkpoint into new trainers; raise unless all of it is intact"
+    rec, read = _ckpt_reader(path)
+    st = _ckpt_state(path, read)
+    _check_ckpt_fits(path, st, configs, meta)
+    trainers = [SAETrainer(c, st['d_model'], device) for c in configs]
+    sds = _ckpt_params(path, read, trainers)
+    ts = _ckpt_torch(path, read, 'state.pt')
+    has_stream = 'stream.pt' in rec or (not rec and (path/'stream.pt').exists())
+    st['stream'] = _ckpt_torch(path, read, 'stream.pt') if has_stream else None
+    _restore(trainers, sds, ts, st['sums'])
     torch.set_rng_state(ts['rng'])
     if ts['cuda_rng']: torch.cuda.set_rng_state_all(ts['cuda_rng'])
     st['path'] = str(path)
     return st, trainers
 
-def _ckpt_load(root:Path, configs:list[TrainConfig], meta:dict|None=None, device='cpu')->tuple[dict, list[SAETrainer]]|None:
+# %% ../nbs/06_train.ipynb #2a0c3787
+def _ckpt_load(root:Path, # the checkpoints folder
+               configs:list[TrainConfig], # this run's configs
+               meta:dict|None=None, # this run's meta
+               device='cpu', # training device
+              )->tuple[dict, list[SAETrainer]]|None:
     "The newest intact checkpoint under `root` and trainers holding it (a damaged one is named and skipped), or None"
     for p in _ckpt_dirs(root):
         try: return _ckpt_read(p, configs, meta, device)
-        except CorruptArtefactError as e: warnings.warn(f'{e}; falling back to the previous checkpoint'); continue
+        except CorruptArtefactError as e:
+            warnings.warn(f'{e}; falling back to the previous checkpoint')
+            continue
     return None
 
 # %% ../nbs/06_train.ipynb #08ece4aa
-from types import SimpleNamespace
 from .distributed import DDPGrads, active, all_sum, gather_all, gather_main, is_main, my_share, wait_main, world
 
+# %% ../nbs/06_train.ipynb #1bf950cf
 def _cpu(o):
     "`o` with every tensor in it moved to the CPU (for sending between ranks)"
     if isinstance(o, Tensor): return o.detach().cpu()
@@ -550,29 +951,341 @@ def _cpu(o):
     if isinstance(o, (list, tuple)): return type(o)(_cpu(v) for v in o)
     return o
 
-def _ckpt_ranks(root:Path, trainers:list, own:list[int], state:dict, history:list, keep:int, stream:dict|None, mode:str|None):
-    "Checkpoint of a run on one or more ranks: rank 0 writes it, with every rank's source position and (sweep-parallel) every rank's SAEs"
+# %% ../nbs/06_train.ipynb #8a5b1341
+def _ckpt_ranks(root:Path, # the checkpoints folder
+                trainers:list[SAETrainer], # this rank's SAEs
+                own:list[int], # their indices among the configs
+                state:dict, # step, d_model, norm_factor, configs, meta
+                history:list, # every SAE's history rows
+                keep:int, # checkpoints kept
+                stream:dict|None, # this rank's source position
+                mode:str|None, # None (one process), 'ddp' or 'sweep'
+               ):
+    "Checkpoint a run on one or more ranks: rank 0 writes it, with every rank's source position and SAEs"
     if mode is None: return _ckpt_save(root, trainers, state, history, keep, stream)
     streams = gather_main(stream)
-    parts = gather_main([dict(i=i, params=_cpu(tr.params), opt=_cpu(tr.opt.state_dict()), last_fired=tr.last_fired.cpu(),
-                              sums=dict(tr.sums), history=history[i]) for i, tr in zip(own, trainers)]) if mode == 'sweep' else None
+    mine = [dict(i=i, params=_cpu(tr.params), opt=_cpu(tr.opt.state_dict()), last_fired=tr.last_fired.cpu(),
+                 sums=dict(tr.sums), history=history[i]) for i, tr in zip(own, trainers)]
+    parts = gather_main(mine) if mode == 'sweep' else None
     if not is_main(): return
     if mode == 'sweep':
         got = sorted((d for part in parts for d in part), key=lambda d: d['i'])
-        trainers = [SimpleNamespace(params=d['params'], opt=SimpleNamespace(state_dict=lambda sd=d['opt']: sd), last_fired=d['last_fired'],
-                                    sums=d['sums']) for d in got]
+        trainers = [SimpleNamespace(params=d['params'], opt=SimpleNamespace(state_dict=lambda sd=d['opt']: sd),
+                                    last_fired=d['last_fired'], sums=d['sums']) for d in got]
         history = [d['history'] for d in got]
     _ckpt_save(root, trainers, state, history, keep, None if stream is None else dict(ranks=streams))
 
+# %% ../nbs/06_train.ipynb #2b1cf9ba
 class _Lookahead:
     "Iterator: the batches in `look` first (read ahead, or saved in a checkpoint), then the source's"
-    def __init__(self, look:collections.deque, src): self.look, self.src = look, src
+    def __init__(self, look:collections.deque, src):
+        self.look, self.src = look, src
     def __iter__(self): return self
     def __next__(self): return self.look.popleft() if self.look else next(self.src)
 
+# %% ../nbs/06_train.ipynb #a1553753
+def _check_configs(configs, # a TrainConfig or several
+                  )->list[TrainConfig]:
+    "The configs as a list, checked to share batch size and tokens (one stream feeds them all), with distinct labels"
+    if isinstance(configs, TrainConfig): configs = [configs]
+    configs = list(configs)
+    if not configs: raise ValueError('configs is empty: give at least one TrainConfig')
+    for i, c in enumerate(configs):
+        if not isinstance(c, TrainConfig): raise TypeError(f'configs[{i}] is {type(c).__name__}; expected TrainConfig')
+    for k in ('batch_size', 'n_tokens'):
+        vals = {getattr(c, k) for c in configs}
+        if len(vals) > 1:
+            raise ValueError(f'all configs must share {k} (one stream feeds them all); got {sorted(vals)}')
+    labels = [c.label for c in configs]
+    if len(set(labels)) < len(labels): raise ValueError(f'config names clash: {labels}; set TrainConfig.name')
+    return configs
+
+# %% ../nbs/06_train.ipynb #671a002b
+def _check_run_args(resume:bool, out_dir, ckpt_dir, # as `train_saes`'s
+                    norm_factor, # C or 'auto'
+                    max_steps:int|None, # step limit
+                    **counts, # arguments that must be positive integers
+                   ):
+    "Raise, naming the argument, on a bad argument of `train_saes` other than the configs"
+    if resume and out_dir is None: raise ValueError('resume=True needs out_dir (where the checkpoint is)')
+    if max_steps is not None: counts['max_steps'] = max_steps
+    for k, v in counts.items(): check_int(k, v, 1)
+    if out_dir is not None: check_path('out_dir', out_dir, kind='dir')
+    if ckpt_dir is not None: check_path('ckpt_dir', ckpt_dir, kind='dir')
+    number = isinstance(norm_factor, (int, float)) and not isinstance(norm_factor, bool)
+    if not (norm_factor == 'auto' or (number and math.isfinite(norm_factor) and norm_factor > 0)):
+        raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
+
+# %% ../nbs/06_train.ipynb #819687a4
+def _plan(configs:list[TrainConfig], out_dir, ckpt_dir, device, max_steps, parallel, meta, # as `train_saes`'s
+         )->SimpleNamespace:
+    "The run's shape: steps, rank and parallel mode, the configs this rank trains, its rows per batch, its paths"
+    B, n_steps = configs[0].batch_size, configs[0].n_steps
+    if max_steps is not None: n_steps = min(n_steps, max_steps)
+    rank, n_proc = world()
+    if n_proc > 1 and not active():
+        raise RuntimeError(f'WORLD_SIZE={n_proc} but no process group is up: '
+                           'call salmon.distributed.init_distributed() first')
+    if parallel is not None: check_choice('parallel', parallel, ('ddp', 'sweep'))
+    mode = (parallel or 'ddp') if n_proc > 1 else None
+    if mode == 'ddp' and B % n_proc:
+        raise ValueError(f'batch_size={B} does not split over {n_proc} processes '
+                         '(DDP: each takes batch_size / N rows); '
+                         f'make it a multiple of {n_proc}')
+    own = my_share(len(configs)) if mode == 'sweep' else list(range(len(configs)))   # the configs this rank trains
+    B_in = B // n_proc if mode == 'ddp' else B                  # rows per batch of this rank's stream
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoints') if out_dir is not None else None
+    return SimpleNamespace(configs=configs, labels=[c.label for c in configs], B=B, n_steps=n_steps, rank=rank,
+                           n_proc=n_proc, mode=mode, own=own, B_in=B_in, device=device, out_dir=out_dir, ckpt=ckpt,
+                           meta=meta)
+
+# %% ../nbs/06_train.ipynb #69728d06
+def _stream_position(run:SimpleNamespace, # the plan
+                     found:tuple|None, # `_ckpt_load`'s output
+                     stateful:bool, # the source records its position
+                    )->dict|None: # this rank's source position and lookahead, or None
+    "This rank's saved source position in the checkpoint (None: re-read the stream up to it)"
+    ss = found[0]['stream'] if found and stateful else None
+    if ss is None or not ('ranks' in ss or run.mode == 'ddp'): return ss
+    n_saved = len(ss['ranks']) if 'ranks' in ss else 1          # each rank continues its own source
+    if n_saved != run.n_proc:
+        raise ValueError(f"checkpoint {found[0]['path']!r} holds the stream positions of {n_saved} process(es); "
+                         f'resume it with as many (this run has {run.n_proc})')
+    return ss['ranks'][run.rank]
+
+# %% ../nbs/06_train.ipynb #e71089ac
+def _first_batch(run:SimpleNamespace, # the plan
+                 it, # the stream
+                )->Tensor:
+    "The stream's first batch, checked: 2-D, with this rank's rows per batch"
+    first = next(it, None)
+    if first is None: raise ValueError('activations is empty')
+    if not isinstance(first, Tensor) or first.ndim != 2:
+        got = f'{type(first).__name__} {getattr(first, "shape", "")}'
+        raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {got}')
+    if len(first) != run.B_in:
+        ddp = f' (DDP over {run.n_proc} processes: {run.B_in} per rank)' if run.mode == 'ddp' else ''
+        raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have '
+                         f'batch_size={run.B}' + ddp + '; make them equal')
+    return first
+
+# %% ../nbs/06_train.ipynb #10f166f2
+def _open(run:SimpleNamespace, # the plan (gets `stateful` and `look`)
+          activations, # the source
+          resume:bool, # look for a checkpoint
+         )->tuple: # the checkpoint found (or None), this rank's saved position, the stream, its first batch
+    "Find the checkpoint to resume, put the source at its saved position, and read the first batch"
+    run.stateful = bool(getattr(activations, 'resumable', False))   # the source records its position
+    run.look = collections.deque()                               # batches read but not yet trained on
+    found = _ckpt_load(run.ckpt, run.configs, run.meta, run.device) if resume else None   # verified whole first
+    if run.mode and len(set(steps := gather_all(found[0]['step'] if found else 0))) > 1:
+        raise RuntimeError(f'the ranks found different checkpoints in {str(run.ckpt)!r} (steps {steps}): '
+                           'they must share one file system')
+    ss = _stream_position(run, found, run.stateful)
+    if ss is not None:
+        activations.load_state_dict(ss['source'])
+        run.look.extend(ss['lookahead'])
+    it = _Lookahead(run.look, iter(activations))
+    return found, ss, it, _first_batch(run, it)
+
+# %% ../nbs/06_train.ipynb #b91d4966
+def _resume_from(run:SimpleNamespace, # the plan (gets trainers, history, C, t0)
+                 found:tuple, # `_ckpt_load`'s output
+                 ss:dict|None, # this rank's saved position
+                 it, # the stream
+                 first:Tensor, # its first batch
+                ):
+    "Continue from the checkpoint `found`"
+    st, trainers = found
+    run.history = st['history']
+    run.trainers = [trainers[i] for i in run.own]
+    d = first.shape[1]
+    if st['d_model'] != d:
+        raise ValueError(f"checkpoint {st['path']!r} is for d_model={st['d_model']}; the stream has d={d} "
+                         '(use another out_dir, or resume=False)')
+    run.C, run.t0 = st['norm_factor'], st['step']
+    run.look.appendleft(first)
+    if ss is None:                                             # a source without a saved position is re-read
+        for _ in range(run.t0):
+            if next(it, None) is None:
+                raise ValueError(f'the stream ended before step {run.t0} while skipping batches already trained on')
+
+# %% ../nbs/06_train.ipynb #39a2f47c
+def _ddp_total(device, # where to sum
+              ):
+    "(s, n) -> (s, n) summed over the ranks, in float64"
+    return lambda s, n: tuple(all_sum(torch.tensor([s, n], dtype=torch.float64, device=device)).tolist())
+
+# %% ../nbs/06_train.ipynb #7fb43420
+def _start_fresh(run:SimpleNamespace, # the plan (gets trainers, history, C, t0)
+                 it, # the stream
+                 first:Tensor, # its first batch
+                 norm_factor, # C or 'auto'
+                 norm_tokens:int, # tokens that estimate C
+                ):
+    "New trainers, an empty history, and C given or estimated from the stream's head (which is then trained on)"
+    run.history, run.t0 = [[] for _ in run.configs], 0
+    run.trainers = [SAETrainer(run.configs[i], first.shape[1], run.device) for i in run.own]
+    if norm_factor == 'auto':
+        head = [first] + list(itertools.islice(it, max(0, math.ceil(norm_tokens / run.B) - 1)))
+        run.C = _norm_factor(head, _ddp_total(run.device) if run.mode == 'ddp' else None)
+        run.look.extend(head)
+    else:
+        run.C = float(norm_factor)
+        if not math.isfinite(run.C) or run.C <= 0:
+            raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
+        run.look.appendleft(first)
+
+# %% ../nbs/06_train.ipynb #6d645fa5
+def _start(run:SimpleNamespace, # the plan: gets the stream, trainers, history, C, the first step and the state
+           activations, # the source
+           resume:bool, # continue from the checkpoint
+           norm_factor, # C or 'auto'
+           norm_tokens:int, # tokens that estimate C
+          ):
+    "Start or resume the run"
+    found, ss, run.stream, first = _open(run, activations, resume)
+    run.d = first.shape[1]
+    if found: _resume_from(run, found, ss, run.stream, first)
+    else: _start_fresh(run, run.stream, first, norm_factor, norm_tokens)
+    if run.mode == 'ddp':
+        for tr in run.trainers: tr.grads = DDPGrads(train_grads)
+    run.inv_c = 1.0 / run.C
+    run.state = dict(step=run.t0, d_model=run.d, norm_factor=run.C,
+                     configs=json.loads(json.dumps([asdict(c) for c in run.configs])),
+                     meta=json.loads(json.dumps(run.meta or {}, default=str)))
+    run.dtypes = sorted({tr.sae.dtype for tr in run.trainers}, key=str)
+    run.mine = [run.history[i] for i in run.own]
+
+# %% ../nbs/06_train.ipynb #04caaa8d
+def _next_batch(run:SimpleNamespace, # the run
+                t:int, # step
+               )->Tensor|None: # the normalised fp32 batch, or None (with a warning) when the stream has ended
+    "Batch `t` on the training device, divided by C"
+    x = next(run.stream, None)
+    short = x is None or len(x) != run.B_in
+    if run.mode == 'ddp' and all_sum(torch.tensor([float(short)], device=run.device)).item() and not short:
+        warnings.warn(f"another rank's stream ended after {t} of {run.n_steps} steps")   # all ranks stop at one step
+        return None
+    if x is None:
+        warnings.warn(f'the stream ended after {t} of {run.n_steps} steps')
+        return None
+    if len(x) != run.B_in:
+        warnings.warn(f'dropping a final short batch of {len(x)} activations')
+        return None
+    return x.to(device=run.device, dtype=torch.float32) * run.inv_c
+
+# %% ../nbs/06_train.ipynb #b31063f6
+def _batch_var(run:SimpleNamespace, # the run
+               x:Tensor, # this rank's normalised batch
+              )->float:
+    "Σ‖x - x̄‖² over the (global, under DDP) batch, in float64"
+    if run.mode == 'ddp':                                       # the global batch's Σ‖x - x̄‖²
+        s = all_sum(torch.cat([x.sum(0, dtype=torch.float64), x.pow(2).sum(dtype=torch.float64).reshape(1)]))
+        return float(s[-1] - s[:-1].pow(2).sum() / run.B)
+    xc = x - x.mean(0)
+    return float(xc.pow_(2).sum(dtype=torch.float64))
+
+# %% ../nbs/06_train.ipynb #b8ccc27f
+def _step_all(run:SimpleNamespace, # the run
+              x:Tensor, # the normalised batch
+              t:int, # step
+              var:float, # its Σ‖x - x̄‖²
+             ):
+    "Step every SAE on `x` (cast once per weight dtype); raise, naming the SAE, on a non-finite loss"
+    xs = {dt: x if dt == torch.float32 else x.to(dt) for dt in run.dtypes}
+    losses = [tr.step(xs[tr.sae.dtype], t, var) for tr in run.trainers]
+    bad = [i for i, l in enumerate(losses) if not math.isfinite(float(l))]
+    if not bad: return
+    where = ''
+    if run.ckpt is not None:
+        where = f'; the last good checkpoint (step {run.state["step"]}) is kept in {str(run.ckpt)!r}'
+    raise FloatingPointError(f'non-finite loss ({float(losses[bad[0]])}) at step {t} in SAE '
+                             f'{run.labels[run.own[bad[0]]]!r}; training stopped{where}')
+
+# %% ../nbs/06_train.ipynb #201e69ac
+def _log(run:SimpleNamespace, # the run
+         t:int, # the step just done
+         bar, # the progress bar
+         dead_window:int, # tokens without firing that make a latent dead
+        ):
+    "A history row per SAE, and the first one's L0 and FVE on the bar"
+    for h, tr in zip(run.mine, run.trainers): h.append(tr.log_row(t, (t + 1) * run.B, dead_window))
+    r = run.mine[0][-1]
+    bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
+
+# %% ../nbs/06_train.ipynb #cef9fe0f
+def _checkpoint(run:SimpleNamespace, # the run
+                activations, # the source (its position is saved when it records one)
+                t:int, # the step just done
+                keep:int, # checkpoints kept
+               ):
+    "Checkpoint the run after step `t`"
+    run.state['step'] = t + 1
+    stream = dict(source=activations.state_dict(), lookahead=list(run.look)) if run.stateful else None
+    _ckpt_ranks(run.ckpt, run.trainers, run.own, run.state, run.history, keep, stream, run.mode)
+
+# %% ../nbs/06_train.ipynb #1ccdf308
+def _loop(run:SimpleNamespace, # the started run
+          activations, # the source
+          log_every:int, ckpt_every:int, dead_window:int, keep:int, progress:bool, # as `train_saes`'s
+         )->int: # the steps done
+    "Train from step `run.t0` to `run.n_steps`, or until the stream ends"
+    bar = tqdm(total=run.n_steps * run.B, initial=run.t0 * run.B, unit='tok', unit_scale=True,
+               disable=not progress or run.rank != 0, desc='training', mininterval=1.0)
+    t = run.t0
+    try:
+        for t in range(run.t0, run.n_steps):
+            x = _next_batch(run, t)
+            if x is None: break
+            _step_all(run, x, t, _batch_var(run, x))
+            bar.update(run.B)
+            if (t + 1) % log_every == 0 or t + 1 == run.n_steps: _log(run, t, bar, dead_window)
+            if run.ckpt is not None and ((t + 1) % ckpt_every == 0 or t + 1 == run.n_steps):
+                _checkpoint(run, activations, t, keep)
+        else: t = run.n_steps
+    finally: bar.close()
+    return t
+
+# %% ../nbs/06_train.ipynb #079a8a73
+def _fold(run:SimpleNamespace, # the trained run
+          t:int, # steps done
+         )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
+    "Every config's SAE, folded to raw inputs, with its provenance, and its history"
+    results = {}
+    for i, tr in zip(run.own, run.trainers):
+        c = run.configs[i]
+        sae = fold_norm(tr.sae, run.C)
+        sae.cfg.update(dict(run.meta or {}), width=c.d_sae, norm_factor=run.C, n_tokens_trained=t * run.B,
+                       train=asdict(c))
+        results[i] = (sae, pd.DataFrame(run.history[i]))
+    if run.mode == 'sweep':                                  # every rank returns every SAE
+        for part in gather_all([(i, sae.cpu(), df) for i, (sae, df) in results.items()]):
+            for i, sae, df in part: results[i] = (sae.to(run.device), df)
+    return [results[i] for i in range(len(run.configs))]
+
+# %% ../nbs/06_train.ipynb #3e153f9f
+def _save(run:SimpleNamespace, # the trained run
+          results:list, # `_fold`'s output
+          t:int, # steps done
+         ):
+    "Rank 0 writes each SAE and its history and removes a finished run's checkpoints; every rank waits for it"
+    if run.out_dir is not None and run.rank == 0:               # rank 0 alone writes
+        for c, (sae, df) in zip(run.configs, results):
+            save_sae(sae, run.out_dir/c.label)
+            with atomic_write(run.out_dir/c.label/'history.csv', 'w') as f: df.to_csv(f, index=False)
+    done = t >= run.configs[0].n_steps
+    if run.rank == 0 and run.ckpt is not None and done and run.ckpt.exists():   # the checkpoints have served
+        for p in _ckpt_dirs(run.ckpt): _drop(p)
+        shutil.rmtree(run.ckpt, ignore_errors=True)
+    if run.mode: wait_main()                                 # the files are there when any rank returns
+
+# %% ../nbs/06_train.ipynb #87339754
 @torch.enable_grad()                      # trains even when called under torch.no_grad()
 def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_tokens)
-               activations:Iterable[Tensor], # batches [batch_size, d] (an `ActivationBuffer`, `ActivationCache.batches(...)`, ...)
+               activations:Iterable[Tensor], # batches [batch_size, d] (an `ActivationBuffer`, ...)
                *,
                out_dir:str|Path|None=None, # where checkpoints, final SAEs and histories go (None: keep in memory)
                resume:bool=False, # continue from the checkpoint in `out_dir`
@@ -586,139 +1299,52 @@ def train_saes(configs:list[TrainConfig], # one per SAE (same batch_size and n_t
                max_steps:int|None=None, # stop after this many steps (the schedule still spans n_tokens)
                progress:bool=True, # tqdm bar with tokens/s
                keep_checkpoints:int=2, # checkpoints kept while training (removed once the SAEs are saved)
-               ckpt_dir:str|Path|None=None, # checkpoint folder, holding `step_<N>` folders (default: `out_dir/checkpoints`)
-               parallel:str|None=None, # under a process group of N > 1: 'ddp' (default: each rank its B/N rows of every batch) or 'sweep' (each rank its share of `configs`, whole batches)
+               ckpt_dir:str|Path|None=None, # holds the `step_<N>` checkpoints (default: `out_dir/checkpoints`)
+               parallel:str|None=None, # N > 1 processes: 'ddp' (default: B/N rows each) or 'sweep' (configs shared)
               )->list[tuple[JumpReLUSAE, pd.DataFrame]]: # per config: the folded SAE and its history
     "Train one SAE per config on a single pass over `activations`; every batch is read once and used by all"
-    if isinstance(configs, TrainConfig): configs = [configs]
-    configs = list(configs)
-    if not configs: raise ValueError('configs is empty: give at least one TrainConfig')
-    for i, c in enumerate(configs):
-        if not isinstance(c, TrainConfig): raise TypeError(f'configs[{i}] is {type(c).__name__}; expected TrainConfig')
-    for k in ('batch_size', 'n_tokens'):
-        vals = {getattr(c, k) for c in configs}
-        if len(vals) > 1: raise ValueError(f'all configs must share {k} (one stream feeds them all); got {sorted(vals)}')
-    labels = [c.label for c in configs]
-    if len(set(labels)) < len(labels): raise ValueError(f'config names clash: {labels}; set TrainConfig.name')
-    if resume and out_dir is None: raise ValueError('resume=True needs out_dir (where the checkpoint is)')
-    for k, v in dict(log_every=log_every, ckpt_every=ckpt_every, norm_tokens=norm_tokens, dead_window=dead_window,
-                     keep_checkpoints=keep_checkpoints, **({} if max_steps is None else dict(max_steps=max_steps))).items(): check_int(k, v, 1)
-    if out_dir is not None: check_path('out_dir', out_dir, kind='dir')
-    if ckpt_dir is not None: check_path('ckpt_dir', ckpt_dir, kind='dir')
-    if not (norm_factor == 'auto' or (isinstance(norm_factor, (int, float)) and not isinstance(norm_factor, bool) and math.isfinite(norm_factor) and norm_factor > 0)):
-        raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
-    B, n_steps = configs[0].batch_size, configs[0].n_steps
-    if max_steps is not None: n_steps = min(n_steps, max_steps)
-    rank, n_proc = world()
-    if n_proc > 1 and not active(): raise RuntimeError(f'WORLD_SIZE={n_proc} but no process group is up: call salmon.distributed.init_distributed() first')
-    if parallel is not None: check_choice('parallel', parallel, ('ddp', 'sweep'))
-    mode = (parallel or 'ddp') if n_proc > 1 else None
-    if mode == 'ddp' and B % n_proc: raise ValueError(f'batch_size={B} does not split over {n_proc} processes (DDP: each takes batch_size / N rows); make it a multiple of {n_proc}')
-    own = my_share(len(configs)) if mode == 'sweep' else list(range(len(configs)))   # the configs this rank trains
-    B_in = B // n_proc if mode == 'ddp' else B                  # rows per batch of this rank's stream
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt = (Path(ckpt_dir) if ckpt_dir is not None else out_dir/'checkpoints') if out_dir is not None else None
-
-    stateful = bool(getattr(activations, 'resumable', False))   # the source records its position (a streamed buffer)
-    look = collections.deque()                                   # batches read but not yet trained on (C's head, a resumed run's)
-    found = _ckpt_load(ckpt, configs, meta, device) if resume else None   # verified whole before anything is changed
-    if mode and len(set(steps := gather_all(found[0]['step'] if found else 0))) > 1:
-        raise RuntimeError(f'the ranks found different checkpoints in {str(ckpt)!r} (steps {steps}): they must share one file system')
-    ss = found[0]['stream'] if found and stateful else None
-    if ss is not None and ('ranks' in ss or mode == 'ddp'):      # each rank continues its own source
-        n_saved = len(ss['ranks']) if 'ranks' in ss else 1
-        if n_saved != n_proc: raise ValueError(f"checkpoint {found[0]['path']!r} holds the stream positions of {n_saved} process(es); "
-                                               f'resume it with as many (this run has {n_proc})')
-        ss = ss['ranks'][rank]
-    if ss is not None: activations.load_state_dict(ss['source']); look.extend(ss['lookahead'])
-    it = _Lookahead(look, iter(activations))
-    first = next(it, None)
-    if first is None: raise ValueError('activations is empty')
-    if not isinstance(first, Tensor) or first.ndim != 2: raise TypeError(f'activations must yield 2-D tensors [batch, d]; got {type(first).__name__} {getattr(first, "shape", "")}')
-    if len(first) != B_in: raise ValueError(f'the stream yields batches of {len(first)} activations but the configs have batch_size={B}'
-                                            + (f' (DDP over {n_proc} processes: {B_in} per rank)' if mode == 'ddp' else '') + '; make them equal')
-    d = first.shape[1]
-    history = [[] for _ in configs]
-    t0_step = 0
-    if found:
-        st, trainers = found; history = st['history']; trainers = [trainers[i] for i in own]
-        if st['d_model'] != d: raise ValueError(f"checkpoint {st['path']!r} is for d_model={st['d_model']}; the stream has d={d} (use another out_dir, or resume=False)")
-        C, t0_step = st['norm_factor'], st['step']
-        look.appendleft(first); stream = it
-        if ss is None:                                             # a source without a saved position is re-read up to the checkpoint
-            for _ in range(t0_step):
-                if next(stream, None) is None: raise ValueError(f'the stream ended before step {t0_step} while skipping batches already trained on')
-    else:
-        trainers = [SAETrainer(configs[i], d, device) for i in own]
-        if norm_factor == 'auto':
-            head = [first] + list(itertools.islice(it, max(0, math.ceil(norm_tokens / B) - 1)))
-            C = _norm_factor(head, (lambda s, n: tuple(all_sum(torch.tensor([s, n], dtype=torch.float64, device=device)).tolist()))
-                             if mode == 'ddp' else None)
-            look.extend(head)
-        else:
-            C = float(norm_factor)
-            if not math.isfinite(C) or C <= 0: raise ValueError(f'norm_factor={norm_factor!r} must be a positive number or "auto"')
-            look.appendleft(first)
-        stream = it
-    if mode == 'ddp':
-        for tr in trainers: tr.grads = DDPGrads(train_grads)
-    inv_c = 1.0 / C
-    state = dict(step=t0_step, d_model=d, norm_factor=C, configs=json.loads(json.dumps([asdict(c) for c in configs])),
-                 meta=json.loads(json.dumps(meta or {}, default=str)))
-    dtypes = sorted({tr.sae.dtype for tr in trainers}, key=str)
-    bar = tqdm(total=n_steps * B, initial=t0_step * B, unit='tok', unit_scale=True, disable=not progress or rank != 0, desc='training', mininterval=1.0)
-    mine = [history[i] for i in own]
-    t = t0_step
-    try:
-        for t in range(t0_step, n_steps):
-            x = next(stream, None)
-            if mode == 'ddp' and all_sum(torch.tensor([float(x is None or len(x) != B_in)], device=device)).item() and x is not None and len(x) == B_in:
-                warnings.warn(f"another rank's stream ended after {t} of {n_steps} steps"); break   # every rank stops at the same step
-            if x is None: warnings.warn(f'the stream ended after {t} of {n_steps} steps'); break
-            if len(x) != B_in: warnings.warn(f'dropping a final short batch of {len(x)} activations'); break
-            x = x.to(device=device, dtype=torch.float32) * inv_c
-            if mode == 'ddp':                                       # the global batch's Σ‖x - x̄‖²
-                s = all_sum(torch.cat([x.sum(0, dtype=torch.float64), x.pow(2).sum(dtype=torch.float64).reshape(1)]))
-                var = float(s[-1] - s[:-1].pow(2).sum() / B)
-            else:
-                xc = x - x.mean(0)
-                var = float(xc.pow_(2).sum(dtype=torch.float64)); del xc
-            xs = {dt: x if dt == torch.float32 else x.to(dt) for dt in dtypes}
-            losses = [tr.step(xs[tr.sae.dtype], t, var) for tr in trainers]
-            bad = [i for i, l in enumerate(losses) if not math.isfinite(float(l))]
-            if bad:
-                where = f'; the last good checkpoint (step {state["step"]}) is kept in {str(ckpt)!r}' if ckpt is not None else ''
-                raise FloatingPointError(f'non-finite loss ({float(losses[bad[0]])}) at step {t} in SAE {labels[own[bad[0]]]!r}; training stopped{where}')
-            bar.update(B)
-            if (t + 1) % log_every == 0 or t + 1 == n_steps:
-                for h, tr in zip(mine, trainers): h.append(tr.log_row(t, (t + 1) * B, dead_window))
-                r = mine[0][-1]; bar.set_postfix(l0=f"{r['l0']:.1f}", fve=f"{r['fve']:.3f}", refresh=False)
-            if ckpt is not None and ((t + 1) % ckpt_every == 0 or t + 1 == n_steps):
-                state['step'] = t + 1
-                _ckpt_ranks(ckpt, trainers, own, state, history, keep_checkpoints,
-                            dict(source=activations.state_dict(), lookahead=list(look)) if stateful else None, mode)
-        else: t = n_steps
-    finally: bar.close()
-    results = {}
-    for i, tr in zip(own, trainers):
-        c = configs[i]
-        sae = fold_norm(tr.sae, C)
-        sae.cfg.update(dict(meta or {}), width=c.d_sae, norm_factor=C, n_tokens_trained=t * B, train=asdict(c))
-        results[i] = (sae, pd.DataFrame(history[i]))
-    if mode == 'sweep':                                  # every rank returns every SAE
-        for part in gather_all([(i, sae.cpu(), df) for i, (sae, df) in results.items()]):
-            for i, sae, df in part: results[i] = (sae.to(device), df)
-    results = [results[i] for i in range(len(configs))]
-    if out_dir is not None and rank == 0:               # rank 0 alone writes
-        for c, (sae, df) in zip(configs, results):
-            save_sae(sae, out_dir/c.label)
-            with atomic_write(out_dir/c.label/'history.csv', 'w') as f: df.to_csv(f, index=False)
-    if rank == 0 and ckpt is not None and t >= configs[0].n_steps and ckpt.exists():   # finished and saved: the checkpoints have served
-        for p in _ckpt_dirs(ckpt): _drop(p)
-        shutil.rmtree(ckpt, ignore_errors=True)
-    if mode: wait_main()                                 # the files are there when any rank returns
+    configs = _check_configs(configs)
+    _check_run_args(resume, out_dir, ckpt_dir, norm_factor, max_steps, log_every=log_every, ckpt_every=ckpt_every,
+                    norm_tokens=norm_tokens, dead_window=dead_window, keep_checkpoints=keep_checkpoints)
+    run = _plan(configs, out_dir, ckpt_dir, device, max_steps, parallel, meta)
+    _start(run, activations, resume, norm_factor, norm_tokens)
+    t = _loop(run, activations, log_every, ckpt_every, dead_window, keep_checkpoints, progress)
+    results = _fold(run, t)
+    _save(run, results, t)
     return results
+
+# %% ../nbs/06_train.ipynb #55b22e16
+def _plot_top(ax, # the top row of axes
+              hist:pd.DataFrame, # a history
+              target_l0:float|None, # drawn when given
+             ):
+    "L0 (log scale, with the target), batch FVE and the dead fraction"
+    s = hist['step']
+    ax[0].plot(s, hist['l0'])
+    ax[0].set_yscale('log')
+    ax[0].set_title('L0')
+    if target_l0: ax[0].axhline(target_l0, ls='--', c='k', lw=0.8)
+    ax[1].plot(s, hist['fve'])
+    ax[1].set_title('batch FVE')
+    ax[2].plot(s, hist['dead_frac'])
+    ax[2].set_title('dead fraction')
+
+# %% ../nbs/06_train.ipynb #e371eb6e
+def _plot_bottom(ax, # the bottom row of axes
+                 hist:pd.DataFrame, # a history
+                ):
+    "θ quantiles, the STE window occupancy (log scale), and lr and λ relative to their maxima"
+    s = hist['step']
+    for q in ('theta_q10', 'theta_q50', 'theta_q90'): ax[0].plot(s, hist[q], label=q[-3:])
+    ax[0].set_title('θ quantiles')
+    ax[0].legend()
+    ax[1].plot(s, hist['ste_window_frac'])
+    ax[1].set_yscale('log')
+    ax[1].set_title('STE window occupancy')
+    ax[2].plot(s, hist['lr'] / hist['lr'].max(), label='lr / max')
+    ax[2].plot(s, hist['sparsity_coeff'] / max(hist['sparsity_coeff'].max(), 1e-12), label='λ / max')
+    ax[2].legend()
+    ax[2].set_title('schedules')
 
 # %% ../nbs/06_train.ipynb #19a12bfa
 def plot_history(hist:pd.DataFrame, # a history from `train_saes`
@@ -728,16 +1354,8 @@ def plot_history(hist:pd.DataFrame, # a history from `train_saes`
     "Training diagnostics: L0, FVE, dead fraction, θ quantiles, STE window occupancy, lr and λ"
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(2, 3, figsize=(12, 6), constrained_layout=True)
-    s = hist['step']
-    ax[0, 0].plot(s, hist['l0']); ax[0, 0].set_yscale('log'); ax[0, 0].set_title('L0')
-    if target_l0: ax[0, 0].axhline(target_l0, ls='--', c='k', lw=0.8)
-    ax[0, 1].plot(s, hist['fve']); ax[0, 1].set_title('batch FVE')
-    ax[0, 2].plot(s, hist['dead_frac']); ax[0, 2].set_title('dead fraction')
-    for q in ('theta_q10', 'theta_q50', 'theta_q90'): ax[1, 0].plot(s, hist[q], label=q[-3:])
-    ax[1, 0].set_title('θ quantiles'); ax[1, 0].legend()
-    ax[1, 1].plot(s, hist['ste_window_frac']); ax[1, 1].set_yscale('log'); ax[1, 1].set_title('STE window occupancy')
-    ax[1, 2].plot(s, hist['lr'] / hist['lr'].max(), label='lr / max'); ax[1, 2].plot(s, hist['sparsity_coeff'] / max(hist['sparsity_coeff'].max(), 1e-12), label='λ / max')
-    ax[1, 2].legend(); ax[1, 2].set_title('schedules')
+    _plot_top(ax[0], hist, target_l0)
+    _plot_bottom(ax[1], hist)
     for a in ax.flat: a.set_xlabel('step')
     if title: fig.suptitle(title)
     return fig
