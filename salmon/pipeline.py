@@ -18,7 +18,7 @@ import numpy as np
 from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
 from .gemmascope import LADDER, REPOS, gemmascope_file, load_gemmascope
 from .absorption import absorption_summary
-from .interp import domain_specificity_summary
+from .specificity import domain_specificity_summary
 from .metrics import CONVENTIONS, evaluate
 from .models import load_lm, tiny_lm
 from .plots import REASON, not_measurable, paper_reference, pareto, set_style
@@ -662,7 +662,8 @@ def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='
         dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p)), on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #d0f4a5b6
-from .interp import SPEC_STATS, latent_stats
+from .specificity import SPEC_STATS
+from .stats import latent_stats
 
 def stage_specificity_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
                              )->pd.DataFrame:
