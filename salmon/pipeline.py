@@ -17,7 +17,8 @@ from .data import GENERAL_HUB, MEDICAL_HUB, general_text, medical_qa
 from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
 from .gemmascope import LADDER, REPOS, gemmascope_file, load_gemmascope
 from .absorption import absorption_summary
-from .interp import SPEC_STATS, domain_specificity_summary, latent_stats
+from .specificity import SPEC_STATS, domain_specificity_summary
+from .stats import latent_stats
 from .metrics import CONVENTIONS, evaluate
 from .models import load_lm, tiny_lm
 from .plots import REASON, pareto

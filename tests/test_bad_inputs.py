@@ -17,7 +17,7 @@ from salmon.train import TrainConfig, train_saes
 from salmon.trace import ActivationBuffer, ActivationCache, cache_activations, trace_activations
 from salmon.data import general_text, load_records, medical_qa
 from salmon.metrics import evaluate, reconstruction_metrics
-from salmon.interp import OpenAIClient, make_client
+from salmon.autointerp import OpenAIClient, make_client
 from salmon.pipeline import Preset, get_preset, gpu_estimate, run, stage_caches
 from salmon.synthetic import SparseDictionary
 from salmon.__main__ import main, parse_args

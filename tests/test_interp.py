@@ -1,9 +1,12 @@
-"Checks of salmon.interp's one-pass accumulators on synthetic activations (no model needed)"
+"Checks of the one-pass accumulators (salmon.stats) and their readers on synthetic activations (no model needed)"
 import math
 import numpy as np
 import pytest
 import torch
-from salmon.interp import _TopK, _window_max, _windows, nearest_latents, parse_indices, parse_score, specificity_scores, LatentStats
+from salmon.stats import _TopK, _window_max, _windows, LatentStats
+from salmon.cards import nearest_latents
+from salmon.specificity import specificity_scores
+from salmon.autointerp import parse_indices, parse_score
 from salmon.sae import JumpReLUSAE
 
 

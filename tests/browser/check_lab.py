@@ -23,7 +23,8 @@ OFFLINE = re.compile(r'Failed to load resource|net::ERR_|ERR_NAME_NOT_RESOLVED|E
 FB_CELLS = ['''# built by tests/browser/check_lab.py: a live FeatureBrowser on the tiny preset
 from salmon.pipeline import get_preset, prepare, load_model
 from salmon.data import medical_qa
-from salmon.interp import latent_stats, FeatureBrowser
+from salmon.stats import latent_stats
+from salmon.cards import FeatureBrowser
 P = get_preset('tiny')
 saes = prepare(P, progress=False)
 lm = load_model(P)
