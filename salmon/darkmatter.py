@@ -36,7 +36,7 @@ class NormalEq:
         "Σ‖x − x̄‖², the FVU denominator"
         return float(np.trace(self.sxx) - self.sx @ self.sx / self.n)
 
-# %% ../nbs/10_darkmatter.ipynb #9633f538
+# %% ../nbs/10_darkmatter.ipynb #795ddf61
 @patch_to(NormalEq)
 def update(self:NormalEq,
            x:np.ndarray, # activations `[n, d]`, float64
@@ -56,7 +56,7 @@ def update(self:NormalEq,
     self.suu += u.T @ u
     return self
 
-# %% ../nbs/10_darkmatter.ipynb #c9db2769
+# %% ../nbs/10_darkmatter.ipynb #d39d0027
 _LAST_FACTOR = {}   # the last matrix factorised: every SAE's probes on the same activations solve with the same G
 
 def _factorise(Gr:np.ndarray, rcond:float)->tuple[str, object]:
@@ -97,12 +97,12 @@ def _target(st:NormalEq, a:float, c:float)->tuple:
     see = np.append(diag, w @ st.suu @ w)
     return se, sxe, see
 
-# %% ../nbs/10_darkmatter.ipynb #05962917
+# %% ../nbs/10_darkmatter.ipynb #3e263a0b
 def _div(a, b):
     "`a / b` elementwise, NaN where `b` is not positive"
     return np.divide(a, b, out=np.full(np.shape(a), np.nan), where=np.asarray(b) > 0)
 
-# %% ../nbs/10_darkmatter.ipynb #a47a2518
+# %% ../nbs/10_darkmatter.ipynb #96040547
 def _scores(st:NormalEq, A:np.ndarray, b:np.ndarray, se:np.ndarray, sxe:np.ndarray, see:np.ndarray)->dict:
     "Every metric of one split, from its sums and a fitted probe (columns: d vector dims, then the norm)"
     d, n = st.d, st.n
@@ -143,14 +143,14 @@ def _f64(a, name:str)->np.ndarray:
     if isinstance(a, torch.Tensor): a = a.detach().to('cpu', torch.float64).numpy()
     return np.asarray(a, dtype=np.float64)
 
-# %% ../nbs/10_darkmatter.ipynb #fabb1633
+# %% ../nbs/10_darkmatter.ipynb #6a35be49
 def shrink_scale(tr:NormalEq)->float:
     "s* = Σ x·x̂ / Σ‖x̂‖² from the training sums (x̂ = 0: any s gives e_s = x, so 1)"
     ee, ex, xx = tr.su
     den = xx - 2 * ex + ee                                       # Σ‖x̂‖²
     return float((xx - ex) / den) if den > 0 else 1.0
 
-# %% ../nbs/10_darkmatter.ipynb #f49d0190
+# %% ../nbs/10_darkmatter.ipynb #c7c7c22c
 def _solve_probes(tr:NormalEq, tgt:dict, intercept:bool, ridge:float, rcond:float)->tuple:
     "Slopes A and intercepts b of every target column of `tgt` (name -> sums), solved at once; and the solver used"
     rx = np.hstack([t[1] for t in tgt.values()])
@@ -161,7 +161,7 @@ def _solve_probes(tr:NormalEq, tgt:dict, intercept:bool, ridge:float, rcond:floa
     b = (r1 - tr.sx @ A) / tr.n if intercept else np.zeros(A.shape[1])
     return A, b, solver
 
-# %% ../nbs/10_darkmatter.ipynb #b61176ab
+# %% ../nbs/10_darkmatter.ipynb #e5502bd8
 def _fit(tr:NormalEq, tests:dict, intercept:bool, ridge:float, rcond:float)->tuple:
     "Solve all probes on the training sums; score raw and shrinkage-controlled targets on them and each held-out split"
     d = tr.d
@@ -189,7 +189,7 @@ def _splitmix64(z:np.ndarray)->np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
 
-# %% ../nbs/10_darkmatter.ipynb #e2d7e1d7
+# %% ../nbs/10_darkmatter.ipynb #e67e0c15
 def _group_ids(groups, r0:int, chunk:int, n:int)->np.ndarray:
     "Group id of each of `n` rows starting at global row `r0` in source chunk `chunk`"
     if groups is None: return np.arange(r0, r0 + n, dtype=np.int64)
@@ -197,6 +197,7 @@ def _group_ids(groups, r0:int, chunk:int, n:int)->np.ndarray:
     if isinstance(groups, (int, np.integer)): return np.arange(r0, r0 + n, dtype=np.int64) // int(groups)
     return np.asarray(groups[r0:r0 + n], dtype=np.int64)
 
+# %% ../nbs/10_darkmatter.ipynb #c7ed10c6
 def _n_groups(groups, n_rows:int|None)->int|None:
     "How many groups `n_rows` rows hold (None when unknown in advance)"
     if n_rows is None or isinstance(groups, str): return None
@@ -204,14 +205,14 @@ def _n_groups(groups, n_rows:int|None)->int|None:
     if isinstance(groups, (int, np.integer)): return -(-n_rows // int(groups))
     return int(np.max(groups)) + 1 if len(groups) else 0
 
-# %% ../nbs/10_darkmatter.ipynb #01d60c6a
+# %% ../nbs/10_darkmatter.ipynb #7b4886b4
 def _is_train(gids:np.ndarray, split:str, train_frac:float, seed:int, n_groups:int|None)->np.ndarray:
     "Boolean mask: which of these groups are training groups"
     if split == 'sequential': return gids < round(train_frac * n_groups)
     h = _splitmix64(gids.astype(np.uint64) ^ _splitmix64(np.array([seed], dtype=np.uint64)))
     return (h >> np.uint64(11)).astype(np.float64) / 2.0 ** 53 < train_frac
 
-# %% ../nbs/10_darkmatter.ipynb #3632d46a
+# %% ../nbs/10_darkmatter.ipynb #21f1204b
 def _check_groups(groups, n_rows:int|None):
     "Validate `groups`: 'chunk', a block size, or one non-negative integer id per row"
     if isinstance(groups, str): check_choice('groups', groups, {'chunk'})
@@ -224,6 +225,7 @@ def _check_groups(groups, n_rows:int|None):
         if n_rows is not None and len(g) != n_rows:
             raise ValueError(f'groups has {len(g)} ids for {n_rows} rows; expected one id per row')
 
+# %% ../nbs/10_darkmatter.ipynb #5a804677
 def _check_split(split, train_frac, groups, n_rows, ridge):
     "Validate the split arguments before any work"
     check_choice('split', split, {'sequential', 'random'})
@@ -263,7 +265,7 @@ def _check_labels(labels, n_rows:int|None)->np.ndarray:
         raise ValueError(f'labels has {len(g)} ids for {n_rows} rows; expected one id per row')
     return g
 
-# %% ../nbs/10_darkmatter.ipynb #a31df521
+# %% ../nbs/10_darkmatter.ipynb #2ae6c28d
 def _check_chunk(c:int, # chunk number
                  x, # its activations
                  xh, # its reconstructions
@@ -279,7 +281,7 @@ def _check_chunk(c:int, # chunk number
         raise ValueError(f'chunk {c} has d={x.shape[1]}; expected d={d} like the first chunk')
     if n_rows is not None and r0 + len(x) > n_rows: raise ValueError(f'the source has more than n_rows={n_rows} rows')
 
-# %% ../nbs/10_darkmatter.ipynb #a4b9c08b
+# %% ../nbs/10_darkmatter.ipynb #94898ac9
 def _f64_rows(x, xh, c:int, r0:int)->tuple[np.ndarray, np.ndarray]:
     "Float64 activations and errors of one slice (chunk `c`, from global row `r0`), refusing inf and nan"
     xi, xhi = _f64(x, 'x'), _f64(xh, 'x_hat')
@@ -289,13 +291,14 @@ def _f64_rows(x, xh, c:int, r0:int)->tuple[np.ndarray, np.ndarray]:
                          f'(chunk {c}, rows {r0}..{r0 + len(xi) - 1})')
     return xi, ei
 
-# %% ../nbs/10_darkmatter.ipynb #1e82b4ab
+# %% ../nbs/10_darkmatter.ipynb #6eb0e002
 def _label_slice(labels:np.ndarray|None, r0:int, n:int)->np.ndarray|None:
     "The ids of rows `r0..r0+n` (None without labels)"
     if labels is None: return None
     if r0 + n > len(labels): raise ValueError(f'labels has {len(labels)} ids; the source has more rows')
     return labels[r0:r0 + n]
 
+# %% ../nbs/10_darkmatter.ipynb #931e2540
 def _add_rows(sums:dict, # 'train', 'test' (NormalEq) and 'by' (label -> NormalEq of held-out rows)
               xi:np.ndarray, # float64 activations [n, d]
               ei:np.ndarray, # their errors [n, d]
@@ -314,7 +317,7 @@ def _add_rows(sums:dict, # 'train', 'test' (NormalEq) and 'by' (label -> NormalE
         sel = ~m & (lab == l)
         sums['by'].setdefault(int(l), NormalEq(tr.d)).update(xi[sel], ei[sel])
 
-# %% ../nbs/10_darkmatter.ipynb #6879247a
+# %% ../nbs/10_darkmatter.ipynb #b937d945
 def _stream_sums(pairs:Iterable, groups, split:str, train_frac:float, seed:int, n_rows:int|None, labels, chunk_rows:int,
                 )->tuple[dict|None, int]: # the sums (None for an empty source) and the number of rows
     "Route every row of `pairs` into float64 train, test and per-label held-out sums"
@@ -330,7 +333,7 @@ def _stream_sums(pairs:Iterable, groups, split:str, train_frac:float, seed:int, 
             r0 += len(xi)
     return sums, r0
 
-# %% ../nbs/10_darkmatter.ipynb #2f189c92
+# %% ../nbs/10_darkmatter.ipynb #b02dafa8
 def _check_sums(sums:dict|None, r0:int, n_rows:int|None, labels, ridge:float, intercept:bool):
     "Refuse an empty source, a wrong row count or a split without two rows a side; warn when the probes would overfit"
     if sums is None: raise ValueError('the source is empty: no activation rows')
@@ -346,7 +349,7 @@ def _check_sums(sums:dict|None, r0:int, n_rows:int|None, labels, ridge:float, in
         warnings.warn(f'only {tr.n} training rows for {p} features (< 10 per feature): the probes overfit; '
                       'consider ridge > 0')
 
-# %% ../nbs/10_darkmatter.ipynb #e5351fc1
+# %% ../nbs/10_darkmatter.ipynb #7231eae6
 def dark_matter_stream(pairs:Iterable, # (x, x_hat) chunks, each [n, d] (tensors or arrays)
                        *,
                        train_frac:float=0.6, # fraction of groups used to fit the probes
@@ -399,19 +402,19 @@ def dark_matter(x, # activations [n, d] (tensor or array)
     return dark_matter_stream([(x, x_hat)], train_frac=train_frac, split=split, groups=groups, n_rows=len(x),
                               intercept=intercept, ridge=ridge, seed=seed, chunk_rows=chunk_rows, labels=labels)
 
-# %% ../nbs/10_darkmatter.ipynb #13116292
+# %% ../nbs/10_darkmatter.ipynb #8f578e8e
 @patch_to(DarkMatterResult)
 def predict_error(self:DarkMatterResult, x)->np.ndarray: # activations [n, d]
     "The linear prediction of the error `x A + b`"
     return _f64(x, 'x') @ self.coef + self.bias
 
-# %% ../nbs/10_darkmatter.ipynb #8cc8bd85
+# %% ../nbs/10_darkmatter.ipynb #a9df0a90
 @patch_to(DarkMatterResult)
 def predict_norm(self:DarkMatterResult, x)->np.ndarray: # activations [n, d]
     "The error-norm probe's prediction of ‖e‖²"
     return _f64(x, 'x') @ self.norm_coef + self.norm_bias
 
-# %% ../nbs/10_darkmatter.ipynb #a3de6067
+# %% ../nbs/10_darkmatter.ipynb #39e195e5
 @patch_to(DarkMatterResult)
 def row(self:DarkMatterResult,
         split:str='test', # which split's metrics: 'train', 'test' or 'test:<label>' (`labels`)
@@ -432,6 +435,7 @@ def _sae_device(sae)->torch.device:
     try: return next(sae.parameters()).device
     except (AttributeError, StopIteration, TypeError): return torch.device('cpu')
 
+# %% ../nbs/10_darkmatter.ipynb #2ded7c6c
 def _sae_pairs(sae, # anything with `encode` and `decode`
                source:Iterable, # [n, d] activation chunks
                chunk_rows:int, # rows encoded at a time
@@ -450,7 +454,7 @@ def _sae_pairs(sae, # anything with `encode` and `decode`
             counts['rows'] += len(xc)
         yield x, torch.cat(xh)
 
-# %% ../nbs/10_darkmatter.ipynb #899a1def
+# %% ../nbs/10_darkmatter.ipynb #7c5877cb
 def dark_matter_sae(sae, # anything with `encode(x) -> f` and `decode(f) -> x_hat`
                     source, # a tensor [n, d] or an iterable of [n, d] activation chunks
                     *,
@@ -483,14 +487,14 @@ class DarkMatterProtocol:
     split:str='sequential'   # 'sequential' or 'random' (by sequence)
     intercept:bool=True      # bias column in the probes
 
-# %% ../nbs/10_darkmatter.ipynb #98b3e14d
+# %% ../nbs/10_darkmatter.ipynb #e433373a
 @patch_to(DarkMatterProtocol)
 def probe_kw(self:DarkMatterProtocol)->dict:
     "Options for `dark_matter` / `dark_matter_sae` that implement this protocol"
     return dict(train_frac=self.train_frac, split=self.split, groups=self.seq_len - self.skip_first,
                 intercept=self.intercept)
 
-# %% ../nbs/10_darkmatter.ipynb #26ff5fd1
+# %% ../nbs/10_darkmatter.ipynb #4559ce35
 PROTOCOLS = {p.name: p for p in [
     DarkMatterProtocol('paper'),                                      # arXiv 2508.09363 §6.6
     DarkMatterProtocol('salmon', skip_first=1, split='random'),       # BOS dropped, random held-out sequences
@@ -544,13 +548,13 @@ class PackedActivations:
         self.group_size = ids.shape[1] - skip_first
         self.n_rows = len(ids) * self.group_size
 
-# %% ../nbs/10_darkmatter.ipynb #fd63cac2
+# %% ../nbs/10_darkmatter.ipynb #8f9917e7
 @patch_to(PackedActivations)
 def __len__(self:PackedActivations)->int:
     "Number of chunks (batches of sequences)"
     return -(-len(self.ids) // self.batch_size)
 
-# %% ../nbs/10_darkmatter.ipynb #2ee91198
+# %% ../nbs/10_darkmatter.ipynb #62e1794d
 @patch_to(PackedActivations)
 def __iter__(self:PackedActivations)->Iterator[torch.Tensor]:
     "One `[b·(seq_len − skip_first), d]` fp32 CPU chunk per batch of sequences, in order"
@@ -563,13 +567,13 @@ def __iter__(self:PackedActivations)->Iterator[torch.Tensor]:
         h = resid_output(h, len(b))[:, self.skip_first:]
         yield h.reshape(-1, h.shape[-1]).float().cpu()
 
-# %% ../nbs/10_darkmatter.ipynb #cdfc617e
+# %% ../nbs/10_darkmatter.ipynb #dd9dc47e
 @patch_to(PackedActivations)
 def collect(self:PackedActivations)->torch.Tensor:
     "All rows as one `[n_rows, d]` tensor"
     return torch.cat(list(self))
 
-# %% ../nbs/10_darkmatter.ipynb #a6c0c9ab
+# %% ../nbs/10_darkmatter.ipynb #406d64ae
 def protocol_activations(lm, # an nnsight model
                          texts:Iterable[str], # the corpus (held-out text recommended)
                          layer:int, # block whose output is read
@@ -592,13 +596,14 @@ def _fmt_width(w:float)->str:
     "A width as the paper writes it: 16k for 16384"
     return f'{w/1024:g}k' if w >= 1024 and w % 1024 == 0 else f'{w:g}'
 
+# %% ../nbs/10_darkmatter.ipynb #150194a7
 def _color_limits(vals:pd.Series)->tuple[float, float]:
     "The colour range of one metric over every family (widened by ±0.5 when flat)"
     lo, hi = np.nanmin(vals), np.nanmax(vals)
     if hi <= lo: lo, hi = lo - 0.5, hi + 0.5
     return lo, hi
 
-# %% ../nbs/10_darkmatter.ipynb #f2268cf9
+# %% ../nbs/10_darkmatter.ipynb #5f4f837e
 def _grid_axes(axes, n_rows:int, n_cols:int)->tuple:
     "A new figure with an `[n_rows, n_cols]` grid of axes, or the given axes reshaped to it, and their figure"
     if axes is None:
@@ -607,6 +612,7 @@ def _grid_axes(axes, n_rows:int, n_cols:int)->tuple:
     axes = np.asarray(axes).reshape(n_rows, n_cols)
     return axes.flat[0].figure, axes
 
+# %% ../nbs/10_darkmatter.ipynb #f867ae53
 def _grid_panel(ax, sub:pd.DataFrame, x:str, y:str, m:str, kind:str, cmap:str, lim:tuple, lev:np.ndarray):
     "One family's metric `m` over log (x, y): filled contours with the points where they triangulate, else markers"
     lo, hi = lim
@@ -619,7 +625,7 @@ def _grid_panel(ax, sub:pd.DataFrame, x:str, y:str, m:str, kind:str, cmap:str, l
     if drawn is None: drawn = ax.scatter(lx, ly, c=v, cmap=cmap, vmin=lo, vmax=hi, s=120, marker='s', edgecolors='k')
     return drawn
 
-# %% ../nbs/10_darkmatter.ipynb #3a3a9f2c
+# %% ../nbs/10_darkmatter.ipynb #04a39dd5
 def _grid_ticks(ax, sub:pd.DataFrame, x:str, y:str):
     "Log-scale ticks at the measured widths and L0s (six geometric ones when there are many)"
     xt = sorted(sub[x].unique())
@@ -629,7 +635,7 @@ def _grid_ticks(ax, sub:pd.DataFrame, x:str, y:str):
     ax.set_yticks(np.log10(yt), [f'{t:.3g}' for t in yt])
     if len(xt) == 1: ax.set_xlim(np.log10(xt[0]) - 0.3, np.log10(xt[0]) + 0.3)
 
-# %% ../nbs/10_darkmatter.ipynb #e18874d8
+# %% ../nbs/10_darkmatter.ipynb #11501c58
 def plot_dark_matter_grid(df:pd.DataFrame, # one row per SAE: columns `family`, `x`, `y` and the metrics
                           metrics:tuple=('r2_norm', 'r2_vector', 'fvu_nonlinear'), # one panel column each
                           family:str='family', # column naming the SAE family (one panel row each)
