@@ -2,8 +2,9 @@
 import math
 import pytest
 import torch
-from salmon.absorption import (token_absorption, k_sparse_probing, fit_probe, f1_scores, toy_hierarchy, train_toy_sae, toy_task,
-                               absorption_eval, first_letter_prompts, single_token_words, ProbeTask, _span_positions)
+from salmon.absorption import (token_absorption, k_sparse_probing, fit_probe, f1_scores, absorption_eval, first_letter_prompts,
+                               single_token_words, ProbeTask, _span_positions)
+from salmon.toy_absorption import toy_hierarchy, train_toy_sae, toy_task
 from salmon.models import tiny_tokenizer
 
 
