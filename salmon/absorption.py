@@ -13,7 +13,7 @@ from torch import Tensor
 from .core import check_choice, check_range, data_dir
 from .models import model_device, resid_module, resid_output, torch_model
 from .sae import JumpReLUSAE
-from .trace import add_method as patch_to
+from fastcore.basics import patch_to
 
 # %% auto #0
 __all__ = ['LETTERS', 'TOKEN_COLS', 'single_token_words', 'first_letter_prompts', 'span_batch', 'trace_spans', 'ProbeTask',
@@ -884,13 +884,3 @@ def plot_absorption_vs_l0(summary:pd.DataFrame, # from `absorption_summary`
     fig.tight_layout()
     plt.close(fig)
     return fig
-
-# %% ../nbs/11_absorption.ipynb #6d16d596
-_MOVED = {'toy_hierarchy', 'train_toy_sae', 'toy_task'}   # now in salmon.toy_absorption
-
-def __getattr__(name:str):
-    "The toy names that moved to `salmon.toy_absorption`, looked up there"
-    if name in _MOVED:
-        from salmon import toy_absorption
-        return getattr(toy_absorption, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

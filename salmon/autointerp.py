@@ -13,12 +13,11 @@ import torch
 from .core import check_choice, check_range
 from .models import model_device, torch_model
 from .stats import LatentStats, check_latent
-from .trace import add_method
+from fastcore.basics import patch_to
 
 # %% auto #0
-__all__ = ['PROMPTS', 'CLIENTS', 'SAEBENCH_AUTOINTERP', 'OpenAIClient', 'complete', 'LocalClient', 'make_client',
-           'parse_explanation', 'parse_indices', 'parse_score', 'explain_latent', 'score_explanation',
-           'autointerp_saebench', 'autointerp']
+__all__ = ['PROMPTS', 'CLIENTS', 'SAEBENCH_AUTOINTERP', 'OpenAIClient', 'LocalClient', 'make_client', 'parse_explanation',
+           'parse_indices', 'parse_score', 'explain_latent', 'score_explanation', 'autointerp_saebench', 'autointerp']
 
 # %% ../nbs/15_autointerp.ipynb #c962bb8b
 PROMPTS = dict(
@@ -106,7 +105,7 @@ class OpenAIClient:
     def __repr__(self): return f'OpenAIClient({self.url!r}, model={self.model!r})'
 
 # %% ../nbs/15_autointerp.ipynb #0792da83
-@add_method(OpenAIClient)
+@patch_to(OpenAIClient)
 def _post(self:OpenAIClient, body:dict)->dict:
     "POST `body` as JSON to the endpoint (with the key, if any) and parse the JSON reply"
     hdr = {'Content-Type': 'application/json', **({'Authorization': f'Bearer {self.api_key}'} if self.api_key else {})}
@@ -114,7 +113,7 @@ def _post(self:OpenAIClient, body:dict)->dict:
     with self._open(req, timeout=self.timeout) as r: return json.loads(r.read().decode())
 
 # %% ../nbs/15_autointerp.ipynb #780fae94
-@add_method(OpenAIClient)
+@patch_to(OpenAIClient)
 def complete(self:OpenAIClient, prompt:str, max_new_tokens:int=64)->str:
     "The assistant's reply to `prompt` as one user message"
     if not isinstance(prompt, str): raise TypeError(f'prompt is {type(prompt).__name__}; expected str')
@@ -147,7 +146,7 @@ class LocalClient:
     def __repr__(self): return f'LocalClient({type(self.model).__name__}, chat={self.chat})'
 
 # %% ../nbs/15_autointerp.ipynb #58016a37
-@add_method(LocalClient)
+@patch_to(LocalClient)
 @torch.no_grad()
 def complete(self:LocalClient, prompt:str, max_new_tokens:int=64)->str:
     "Greedy continuation of `prompt` (new tokens only, special tokens dropped)"

@@ -12,10 +12,10 @@ from torch import Tensor
 from .core import check_range
 from .models import torch_model
 from .stats import LatentStats, check_latent, decode_ids
-from .trace import add_method
+from fastcore.basics import patch_to
 
 # %% auto #0
-__all__ = ['logit_lens', 'card_html', 'feature_card', 'nearest_latents', 'FeatureBrowser', 'show', 'step', 'search']
+__all__ = ['logit_lens', 'card_html', 'feature_card', 'nearest_latents', 'FeatureBrowser']
 
 # %% ../nbs/13_cards.ipynb #aae31b95
 def logit_lens(sae, # an SAE with `W_dec [d_sae, d_model]`
@@ -172,7 +172,7 @@ class FeatureBrowser:
         self.show(0)
 
 # %% ../nbs/13_cards.ipynb #d12eefca
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def _build_widgets(self:FeatureBrowser):
     "Create the controls, the panes and the layout (`self.widget`)"
     import ipywidgets as W
@@ -199,7 +199,7 @@ def _build_widgets(self:FeatureBrowser):
     self.widget = W.VBox([bar, panes])
 
 # %% ../nbs/13_cards.ipynb #83b7b506
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def _wire_widgets(self:FeatureBrowser):
     "Connect the controls to `show`, `step`, `search` and `_show_b`"
     self.latent.observe(lambda ch: self.show(ch['new']), names='value')
@@ -210,7 +210,7 @@ def _wire_widgets(self:FeatureBrowser):
     self.match.observe(lambda ch: ch['new'] is not None and self._show_b(ch['new']), names='value')
 
 # %% ../nbs/13_cards.ipynb #a2ce565c
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def show(self:FeatureBrowser, latent:int):
     "Show latent `latent` of SAE A (and its nearest latents of SAE B)"
     j = check_latent(self.stats, latent)
@@ -226,7 +226,7 @@ def show(self:FeatureBrowser, latent:int):
         self._show_b(idx[0])
 
 # %% ../nbs/13_cards.ipynb #4ddd1dee
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def _show_b(self:FeatureBrowser, b:int):
     "Show latent `b` of SAE B with its decoder cosine to the current latent of A"
     j = self.latent.value
@@ -235,7 +235,7 @@ def _show_b(self:FeatureBrowser, b:int):
                                       explanation=self.other_expl.get(b), extra={'cos': c})
 
 # %% ../nbs/13_cards.ipynb #52fc1c9a
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def step(self:FeatureBrowser, d:int=1):
     "Move `d` latents on (skipping dead latents when the box is ticked); wraps around"
     F, j = self.stats.d_sae, self.latent.value
@@ -245,7 +245,7 @@ def step(self:FeatureBrowser, d:int=1):
     self.show(j)
 
 # %% ../nbs/13_cards.ipynb #a7e858f2
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def _top_texts(self:FeatureBrowser, n_top:int)->list[str]:
     "Lower-cased text of each latent's top-`n_top` context windows, one string per latent (built once)"
     if self._texts is not None and self._texts[0] == n_top: return self._texts[1]
@@ -263,7 +263,7 @@ def _top_texts(self:FeatureBrowser, n_top:int)->list[str]:
     return self._texts[1]
 
 # %% ../nbs/13_cards.ipynb #079ff1c2
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def search(self:FeatureBrowser, query:str, n_top:int=5)->list[int]:
     "Latents whose explanation or top-`n_top` contexts contain `query` (case-insensitive); a number jumps there"
     q = query.strip().lower()
@@ -289,7 +289,7 @@ def search(self:FeatureBrowser, query:str, n_top:int=5)->list[int]:
     return hits
 
 # %% ../nbs/13_cards.ipynb #8f63b2de
-@add_method(FeatureBrowser)
+@patch_to(FeatureBrowser)
 def _ipython_display_(self:FeatureBrowser):
     "Display the browser's widget"
     from IPython.display import display

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.tri import Triangulation
 from .core import check_choice, check_range
 from .models import model_device, resid_module, resid_output, torch_model
-from .trace import add_method as patch_to
+from fastcore.basics import patch_to
 
 # %% auto #0
 __all__ = ['METRICS', 'PROTOCOLS', 'NormalEq', 'DarkMatterResult', 'shrink_scale', 'train_mask', 'dark_matter_stream',

@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_flatten
 from .core import atomic_write, cache_dir, check_choice
 from .data import write_hub_fixtures
 from .gemmascope import write_gemmascope_mirror, WIDTHS
-from .trace import add_method
+from fastcore.basics import patch_to
 from . import pipeline as pl
 
 # %% auto #0
@@ -52,7 +52,7 @@ class TensorMemory(TorchDispatchMode):
         return pd.DataFrame(self.at_peak, columns=['bytes', 'op', 'shape', 'dtype'])
 
 # %% ../nbs/97_dryrun.ipynb #1d82aa7b
-@add_method(TensorMemory)
+@patch_to(TensorMemory)
 def _add(self:TensorMemory, t, op:str):
     "Count tensor `t`'s storage (made by `op`) if it is on the counted device and not yet counted"
     if not isinstance(t, torch.Tensor) or t.device.type != self.device: return
@@ -69,7 +69,7 @@ def _add(self:TensorMemory, t, op:str):
             self._snap = self.peak
             self.at_peak = sorted(self.live.values(), key=lambda r: -r[0])[:12]
 
-@add_method(TensorMemory)
+@patch_to(TensorMemory)
 def _free(self:TensorMemory, k):
     "Take a freed storage off the count"
     self.current -= self.live.pop(k, (0,))[0]

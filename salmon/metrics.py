@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 from .core import check_choice, check_range
 from .models import walk_attr, block_path, resid_module, resid_output, torch_model
 from .models import model_device
-from .trace import add_method, tokenize_batch
+from fastcore.basics import patch_to
+from .trace import tokenize_batch
 
 # %% auto #0
-__all__ = ['CONVENTIONS', 'rechunk', 'ReconStats', 'update', 'result', 'reconstruction_metrics', 'Convention',
-           'special_token_mask', 'convention_masks', 'loss_recovered', 'evaluate']
+__all__ = ['CONVENTIONS', 'rechunk', 'ReconStats', 'reconstruction_metrics', 'Convention', 'special_token_mask',
+           'convention_masks', 'loss_recovered', 'evaluate']
 
 # %% ../nbs/07_metrics.ipynb #41a8d6c8
 def rechunk(source:Iterable[torch.Tensor], # chunks `[n_i, d]` of any sizes
@@ -48,7 +49,7 @@ class ReconStats:
         self.fired = None if d_sae is None else torch.zeros(d_sae, dtype=torch.long)
 
 # %% ../nbs/07_metrics.ipynb #956642cc
-@add_method(ReconStats)
+@patch_to(ReconStats)
 def update(self:ReconStats, x:torch.Tensor, x_hat:torch.Tensor, f:torch.Tensor):
     "Add a batch: activations, reconstructions and latents"
     x, xh = x.double(), x_hat.double()
@@ -72,7 +73,7 @@ def update(self:ReconStats, x:torch.Tensor, x_hat:torch.Tensor, f:torch.Tensor):
     if self.fired is not None: self.fired += active.sum(0).cpu()
 
 # %% ../nbs/07_metrics.ipynb #35c7205b
-@add_method(ReconStats)
+@patch_to(ReconStats)
 def result(self:ReconStats, **labels)->dict:
     "The metrics as a flat dict (plus `labels`)"
     n = self.n

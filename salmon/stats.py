@@ -12,12 +12,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 from .core import check_choice, check_range
-from .trace import ActivationStream, add_method, tokenize_batch
+from fastcore.basics import patch_to
+from .trace import ActivationStream, tokenize_batch
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'generic_token_mask', 'token_table', 'corpus_generic_ids', 'update', 'LatentStats', 'add_negatives',
-           'payload', 'result', 'saes_and_flag', 'latent_stats', 'check_latent', 'decode_ids', 'records',
-           'quantile_samples', 'top_activations', 'plot_density']
+__all__ = ['STOPWORDS', 'generic_token_mask', 'token_table', 'corpus_generic_ids', 'LatentStats', 'saes_and_flag', 'latent_stats',
+           'check_latent', 'decode_ids', 'quantile_samples', 'top_activations', 'plot_density']
 
 # %% ../nbs/12_stats.ipynb #95125764
 STOPWORDS = frozenset('''a an the and or but if then else of to in on at by for with from as into onto over under about
@@ -104,7 +104,7 @@ class _TopK:
         self.ctx = torch.full((k, F, W), float('nan'), device=device)
 
 # %% ../nbs/12_stats.ipynb #975479dc
-@add_method(_TopK)
+@patch_to(_TopK)
 def update(self:_TopK, bkey:Tensor, f:Tensor, seg:Tensor, r0:int, left:int, right:int):
     "Merge a batch's keys `[n, F]` (negative = not a candidate); `r0` is the batch's first table row"
     K = self.key.shape[0]
@@ -179,7 +179,7 @@ class _Accumulator:
         self.neg_max = torch.zeros(n_negatives, F, device=dev)
 
 # %% ../nbs/12_stats.ipynb #635756a7
-@add_method(_Accumulator)
+@patch_to(_Accumulator)
 def add_negatives(self:_Accumulator, f:Tensor, seg:Tensor, nk:Tensor, r0:int):
     "Keep the `n_negatives` rows with the highest keys so far (batch keys `nk`) and every latent's max on their windows"
     m = self.n_negatives
@@ -193,7 +193,7 @@ def add_negatives(self:_Accumulator, f:Tensor, seg:Tensor, nk:Tensor, r0:int):
     self.neg_key, self.neg_rows, self.neg_max = key, nr, nm
 
 # %% ../nbs/12_stats.ipynb #d55d92a7
-@add_method(_Accumulator)
+@patch_to(_Accumulator)
 def update(self:_Accumulator, f:Tensor, seg:Tensor, is_gen:Tensor, nk:Tensor, g:torch.Generator, r0:int):
     "Add a batch's activations `f [n, F]`: `is_gen` marks its generic tokens, `nk` are its rows' negative keys"
     fire = f > 0
@@ -210,13 +210,13 @@ def update(self:_Accumulator, f:Tensor, seg:Tensor, is_gen:Tensor, nk:Tensor, g:
     if self.n_negatives: self.add_negatives(f, seg, nk, r0)
 
 # %% ../nbs/12_stats.ipynb #90ba0c3c
-@add_method(_TopK)
+@patch_to(_TopK)
 def payload(self:_TopK)->dict:
     "Rows, activations and context windows on the CPU"
     return dict(row=self.row.cpu(), act=self.act.cpu(), ctx=self.ctx.cpu())
 
 # %% ../nbs/12_stats.ipynb #1980dc07
-@add_method(_Accumulator)
+@patch_to(_Accumulator)
 def result(self:_Accumulator, name:str, texts:list, table:Tensor, gen:Tensor, tok, secs:float)->LatentStats:
     "The accumulated statistics as a `LatentStats` on the CPU"
     return LatentStats(name=name, texts=texts, table=table, count=self.count.cpu(), act_sum=self.act_sum.cpu(),
@@ -357,7 +357,7 @@ def _record(stats:LatentStats, row:int, act:float, ctx:Tensor|None)->dict:
                 acts=acts, context=context)
 
 # %% ../nbs/12_stats.ipynb #7243f29e
-@add_method(LatentStats)
+@patch_to(LatentStats)
 def records(self:LatentStats, latent:int, which:str='top', n:int|None=None)->list[dict]:
     "Records of `latent`: 'top' (by activation), 'sample' (uniform firings, sorted) or 'negative' (silent windows)"
     j = check_latent(self, latent)

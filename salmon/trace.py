@@ -9,6 +9,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterable, Iterator
 import torch
+from fastcore.basics import patch_to
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
@@ -19,9 +20,8 @@ from .store import (FORMAT_VERSION, CorruptArtefactError, StaleArtefactError, fi
 from .models import resid_module, resid_output, torch_model, d_model, model_device
 
 # %% auto #0
-__all__ = ['TraceStats', 'tokenize_batch', 'add_method', 'ActivationStream', 'trace_batch', 'collect', 'state_dict',
-           'load_state_dict', 'trace_activations', 'ActivationBuffer', 'model_name', 'ActivationCache', 'damaged',
-           'chunks', 'batches', 'read_all', 'cache_activations']
+__all__ = ['TraceStats', 'tokenize_batch', 'ActivationStream', 'trace_activations', 'ActivationBuffer', 'model_name',
+           'ActivationCache', 'cache_activations']
 
 # %% ../nbs/03_trace.ipynb #f389b7c5
 @dataclass
@@ -46,14 +46,6 @@ def tokenize_batch(tok, texts:list[str], max_len:int):
         out[i, :len(x)] = torch.tensor(x)
         mask[i, :len(x)] = 1
     return out, mask, n_trunc
-
-# %% ../nbs/03_trace.ipynb #a8b1c2d3
-def add_method(cls:type):
-    "Decorator: attach the function to `cls` as a method (fastcore's `patch`, without a runtime dependency)"
-    def deco(f):
-        setattr(cls, f.__name__, f)
-        return f
-    return deco
 
 # %% ../nbs/03_trace.ipynb #c2887780
 class ActivationStream:
@@ -85,7 +77,7 @@ class ActivationStream:
         self._skip = 0
 
 # %% ../nbs/03_trace.ipynb #2fe01121
-@add_method(ActivationStream)
+@patch_to(ActivationStream)
 def _batches(self:ActivationStream)->Iterator[list[str]]:
     "The texts after the skipped ones, `batch_size` at a time, each checked to be a str"
     it = itertools.islice(iter(self.texts), self._skip, None)
@@ -97,7 +89,7 @@ def _batches(self:ActivationStream)->Iterator[list[str]]:
         yield batch
 
 # %% ../nbs/03_trace.ipynb #66e59901
-@add_method(ActivationStream)
+@patch_to(ActivationStream)
 def trace_batch(self:ActivationStream, batch:list[str])->torch.Tensor:
     "Activations `[n_real_tokens, d]` of one batch of texts"
     lm, tok = self.lm, self.lm.tokenizer
@@ -117,7 +109,7 @@ def trace_batch(self:ActivationStream, batch:list[str])->torch.Tensor:
     return h[keep.to(h.device)].to(self.out_device, self.out_dtype)
 
 # %% ../nbs/03_trace.ipynb #790ac9a1
-@add_method(ActivationStream)
+@patch_to(ActivationStream)
 def __iter__(self:ActivationStream)->Iterator[torch.Tensor]:
     "One activation chunk per batch, counting texts, tokens and seconds, with a tokens/s bar"
     bar = tqdm(desc=self.desc, unit='tok', unit_scale=True, disable=not self.progress, mininterval=1.0)
@@ -139,19 +131,19 @@ def __iter__(self:ActivationStream)->Iterator[torch.Tensor]:
                       'tokens and were truncated')
 
 # %% ../nbs/03_trace.ipynb #90eefa86
-@add_method(ActivationStream)
+@patch_to(ActivationStream)
 def collect(self:ActivationStream)->torch.Tensor:
     "All activations as one `[n_tokens, d]` tensor"
     return torch.cat(list(self))
 
 # %% ../nbs/03_trace.ipynb #efc2dfa9
-@add_method(ActivationStream)
+@patch_to(ActivationStream)
 def state_dict(self:ActivationStream)->dict:
     "Position in the text stream: texts consumed, tokens produced, truncations"
     return dict(n_texts=self.stats.n_texts, n_tokens=self.stats.n_tokens, n_truncated=self.stats.n_truncated)
 
 # %% ../nbs/03_trace.ipynb #c71e1dc8
-@add_method(ActivationStream)
+@patch_to(ActivationStream)
 def load_state_dict(self:ActivationStream, state:dict):
     "Continue after the first `state['n_texts']` texts (call before iterating)"
     check_range('n_texts', state['n_texts'], 0)
@@ -192,19 +184,19 @@ class ActivationBuffer:
         return callable(getattr(src, 'state_dict', None)) and callable(getattr(src, 'load_state_dict', None))
 
 # %% ../nbs/03_trace.ipynb #6a44cacd
-@add_method(ActivationBuffer)
+@patch_to(ActivationBuffer)
 def _start(self:ActivationBuffer):
     "Reset the generator, the source iterator and the (empty) order of unread slots"
     self._g = torch.Generator().manual_seed(self.seed)
     self._src, self._pending, self._buf = iter(self.source), None, None
     self._order, self._pos, self._exhausted = torch.empty(0, dtype=torch.long), 0, False
 
-@add_method(ActivationBuffer)
+@patch_to(ActivationBuffer)
 def _alloc(self:ActivationBuffer, d:int):
     "The buffer's storage, `capacity` rows of width `d`"
     self._buf = torch.empty(self.capacity, d, device=self.device, dtype=self.dtype)
 
-@add_method(ActivationBuffer)
+@patch_to(ActivationBuffer)
 def _check_chunk(self:ActivationBuffer, x):
     "A source chunk must be a 2-D tensor as wide as the earlier ones"
     buf = self._buf
@@ -214,7 +206,7 @@ def _check_chunk(self:ActivationBuffer, x):
                          f'expected 2-D chunks [n, d]{like}')
 
 # %% ../nbs/03_trace.ipynb #573962d3
-@add_method(ActivationBuffer)
+@patch_to(ActivationBuffer)
 def _refill(self:ActivationBuffer):
     "Fill the read slots from the source and draw a fresh random order of every unread slot"
     keep = self._order[self._pos:]
@@ -238,7 +230,7 @@ def _refill(self:ActivationBuffer):
     self._order, self._pos = both[torch.randperm(len(both), generator=self._g)], 0
 
 # %% ../nbs/03_trace.ipynb #8b2e9922
-@add_method(ActivationBuffer)
+@patch_to(ActivationBuffer)
 def __iter__(self:ActivationBuffer)->Iterator[torch.Tensor]:
     "Batches of `batch_tokens` unread rows in the shuffled order, refilling whenever fewer than half are unread"
     if not getattr(self, '_loaded', False): self._start()
@@ -252,7 +244,7 @@ def __iter__(self:ActivationBuffer)->Iterator[torch.Tensor]:
         yield self._buf[idx.to(self.device)]
 
 # %% ../nbs/03_trace.ipynb #b9c2d3e4
-@add_method(ActivationBuffer)
+@patch_to(ActivationBuffer)
 def state_dict(self:ActivationBuffer)->dict:
     "What continues this buffer's batches elsewhere: unread rows, their slots, RNG, pending rows, source position"
     if not self.resumable:
@@ -268,7 +260,7 @@ def state_dict(self:ActivationBuffer)->dict:
                             dtype=str(self.dtype)))
 
 # %% ../nbs/03_trace.ipynb #b1bbf278
-@add_method(ActivationBuffer)
+@patch_to(ActivationBuffer)
 def load_state_dict(self:ActivationBuffer, state:dict):
     "Continue where `state` was saved: the next batch is the one the saved buffer would have served (call first)"
     want = dict(capacity=self.capacity, batch_tokens=self.batch_tokens, seed=self.seed, dtype=str(self.dtype))
@@ -335,7 +327,7 @@ class ActivationCache:
         return f"ActivationCache({str(self.path)!r}, {self.n_tokens:,} tokens, layer {m['layer']} of {m['model']})"
 
 # %% ../nbs/03_trace.ipynb #2fa7e8dd
-@add_method(ActivationCache)
+@patch_to(ActivationCache)
 def damaged(self:ActivationCache, full:bool=True, # compare content hashes (else sizes only)
            )->tuple[int, str]|None: # (index, message) of the first bad shard
     "The first shard that is missing, cut or changed since it was written, or None"
@@ -348,7 +340,7 @@ def damaged(self:ActivationCache, full:bool=True, # compare content hashes (else
     return None
 
 # %% ../nbs/03_trace.ipynb #b0beb730
-@add_method(ActivationCache)
+@patch_to(ActivationCache)
 def chunks(self:ActivationCache, shuffle:bool=False, seed:int=0)->Iterator[torch.Tensor]:
     "Each shard as a tensor (verified against its hash when `verify`), in order or in a seeded random order"
     shards = self.manifest['shards']
@@ -365,13 +357,13 @@ def chunks(self:ActivationCache, shuffle:bool=False, seed:int=0)->Iterator[torch
                 raise CorruptArtefactError(f'activation shard {str(f)!r} is unreadable ({e})') from None
 
 # %% ../nbs/03_trace.ipynb #8ec0f06c
-@add_method(ActivationCache)
+@patch_to(ActivationCache)
 def batches(self:ActivationCache, batch_tokens:int=2048, capacity:int=250_000, seed:int=0, **kw)->ActivationBuffer:
     "Shuffled training batches: shards in random order through an `ActivationBuffer`"
     src = self.chunks(shuffle=True, seed=seed)
     return ActivationBuffer(src, capacity=capacity, batch_tokens=batch_tokens, seed=seed, **kw)
 
-@add_method(ActivationCache)
+@patch_to(ActivationCache)
 def read_all(self:ActivationCache, dtype:torch.dtype=torch.float32)->torch.Tensor:
     "Every activation, in stream order"
     return torch.cat([c.to(dtype) for c in self.chunks()])
