@@ -21,7 +21,8 @@ help:
 	@echo "make demo   install (CPU torch unless CUDA) and run the main job on the embedded Gemma 3 270M"
 	@echo "make test   install with dev requirements and run the test suite (notebooks + tests/)"
 	@echo "make lab    install JupyterLab and the 'salmon' kernel, then open nbs/ (prints the URL when headless)"
-	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files"
+	@echo "make check  fail if nbdev_clean / nbdev_export would change tracked files or README.md is stale"
+	@echo "make readme write README.md from nbs/index.ipynb"
 	@echo "make compare  salmon against SAELens and SAEBench (their own code, a side venv) on a demo SAE (after make demo)"
 	@echo "make compare-absorption  salmon's SAEBench-protocol absorption against SAEBench's own (same SAE, model, vocabulary, seeds)"
 	@echo "make dryrun the gemma-2-2b preset on CPU with no hub: random-weight Gemma-2 2B, true shapes (~12 GiB RAM)"
@@ -81,10 +82,16 @@ check: install-dev
 	@if [ -n "$$(git status --porcelain --untracked-files=all -- nbs salmon settings.ini pyproject.toml)" ]; then \
 	  echo "nbdev_clean/nbdev_export changed these files: run them and commit the result"; \
 	  git status --porcelain --untracked-files=all -- nbs salmon settings.ini pyproject.toml; exit 1; fi
+	$(PY) tools/readme.py --check
+
+# README.md is generated from nbs/index.ipynb (nbconvert; Quarto is not installable here)
+readme: install-dev
+	$(PY) tools/readme.py
 
 export: install-dev
 	$(PY) -c "from nbdev.clean import nbdev_clean; nbdev_clean()"
 	$(PY) -c "from nbdev.doclinks import nbdev_export; nbdev_export()"
+	$(PY) tools/readme.py
 
 bench: install-dev
 	$(PY) -m salmon.bench all
