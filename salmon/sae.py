@@ -105,17 +105,20 @@ def _sum_tokens(t:Tensor, F:int)->Tensor:
     return t.reshape(-1, F).sum(0)
 
 # %% ../nbs/04_sae.ipynb #7eee51c5
+def _keep(ctx, x:Tensor, theta:Tensor, eps:float):
+    "Save the input, θ and ε on an autograd context for the backward pass"
+    ctx.save_for_backward(x, theta)
+    ctx.eps = eps
+
 class JumpReLUFn(torch.autograd.Function):
     "JumpReLU with the rectangle-kernel STE for θ"
     @staticmethod
     def forward(ctx, h:Tensor, theta:Tensor, eps:float)->Tensor:
-        ctx.save_for_backward(h, theta)
-        ctx.eps = eps
+        _keep(ctx, h, theta, eps)
         return h * ((h > theta) & (h > 0))
     @staticmethod
     def backward(ctx, g:Tensor):
-        h, theta = ctx.saved_tensors
-        eps = ctx.eps
+        (h, theta), eps = ctx.saved_tensors, ctx.eps
         gh = g * ((h > theta) & (h > 0))
         gt = -(theta / eps) * _sum_tokens((g * ste_window(h, theta, eps)).float(), theta.shape[-1])
         return gh, gt, None
@@ -125,13 +128,11 @@ class StepFn(torch.autograd.Function):
     "Heaviside step H(z - θ) with the rectangle-kernel STE for θ (no gradient to z)"
     @staticmethod
     def forward(ctx, z:Tensor, theta:Tensor, eps:float)->Tensor:
-        ctx.save_for_backward(z, theta)
-        ctx.eps = eps
+        _keep(ctx, z, theta, eps)
         return (z > theta).to(z.dtype)
     @staticmethod
     def backward(ctx, g:Tensor):
-        z, theta = ctx.saved_tensors
-        eps = ctx.eps
+        (z, theta), eps = ctx.saved_tensors, ctx.eps
         return None, -(1 / eps) * _sum_tokens((g * ste_window(z, theta, eps)).float(), theta.shape[-1]), None
 
 # %% ../nbs/04_sae.ipynb #5244d977
