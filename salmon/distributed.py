@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_distributed.ipynb #84a604ad
 from __future__ import annotations
-import datetime, itertools, os, pickle, queue, signal, socket, time, traceback
+import datetime, itertools, os, pickle, queue, signal, socket, time, traceback, warnings
 from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 import torch
@@ -269,6 +269,8 @@ def _launched(rank:int, n:int, port:int, threads:int, timeout:float, # the proce
     try:
         init_distributed('gloo', timeout)
         q.put((rank, 'ok', pickle.dumps(fn(*args))))
+        q.close()
+        q.join_thread()                   # the report is delivered before the group is torn down
     except BaseException as e:
         q.put((rank, 'error', f'{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}'))
         q.close()
@@ -316,7 +318,10 @@ def _raise_failed(rep:list[dict], # the reports
                   got:dict, # the collected reports
                  ):
     "Raise, naming each failed rank with its exit code and first error line"
-    bad = [d for d in rep if d['exitcode'] != 0 or d['error'] is not None or d['rank'] not in got]
+    done = [d for d in rep if d['exitcode'] != 0 and got.get(d['rank'], ('',))[0] == 'ok']   # crashed in teardown
+    for d in done: warnings.warn(f"rank {d['rank']} returned its result, then exited with code {d['exitcode']} while "
+                                 'closing its process group (a gloo teardown race); its result is used')
+    bad = [d for d in rep if d not in done and (d['exitcode'] != 0 or d['error'] is not None or d['rank'] not in got)]
     if not bad: return
     why = [f"rank {d['rank']} (exit code {d['exitcode']}): {(d['error'] or 'no result').strip().splitlines()[0]}"
            for d in bad]
