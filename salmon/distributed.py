@@ -15,8 +15,8 @@ from .core import check_choice, check_int, check_range
 
 # %% auto #0
 __all__ = ['DIST_TIMEOUT', 'world', 'local_rank', 'is_main', 'active', 'init_distributed', 'cpu_group', 'close_distributed',
-           'all_sum', 'gather_main', 'gather_all', 'from_main', 'wait_main', 'shard', 'rank_rows', 'DDPGrads',
-           'my_share', 'launch', 'rank_sum']
+           'all_sum', 'gather_main', 'gather_all', 'from_main', 'wait_main', 'rank_world', 'shard', 'rank_rows',
+           'DDPGrads', 'my_share', 'launch', 'rank_sum']
 
 # %% ../nbs/05a_distributed.ipynb #63d16b1c
 def world()->tuple[int, int]:
@@ -126,16 +126,24 @@ def wait_main(timeout:float|None=None, # seconds (default: the group's)
         dist.monitored_barrier(group=cpu_group(), timeout=t, wait_all_ranks=True)
     else: dist.barrier()
 
+# %% ../nbs/05a_distributed.ipynb #rkwd0001
+def rank_world(rank:int|None=None, # this rank (default: `world()`'s)
+               world_size:int|None=None, # number of ranks (default: `world()`'s)
+              )->tuple[int, int]:
+    "`(rank, world_size)`, each defaulting to `world()`'s, checked: 0 <= rank < world_size"
+    r, n = world()
+    rank, world_size = (r if rank is None else rank), (n if world_size is None else world_size)
+    check_int('world_size', world_size, 1)
+    check_int('rank', rank, 0, world_size)
+    return rank, world_size
+
 # %% ../nbs/05a_distributed.ipynb #c39173cc
 def shard(items:Iterable, # texts (or anything)
           rank:int|None=None, # this rank (default: `world()`'s)
           world_size:int|None=None, # number of ranks (default: `world()`'s)
          )->Iterator:
     "Items `rank`, `rank + world_size`, ...: rank `rank`'s disjoint, deterministic share of `items`"
-    r, n = world()
-    rank, world_size = (r if rank is None else rank), (n if world_size is None else world_size)
-    check_int('world_size', world_size, 1)
-    check_int('rank', rank, 0, world_size)
+    rank, world_size = rank_world(rank, world_size)
     if isinstance(items, str): raise TypeError('items is a single str; expected an iterable (of texts)')
     return itertools.islice(iter(items), rank, None, world_size)
 
@@ -144,10 +152,7 @@ def rank_rows(batches:Iterable[Tensor], # global batches [B, d], B divisible by 
               rank:int|None=None, world_size:int|None=None,
              )->Iterator[Tensor]:
     "This rank's contiguous share of rows of every global batch"
-    r, n = world()
-    rank, world_size = (r if rank is None else rank), (n if world_size is None else world_size)
-    check_int('world_size', world_size, 1)
-    check_int('rank', rank, 0, world_size)
+    rank, world_size = rank_world(rank, world_size)
     for b in batches:
         if len(b) % world_size:
             raise ValueError(f'a global batch of {len(b)} rows does not split over {world_size} ranks; '
@@ -240,11 +245,8 @@ def my_share(n_items:int, # configs in the sweep
              rank:int|None=None, world_size:int|None=None,
             )->list[int]:
     "Indices of the configs rank `rank` trains in sweep-parallel mode"
-    r, n = world()
-    rank, world_size = (r if rank is None else rank), (n if world_size is None else world_size)
     check_int('n_items', n_items, 1)
-    check_int('world_size', world_size, 1)
-    check_int('rank', rank, 0, world_size)
+    rank, world_size = rank_world(rank, world_size)
     if world_size > n_items:
         raise ValueError(f'sweep-parallel training of {n_items} SAEs on {world_size} processes leaves '
                          f'{world_size - n_items} idle; use at most {n_items} processes, or DDP')
