@@ -19,9 +19,9 @@ from fastcore.basics import patch_to
 __all__ = ['LETTERS', 'TOKEN_COLS', 'single_token_words', 'first_letter_prompts', 'span_batch', 'trace_spans', 'ProbeTask',
            'letter_labels', 'first_letter_task', 'medical_concepts', 'domain_task', 'fit_probe', 'f1_scores',
            'fit_probes', 'saebench_words', 'saebench_icl_prompt', 'saebench_train_probe', 'token_text',
-           'saebench_split', 'first_letter_task_saebench', 'split_latents', 'k_sparse_probing', 'absorption_fraction',
-           'fragmentation_index', 'token_absorption', 'Absorption', 'absorption_eval', 'absorption_summary',
-           'plot_absorption_vs_l0']
+           'saebench_split', 'first_letter_task_saebench', 'l1_probe_grad', 'split_latents', 'k_sparse_probing',
+           'absorption_fraction', 'fragmentation_index', 'token_absorption', 'Absorption', 'absorption_eval',
+           'absorption_summary', 'plot_absorption_vs_l0']
 
 # %% ../nbs/11_absorption.ipynb #3f8b744a
 _MARKS = ('▁', 'Ġ')   # SentencePiece and byte-level-BPE leading-space markers
@@ -513,20 +513,34 @@ def _newton_logreg(X:Tensor, # [B, n, k] float64
     return w
 
 # %% ../nbs/11_absorption.ipynb #cf6219fc
+def l1_probe_grad(F:Tensor, # latents [n, F]
+                  Y:Tensor, # labels [n, C] bool
+                  W:Tensor, # weights [C, F] (one row per class)
+                  b:Tensor, # biases [C]
+                  l1:float=0.01, # L1 penalty (per class)
+                  l2:float=1e-6, # L2 penalty
+                 )->tuple[Tensor, Tensor]: # the gradients of W and b
+    "Gradient of the L1 probe's objective: class-balanced BCE and L1 (both averaged over classes) plus L2"
+    C = Y.shape[1]
+    Yf = Y.to(F.dtype)
+    wt = (Yf / Yf.sum(0).clamp_min(1) + (1 - Yf) / (1 - Yf).sum(0).clamp_min(1)) / (2 * C)
+    dz = (torch.sigmoid(torch.addmm(b, F, W.t())) - Yf) * wt
+    return (dz.t() @ F).add_(W.sign(), alpha=l1 / C).add_(W, alpha=2 * l2), dz.sum(0)
+
 def _l1_probe(F:Tensor, Y:Tensor, l1:float=0.01, l2:float=1e-6, steps:int=200, lr:float=0.01)->Tensor:
-    "One-vs-rest L1 logistic probe on all latents [n, F] (full-batch Adam); weights [F, C]"
-    W = torch.zeros(F.shape[1], Y.shape[1], requires_grad=True)
-    b = torch.zeros(Y.shape[1], requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=lr)
+    "One-vs-rest L1 logistic probe on all latents [n, F] (full-batch fused Adam, `l1_probe_grad`); weights [F, C]"
+    live = (F != 0).any(0).nonzero()[:, 0]              # a latent silent on every row keeps weight 0: not fitted
+    Fl = F[:, live]
+    W, b = torch.zeros(Y.shape[1], len(live), dtype=F.dtype), torch.zeros(Y.shape[1], dtype=F.dtype)
+    opt = torch.optim.Adam([W, b], lr=lr, fused=True)     # one pass over the weights per step
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1e-5 / lr) ** (t / max(1, steps - 1)))
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = _bce_balanced(F @ W + b, Y) / Y.shape[1] + l1 * W.abs().sum() / Y.shape[1] + l2 * W.pow(2).sum()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return W.detach()
+    for _ in range(steps):
+        W.grad, b.grad = l1_probe_grad(Fl, Y, W, b, l1, l2)
+        opt.step()
+        sched.step()
+    out = torch.zeros(F.shape[1], Y.shape[1], dtype=F.dtype)
+    out[live] = W.t()
+    return out
 
 # %% ../nbs/11_absorption.ipynb #5a5519d8
 def _top_latents(F_train:Tensor, Y_train:Tensor, F_test:Tensor, k_max:int, l1:float, protocol:str, seed:int)->tuple:
@@ -631,12 +645,13 @@ def token_absorption(x:Tensor, # activations [n, d] (probe true positives of one
                      min_share:float=0.4, # S/P (and q_top/P) needed
                      top_absorbers:int=3, # candidates summed into S
                      cos_weighted:bool=False, # q_i = f_i·cos(d_i, p̂) as SAEBench (True), or f_i·(d_i·p̂) (False)
+                     dec_norm:Tensor|None=None, # the decoder rows' norms (float64), when known (one SAE, many classes)
                     )->pd.DataFrame: # per token: P, main_proj, absorption, full_absorption, absorber, ...
     "SAEBench absorption fraction and full absorption, the top absorber, and salmon's fragmentation index, per token"
     x, f, D = x.double(), f.double(), W_dec.detach().double()
     p = p_hat.double() / p_hat.double().norm()
     proj = D @ p
-    cos = proj / D.norm(dim=1).clamp_min(1e-12)
+    cos = proj / (D.norm(dim=1) if dec_norm is None else dec_norm).clamp_min(1e-12)
     P = x @ p
     q = f * (cos if cos_weighted else proj)
     is_main = torch.zeros(len(proj), dtype=torch.bool)
@@ -696,9 +711,10 @@ def _class_row(name:str, Yc:Tensor, tp:Tensor, pf1:float, kept:bool, split:list[
                 mean_absorption=np.nan, full_absorption_rate=np.nan, frag_neff=np.nan, frag_n90=np.nan)
 
 # %% ../nbs/11_absorption.ipynb #6afbc2db
-def _class_tokens(name:str, w:Tensor, x:Tensor, f:Tensor, W_dec:Tensor, split:list[int], items, sb:bool)->pd.DataFrame:
+def _class_tokens(name:str, w:Tensor, x:Tensor, f:Tensor, W_dec:Tensor, split:list[int], items, sb:bool,
+                  dec_norm:Tensor|None=None)->pd.DataFrame:
     "The token table of one class's true positives (`token_absorption` along the probe `w`), with class and item"
-    ta = token_absorption(x, f, W_dec, w / w.norm(), split, cos_weighted=sb)
+    ta = token_absorption(x, f, W_dec, w / w.norm(), split, cos_weighted=sb, dec_norm=dec_norm)
     ta.insert(0, 'class', name)
     ta.insert(1, 'item', items)
     return ta
@@ -710,14 +726,16 @@ def _score_classes(task:ProbeTask, splits:list, f1k:pd.DataFrame, test:tuple, W_
     Xte, Fte, Yte, items, score = test
     W, pf1 = task.probe['W'], task.probe['f1']
     sb = task.protocol == 'saebench'
-    rows, toks = [], []
+    rows, toks, D, dn = [], [], None, None
     for c, name in enumerate(task.classes):
         tp = Yte[:, c] & (score[:, c] > 0) & Xte.isfinite().all(1)     # a fresh prompt that lost the word (NaN): out
         good_probe = pf1[c] > min_probe_f1 if sb else pf1[c] >= min_probe_f1   # SAEBench: strictly above
         kept = bool(good_probe) and int(tp.sum()) >= min_test_pos
         row = _class_row(name, Yte[:, c], tp, pf1[c], kept, splits[c], f1k.iloc[c])
         if kept:
-            ta = _class_tokens(name, W[:, c], Xte[tp], Fte[tp], W_dec, splits[c], items.item[tp.numpy()].values, sb)
+            if D is None: D = W_dec.detach().double()       # once for every kept class: float64, and its row norms
+            if dn is None: dn = D.norm(dim=1)
+            ta = _class_tokens(name, W[:, c], Xte[tp], Fte[tp], D, splits[c], items.item[tp.numpy()].values, sb, dn)
             row.update(mean_absorption=ta.absorption.mean(), full_absorption_rate=ta.full_absorption.mean(),
                        frag_neff=ta.frag_neff.mean(), frag_n90=ta.frag_n90.mean())
             toks.append(ta)

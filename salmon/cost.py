@@ -13,8 +13,8 @@ from .gemmascope import LADDER
 from .presets import FAMILIES, Preset, base_model, get_preset
 
 # %% auto #0
-__all__ = ['GPUS', 'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'model_key', 'sae_bytes', 'gemmascope_count', 'MemoryShape',
-           'memory_shape', 'block_bytes', 'stage_memory', 'work_tokens', 'gpu_estimate', 'disk_estimate']
+__all__ = ['GPUS', 'MODELS', 'MEDICAL_TOKENS_PER_TEXT', 'model_key', 'sae_bytes', 'gemmascope_rows', 'gemmascope_count',
+           'MemoryShape', 'memory_shape', 'block_bytes', 'stage_memory', 'work_tokens', 'gpu_estimate', 'disk_estimate']
 
 # %% ../nbs/92_cost.ipynb #1c7140fc
 GPUS = {  # dense peak TFLOP/s (fp32 via TF32 for SAE training, bf16 for the LM) and memory (GiB)
@@ -40,11 +40,23 @@ def sae_bytes(d:int, F:int)->int:
     return 4 * (2 * d * F + 2 * F + d)
 
 # %% ../nbs/92_cost.ipynb #dded7323
+def gemmascope_rows(p:Preset, # the preset (its base model, layer and `gemmascope_l0s`)
+                    width:int, # SAE width
+                   )->pd.DataFrame: # rows of `LADDER`
+    "The GemmaScope SAEs the preset uses at `width`: the ladder of its model and layer, or the folders it names"
+    rows = LADDER[(LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
+    want = (p.gemmascope_l0s or {}).get(width)
+    if want is None: return rows
+    if miss := sorted(set(want) - set(rows.average_l0)):
+        raise ValueError(f'gemmascope_l0s[{width}]={tuple(want)!r}: {miss} are not average_l0 folders of the '
+                         f'{base_model(p.model)} layer-{p.layer} ladder at that width; it has {sorted(rows.average_l0)}')
+    return rows[rows.average_l0.isin(want)]
+
 def gemmascope_count(p:Preset, # the preset (its base model and layer)
                      width:int, # SAE width
                     )->int:
-    "How many GemmaScope SAEs salmon's ladder lists for the preset's model and layer at `width`"
-    return int(((LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)).sum())
+    "How many GemmaScope SAEs the preset uses at `width` (`gemmascope_rows`)"
+    return len(gemmascope_rows(p, width))
 
 def _eval_groups(p:Preset)->list[list[int]]:
     "Widths of the SAEs in each evaluation group, in `stage_saes`' order"

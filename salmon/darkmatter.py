@@ -102,10 +102,13 @@ def _div(a, b):
     return np.divide(a, b, out=np.full(np.shape(a), np.nan), where=np.asarray(b) > 0)
 
 # %% ../nbs/10_darkmatter.ipynb #96040547
-def _scores(st:NormalEq, A:np.ndarray, b:np.ndarray, se:np.ndarray, sxe:np.ndarray, see:np.ndarray)->dict:
+def _scores(st:NormalEq, A:np.ndarray, b:np.ndarray, se:np.ndarray, sxe:np.ndarray, see:np.ndarray,
+            SA:np.ndarray|None=None, # `st.sxx @ A`, when known
+           )->dict:
     "Every metric of one split, from its sums and a fitted probe (columns: d vector dims, then the norm)"
     d, n = st.d, st.n
-    pp = np.einsum('ij,ij->j', A, st.sxx @ A) + 2 * b * (st.sx @ A) + n * b * b   # Σ (x a + b)², prediction energy
+    SA = st.sxx @ A if SA is None else SA
+    pp = np.einsum('ij,ij->j', A, SA) + 2 * b * (st.sx @ A) + n * b * b   # Σ (x a + b)², prediction energy
     ssr = np.maximum(see - 2 * (np.einsum('ij,ij->j', A, sxe) + b * se) + pp, 0)  # Σ (y − x a − b)²
     sst = see - se ** 2 / n                                                        # Σ (y − ȳ)²
     r2_dims = 1 - _div(ssr[:d], sst[:d])
@@ -151,14 +154,15 @@ def shrink_scale(tr:NormalEq)->float:
 
 # %% ../nbs/10_darkmatter.ipynb #c7c7c22c
 def _solve_probes(tr:NormalEq, tgt:dict, intercept:bool, ridge:float, rcond:float)->tuple:
-    "Slopes A and intercepts b of every target column of `tgt` (name -> sums), solved at once; and the solver used"
+    "Slopes A and intercepts b of every target column of `tgt` (name -> sums), solved at once; the solver; A's basis"
     rx = np.hstack([t[1] for t in tgt.values()])
     r1 = np.concatenate([t[0] for t in tgt.values()])
     if intercept: G, R = tr.sxx - np.outer(tr.sx, tr.sx) / tr.n, rx - np.outer(tr.sx, r1) / tr.n
     else: G, R = tr.sxx, rx
     A, solver = _psd_solve(G, R, ridge, rcond)
     b = (r1 - tr.sx @ A) / tr.n if intercept else np.zeros(A.shape[1])
-    return A, b, solver
+    V = _factorise(G + ridge * np.eye(len(G)), rcond)[1][1] if solver == 'eigh-pinv' else None   # A = V (Vᵀ A)
+    return A, b, solver, V
 
 # %% ../nbs/10_darkmatter.ipynb #e5502bd8
 def _fit(tr:NormalEq, tests:dict, intercept:bool, ridge:float, rcond:float)->tuple:
@@ -167,14 +171,16 @@ def _fit(tr:NormalEq, tests:dict, intercept:bool, ridge:float, rcond:float)->tup
     s_star = shrink_scale(tr)
     variants = {'raw': (1.0, 0.0), 'shrinkage': (s_star, 1.0 - s_star)}
     tgt = {k: _target(tr, a, c) for k, (a, c) in variants.items()}
-    A, b, solver = _solve_probes(tr, tgt, intercept, ridge, rcond)
+    A, b, solver, V = _solve_probes(tr, tgt, intercept, ridge, rcond)
+    SV = {} if V is None else {s: st.sxx @ V for s, st in (('train', tr), *tests.items())}   # rank r ≪ d: cheap
     rows, probes = [], {}
     for i, (k, (a, c)) in enumerate(variants.items()):
         Ak, bk = A[:, i*(d+1):(i+1)*(d+1)], b[i*(d+1):(i+1)*(d+1)]
         probes[k] = Ak, bk
         for split, st in (('train', tr), *tests.items()):
             sums = tgt[k] if st is tr else _target(st, a, c)
-            rows.append(dict(variant=k, split=split, **_scores(st, Ak, bk, *sums)))
+            SA = SV[split] @ (V.T @ Ak) if V is not None else None            # Σxxᵀ A = (Σxxᵀ V)(Vᵀ A)
+            rows.append(dict(variant=k, split=split, **_scores(st, Ak, bk, *sums, SA=SA)))
     return pd.DataFrame(rows).set_index(['variant', 'split']), probes['raw'], s_star, solver
 
 # %% ../nbs/10_darkmatter.ipynb #a4fd1c91

@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 from .core import atomic_write, cache_dir, check_choice
 from .data import write_hub_fixtures
 from .gemmascope import write_gemmascope_mirror, WIDTHS
+from .store import verify_once
 from fastcore.basics import patch_to
 from . import pipeline as pl
 
@@ -106,10 +107,20 @@ def _print_reductions(p:pl.Preset, q:pl.Preset, changes:dict):
         a, b = getattr(p, k), getattr(q, k)
         if a != b: print(f'  {k:<18} {a!s:>22} -> {b}')
 
+# %% ../nbs/97_dryrun.ipynb #d91aeb91
+def _dry_ladder(p:pl.Preset, ladder:dict|str)->dict|None:
+    "width -> the GemmaScope average_l0 folders a dry run mirrors and uses ('ends', 'all' (None) or given)"
+    if isinstance(ladder, dict): return ladder
+    check_choice('ladder', ladder, ('ends', 'all'))
+    if ladder == 'all' or 'gemmascope' not in p.families: return None
+    rows = {w: sorted(pl.gemmascope_rows(p, w).average_l0) for w in p.widths}
+    return {w: (r[0], r[-1]) for w, r in rows.items()}
+
 # %% ../nbs/97_dryrun.ipynb #63ea9c7e
 def dry_run_preset(p:pl.Preset|str, # a paper preset (or its name)
                    root:str|Path|None=None, # fixtures folder (default: `dry_run_root()`)
-                   ladder:dict|None=None, # width -> GemmaScope average_l0 folders to write (default: the whole ladder)
+                   ladder:dict|str='ends', # GemmaScope folders mirrored and used: 'ends' (each width's lowest and
+                                           # highest average_l0: this disk is short), 'all', or width -> folders
                    verbose:bool=True, # print what was reduced
                    **overrides, # further Preset fields
                   )->pl.Preset:
@@ -119,8 +130,9 @@ def dry_run_preset(p:pl.Preset|str, # a paper preset (or its name)
     if f'random:{model}' not in (f'random:{k}' for k in ('gemma-2-2b', 'gemma-2-9b')):
         raise ValueError(f'preset {p.name!r} runs {p.model!r}; a dry run is for the Gemma-2 paper presets')
     root = Path(root) if root is not None else dry_run_root()
+    ladder = _dry_ladder(p, ladder)
     hub, gs = dry_run_fixtures(model, root, list(p.widths) if 'gemmascope' in p.families else None, ladder)
-    changes = dict(DRY, model=f'random:{model}', hub_root=str(hub), gemmascope_dir=str(gs),
+    changes = dict(DRY, model=f'random:{model}', hub_root=str(hub), gemmascope_dir=str(gs), gemmascope_l0s=ladder,
                    lm_dtype=p.lm_dtype or 'bfloat16', train_tokens=DRY['train_batch'], **overrides)
     q = dataclasses.replace(p, name=f'{p.name}-dryrun', **changes)
     if verbose: _print_reductions(p, q, changes)
@@ -208,7 +220,7 @@ def dry_run(preset:str|pl.Preset='gemma-2-2b', # a paper preset (or its name)
     out = pl.preset_dir(q, out)
     if fresh and out.exists(): shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, tops, counts = _measured_stages(q, out, progress)
+    with verify_once(): rows, tops, counts = _measured_stages(q, out, progress)   # each SAE file hashed once
     df = pd.DataFrame(rows).assign(**counts)
     with atomic_write(out/'dryrun.csv', 'w') as f: df.to_csv(f, index=False)
     print(f'\ndry run of {q.name}: {time.time() - t_all:.0f}s in all; token counts {counts}; '

@@ -17,10 +17,11 @@ from .models import walk_attr, block_path, resid_module, resid_output, torch_mod
 from .models import model_device
 from fastcore.basics import patch_to
 from .trace import tokenize_batch
+from .store import digest
 
 # %% auto #0
 __all__ = ['CONVENTIONS', 'rechunk', 'ReconStats', 'reconstruction_metrics', 'Convention', 'special_token_mask',
-           'convention_masks', 'loss_recovered', 'evaluate']
+           'convention_masks', 'CleanSweep', 'clean_sweep', 'loss_recovered', 'evaluate']
 
 # %% ../nbs/07_metrics.ipynb #41a8d6c8
 def rechunk(source:Iterable[torch.Tensor], # chunks `[n_i, d]` of any sizes
@@ -209,13 +210,8 @@ def _next_real(mask:torch.Tensor)->torch.Tensor:
     return torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1)
 
 # %% ../nbs/07_metrics.ipynb #85caffe5
-def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
-                ce_sel:torch.Tensor|None=None, # [B, T] positions whose next-token CE counts (default: real next token)
-                kl_sel:torch.Tensor|None=None, # [B, T] positions whose KL counts (default: `ce_sel`)
-               ):
-    "Add one batch's CE (pooled and per text) and KL, computing logits `chunk` tokens at a time"
-    ce_sel = _next_real(b.mask) if ce_sel is None else ce_sel.bool()
-    kl_sel = ce_sel if kl_sel is None else kl_sel.bool()
+def _batch_losses(model, b:_Batch, fins:dict, chunk:int, ce_sel:torch.Tensor, kl_sel:torch.Tensor)->dict:
+    "Per variant and 'clean': each text's CE sum [B] (float64) and the KL sum of each logits chunk, in chunk order"
     pos = ce_sel | kl_sel
     rows = torch.arange(len(b.ids))[:, None].expand_as(pos)[pos]
     tgt = torch.cat([b.ids[:, 1:], b.ids[:, :1]], 1)[pos]     # the last column's target is a placeholder (KL only)
@@ -223,7 +219,8 @@ def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
     pick = lambda h: h[pos.to(h.device)]
     clean = pick(b.fin)
     others = {k: pick(v) for k, v in fins.items()}
-    row_ce = {k: torch.zeros(len(b.ids), dtype=torch.float64) for k in sums.names}
+    row_ce = {k: torch.zeros(len(b.ids), dtype=torch.float64) for k in ['clean', *fins]}
+    kl = {k: [] for k in ['clean', *fins]}
     dot = lambda p, q: torch.einsum('ij,ij->i', p, q)   # one read pass, no vocabulary-sized temporary
     for i in range(0, len(tgt), chunk):
         t, r = tgt[i:i+chunk].to(clean.device)[:, None], rows[i:i+chunk]
@@ -235,14 +232,29 @@ def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
         for k, h in others.items():
             lp = _unembed(model, h[i:i+chunk]).log_softmax(-1)
             row_ce[k].index_add_(0, r, -lp.gather(-1, t)[:, 0].double().cpu() * mc)
-            sums.kl[k] += ((neg_h - dot(p_c, lp)).double().cpu() * mk).sum().item()
+            kl[k].append(((neg_h - dot(p_c, lp)).double().cpu() * mk).sum().item())
         del lp, p_c
-    for k, v in row_ce.items():
-        sums.ce[k] += v.sum().item()
-        sums.text_ce[k].append(v)
+    return {k: (row_ce[k], kl[k]) for k in row_ce}
+
+# %% ../nbs/07_metrics.ipynb #f6467f56
+def _add_losses(sums:_LossSums, losses:dict, ce_sel:torch.Tensor, kl_sel:torch.Tensor):
+    "Fold one batch's `_batch_losses` into `sums`"
+    for k, (ce, kl) in losses.items():
+        for x in kl: sums.kl[k] += x
+        sums.ce[k] += ce.sum().item()
+        sums.text_ce[k].append(ce)
     sums.text_n.append(ce_sel.sum(1))
     sums.n += int(ce_sel.sum())
     sums.n_kl += int(kl_sel.sum())
+
+def _accumulate(model, sums:_LossSums, b:_Batch, fins:dict, chunk:int,
+                ce_sel:torch.Tensor|None=None, # [B, T] positions whose next-token CE counts (default: real next token)
+                kl_sel:torch.Tensor|None=None, # [B, T] positions whose KL counts (default: `ce_sel`)
+               ):
+    "Add one batch's CE (pooled and per text) and KL, computing logits `chunk` tokens at a time"
+    ce_sel = _next_real(b.mask) if ce_sel is None else ce_sel.bool()
+    kl_sel = ce_sel if kl_sel is None else kl_sel.bool()
+    _add_losses(sums, _batch_losses(model, b, fins, chunk, ce_sel, kl_sel), ce_sel, kl_sel)
 
 # %% ../nbs/07_metrics.ipynb #ab809264
 @dataclass(frozen=True)
@@ -306,8 +318,21 @@ def _splice_mask(b:_Batch, tok, splice_bos:bool)->torch.Tensor:
     if not splice_bos and tok.bos_token_id is not None: m[:, 0] &= b.ids[:, 0] != tok.bos_token_id
     return m
 
-def _clean_sweep(lm, texts:list[str], layer:int, batch_size:int, max_len:int, progress:bool)->list[_Batch]:
-    "The clean pass of every batch of `texts`, kept on the CPU"
+class CleanSweep(list):
+    "The clean passes of a list of texts (a `_Batch` per forward batch, on the CPU), reusable by every group of SAEs"
+    def __init__(self, batches:list, model_id:int, layer:int, batch_size:int, max_len:int):
+        super().__init__(batches)
+        self.key = (model_id, layer, batch_size, max_len)   # what made it: the model (its id), layer and batching
+        self.ablations = {}                                  # (convention, splice_bos, mean) -> each batch's losses
+
+def clean_sweep(lm, # an nnsight model
+                texts:list[str], # evaluation texts
+                layer:int, # block the SAEs read
+                batch_size:int=4, # texts per forward
+                max_len:int=1024, # tokens per text
+                progress:bool=True,
+               )->CleanSweep:
+    "The clean pass of every batch of `texts`, kept on the CPU: `evaluate` and `loss_recovered` take it as `texts`"
     if isinstance(texts, str) or not len(texts): raise ValueError('texts must be a non-empty list of strings')
     check_range('max_len', max_len, 2)
     check_range('batch_size', batch_size, 1)
@@ -320,7 +345,17 @@ def _clean_sweep(lm, texts:list[str], layer:int, batch_size:int, max_len:int, pr
         out.append(_Batch(b.ids, b.mask, b.h.cpu(), b.fin.cpu(), b.as_tuple))
         bar.update(len(ids))
     bar.close()
-    return out
+    return CleanSweep(out, id(torch_model(lm)), layer, batch_size, max_len)
+
+# %% ../nbs/07_metrics.ipynb #9abf1119
+def _as_sweep(lm, texts, layer:int, batch_size:int, max_len:int, progress:bool)->CleanSweep:
+    "`texts`' clean sweep: traced now, or `texts` itself if it is a `CleanSweep` of this model, layer and batching"
+    if not isinstance(texts, CleanSweep): return clean_sweep(lm, list(texts), layer, batch_size, max_len, progress)
+    want = (id(torch_model(lm)), layer, batch_size, max_len)
+    if texts.key != want:
+        raise ValueError(f'texts is a CleanSweep of (model id, layer, batch_size, max_len)={texts.key}; this call asks '
+                         f'{want}: pass the texts, or a sweep made with these settings')
+    return texts
 
 # %% ../nbs/07_metrics.ipynb #aa101a0f
 def _mean_act(batches:list[_Batch], tok)->torch.Tensor:
@@ -328,30 +363,41 @@ def _mean_act(batches:list[_Batch], tok)->torch.Tensor:
     keep = [(b.h[_splice_mask(b, tok, False)]).double() for b in batches]
     return torch.cat(keep).mean(0).float()
 
-def _spliced_fins(lm, saes:dict, b:_Batch, layer:int, m:dict, mean_act:torch.Tensor)->dict:
+def _spliced_fins(lm, saes:dict, b:_Batch, layer:int, m:dict, mean_act:torch.Tensor,
+                  ablate:bool=True, # also the zero- and mean-ablated passes
+                 )->dict:
     "Final hidden states of batch `b` with each SAE's reconstruction, zeros and the mean spliced in where `m` says"
     dev = model_device(lm)
     h = b.h.to(dev)
     variants = {f'sae:{k}': (_sae_apply(s, h.reshape(-1, h.shape[-1]))[0].reshape(h.shape), m['splice'])
                 for k, s in saes.items()}
-    variants.update(zero=(torch.zeros_like(h), m['zero']), mean=(mean_act.to(h).expand_as(h), m['splice']))
+    if ablate: variants.update(zero=(torch.zeros_like(h), m['zero']), mean=(mean_act.to(h).expand_as(h), m['splice']))
     return {k: _patched_pass(lm, b, layer, torch.where(w[..., None].to(dev), v.to(h.dtype), h))
             for k, (v, w) in variants.items()}
 
 # %% ../nbs/07_metrics.ipynb #be28a044
+def _ablation_memo(batches:list, convention:str, splice_bos:bool, mean_act:torch.Tensor)->list:
+    "Each batch's zero- and mean-ablation losses known so far (None: not yet), kept on a `CleanSweep` for later groups"
+    memo = [None] * len(batches)
+    if not isinstance(batches, CleanSweep): return memo
+    key = (convention, splice_bos, digest(mean_act.detach().cpu().numpy().tobytes()))
+    return batches.ablations.setdefault(key, memo)
+
 def _sweep_sums(lm, saes:dict, batches:list[_Batch], layer:int, splice_bos:bool, mean_act:torch.Tensor,
                 chunk_tokens:int, progress:bool, convention:str)->_LossSums:
-    "CE and KL sums of the clean pass and every variant over a sweep, with a tokens/s bar"
-    model, tok = torch_model(lm), lm.tokenizer
+    "CE and KL sums of the clean pass and every variant over a sweep (ablations once per sweep), with a tokens/s bar"
+    model, tok, dev = torch_model(lm), lm.tokenizer, model_device(lm)
     sums = _LossSums([*[f'sae:{k}' for k in saes], 'zero', 'mean'])
+    memo = _ablation_memo(batches, convention, splice_bos, mean_act)
     total = sum(int(b.mask.sum()) for b in batches)
     bar = tqdm(total=total, desc='spliced passes', unit='tok', unit_scale=True, disable=not progress)
-    for b in batches:
+    for i, b in enumerate(batches):
         m = convention_masks(b.ids, b.mask, tok, convention, splice_bos=splice_bos)
-        fins = _spliced_fins(lm, saes, b, layer, m, mean_act)
-        dev = model_device(lm)
+        fins = _spliced_fins(lm, saes, b, layer, m, mean_act, ablate=memo[i] is None)
         fb = _Batch(b.ids, b.mask, b.h, b.fin.to(dev), b.as_tuple)
-        _accumulate(model, sums, fb, fins, chunk_tokens, m['ce'], m['kl'])
+        losses = _batch_losses(model, fb, fins, chunk_tokens, m['ce'], m['kl'])
+        if memo[i] is None: memo[i] = {k: losses[k] for k in ('zero', 'mean')}
+        _add_losses(sums, {**losses, **memo[i]}, m['ce'], m['kl'])
         bar.update(int(b.mask.sum()))
     bar.close()
     return sums
@@ -400,7 +446,7 @@ def _as_dict(saes)->dict:
 # %% ../nbs/07_metrics.ipynb #f23daab1
 def loss_recovered(lm, # an nnsight model
                    saes, # one SAE, a list, or a dict name -> SAE
-                   texts:list[str], # evaluation texts
+                   texts:list[str]|CleanSweep, # evaluation texts (or their `clean_sweep`)
                    layer:int, # block whose output is replaced
                    *,
                    batch_size:int=4, # texts per forward
@@ -414,7 +460,7 @@ def loss_recovered(lm, # an nnsight model
     "CE clean / spliced / zero- / mean-ablated, loss recovered, ΔCE and KL, on the same tokens for every SAE"
     single = hasattr(saes, 'encode')
     saes = _as_dict(saes)
-    batches = _clean_sweep(lm, list(texts), layer, batch_size, max_len, progress)
+    batches = _as_sweep(lm, texts, layer, batch_size, max_len, progress)
     rows = _loss_from_sweep(lm, saes, batches, layer, splice_bos=splice_bos, mean_act=mean_act,
                             chunk_tokens=chunk_tokens, progress=progress, convention=convention)
     return next(iter(rows.values())) if single else pd.DataFrame([dict(name=k, **v) for k, v in rows.items()])
@@ -429,7 +475,7 @@ def _recon_acts(batches:list[_Batch], tok, conv:Convention, bos:str)->tuple[list
 # %% ../nbs/07_metrics.ipynb #6cbdb4a0
 def evaluate(saes, # dict name -> SAE (or a list / one SAE)
              lm, # an nnsight model
-             texts:list[str], # held-out evaluation texts
+             texts:list[str]|CleanSweep, # held-out evaluation texts (or their `clean_sweep`, traced once)
              layer:int, # block the SAEs read
              *,
              batch_size:int=4, max_len:int=1024,
@@ -446,7 +492,7 @@ def evaluate(saes, # dict name -> SAE (or a list / one SAE)
     check_choice('bos', bos, {'drop', 'keep'})
     conv = CONVENTIONS[check_choice('convention', convention, CONVENTIONS)]
     saes = _as_dict(saes)
-    batches = _clean_sweep(lm, list(texts), layer, batch_size, max_len, progress)
+    batches = _as_sweep(lm, texts, layer, batch_size, max_len, progress)
     acts, rb = _recon_acts(batches, lm.tokenizer, conv, bos)
     rk = dict(batch_size=None) if conv.legacy == 'text_batch' else {}
     rows = {k: dict(name=k, **labels, **reconstruction_metrics(s, acts, bos=rb, convention=convention, **rk))

@@ -18,14 +18,14 @@ from .darkmatter import dark_matter_sae, get_protocol, protocol_activations
 from .gemmascope import LADDER, REPOS, gemmascope_file, load_gemmascope
 from .absorption import absorption_summary
 from .specificity import SPEC_STATS, domain_specificity_summary
-from .stats import latent_stats
-from .metrics import CONVENTIONS, evaluate
+from .stats import latent_stats, trace_texts
+from .metrics import CONVENTIONS, evaluate, clean_sweep
 from .models import load_lm, tiny_lm
 from .plots import REASON, pareto
 from .sae import load_sae
 from .train import TrainConfig, results_settings, train_saes
 from .store import (FORMAT_VERSION, ON_STALE, CorruptArtefactError, Status, check_stamped, file_digest,
-                          fingerprint, read_json, resolve, settings_diff, write_stamped)
+                          fingerprint, read_json, resolve, settings_diff, write_stamped, verify_once)
 from .trace import ActivationBuffer, ActivationCache, ActivationStream, cache_activations
 
 # %% auto #0
@@ -44,7 +44,7 @@ __all__ = ['CORPORA', 'SPEC_COLS', 'ABS_COLS', 'DM_COLS', 'COMPARE', 'cache_prov
 from .presets import (FAMILIES, PRESETS, Preset, base_model, check_preset, get_preset, paper_setup, preset_dir,
                             results_dir, salmon_source)
 from .cost import (GPUS, MEDICAL_TOKENS_PER_TEXT, MODELS, disk_estimate, gpu_estimate, model_key, sae_bytes,
-                         stage_memory)
+                         stage_memory, gemmascope_rows)
 from .claims import CLAIMS, EXPECTED, check_claim, claim_row, claims, matched
 
 _all_ = ['FAMILIES', 'PRESETS', 'Preset', 'base_model', 'check_preset', 'get_preset', 'paper_setup', 'preset_dir',
@@ -230,7 +230,7 @@ def _gemmascope_loaders(p:Preset, width:int,
     "name -> loader of every GemmaScope SAE of the preset's model and layer at `width`"
     model = base_model(p.model)
     check_choice('model (for the gemmascope family)', model, REPOS)
-    rows = LADDER[(LADDER.model == model) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
+    rows = gemmascope_rows(p, width)
     if rows.empty: raise ValueError(f'GemmaScope has no {model} layer-{p.layer} SAEs of width {width}; salmon lists '
                                     f'{sorted(set(LADDER[LADDER.model == model].d_sae))} at layer 20')
     load = lambda l0: functools.partial(what, model, p.layer, width, int(l0), local_dir=p.gemmascope_dir)
@@ -515,14 +515,15 @@ def stage_eval(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=True
               )->pd.DataFrame:
     "Evaluate every SAE (`p.eval_group` at a time) on each corpus's held-out split (cached per corpus and convention)"
     check_choice('convention', convention, CONVENTIONS)
-    def one(texts, corpus, grp):
+    def one(sweep, corpus, grp):
         meta = sae_meta(grp)
-        df = evaluate(grp, lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
+        df = evaluate(grp, lm or load_model(p), sweep, p.layer, max_len=p.eval_max_len, bos=p.bos, progress=progress,
                       convention=convention, eval_corpus=corpus)
         return meta.merge(df, on='name')
     def compute(corpus, fn):
         texts = list(preset_texts(p, corpus, 'test', p.eval_texts))
-        return per_group(saes, p.eval_group, functools.partial(one, texts, corpus))
+        sweep = clean_sweep(lm or load_model(p), texts, p.layer, max_len=p.eval_max_len, progress=progress)
+        return per_group(saes, p.eval_group, functools.partial(one, sweep, corpus))   # traced once for every group
     sfx = '' if convention == 'salmon' else f'-{convention}'
     settings = lambda corpus: dict(stage='eval', corpus=corpus, convention=convention, data=_data_fp(p, corpus),
                                    **_lm_settings(p))
@@ -545,7 +546,7 @@ def held_out_by_source(p:Preset, # the run's preset
     return by
 
 # %% ../nbs/95_pipeline.ipynb #82b55437
-def each_source(texts:dict, # source_dataset -> texts
+def each_source(texts:dict, # source_dataset -> texts (or what `fn` takes, e.g. their `clean_sweep`)
                 fn, # texts -> rows (a DataFrame)
                )->pd.DataFrame:
     "`fn` on each source's texts, its rows labelled with `source_dataset` (after `name`)"
@@ -583,13 +584,16 @@ def stage_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, progress:bool=T
                   on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Every SAE (`p.eval_group` at a time) on each source's held-out texts; one row per SAE and `source_dataset`"
     check_choice('convention', convention, CONVENTIONS)
-    def one(texts, grp):
-        ev = lambda t: evaluate(grp, lm or load_model(p), t, p.layer, max_len=p.eval_max_len, bos=p.bos,
-                                progress=progress, convention=convention, eval_corpus='medical')
-        return sae_meta(grp).merge(each_source(texts, ev), on='name')
+    def one(sweeps, grp):
+        ev = lambda sw: evaluate(grp, lm or load_model(p), sw, p.layer, max_len=p.eval_max_len, bos=p.bos,
+                                 progress=progress, convention=convention, eval_corpus='medical')
+        return sae_meta(grp).merge(each_source(sweeps, ev), on='name')
+    def compute(texts):                      # each source traced once for every group (held on the CPU)
+        sweeps = {s: clean_sweep(lm or load_model(p), t, p.layer, max_len=p.eval_max_len, progress=progress)
+                  for s, t in texts.items()}
+        return per_group(saes, p.eval_group, functools.partial(one, sweeps))
     sfx = '' if convention == 'salmon' else f'-{convention}'
     settings = dict(stage='sources', **({} if convention == 'salmon' else dict(convention=convention)))
-    compute = lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts))
     return by_source(p, out, f'eval/medical-test{sfx}', saes, compute, settings, on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #7d58d909
@@ -667,28 +671,32 @@ SPEC_COLS = ['frac_domain_specific', 'frac_generic']
 
 def stage_specificity(p:Preset, out:str|Path, saes:dict, lm=None, on_stale:str='error', verify:bool=True)->pd.DataFrame:
     "Domain-specificity summary of every SAE on the held-out corpora (cached)"
-    n = p.eval_texts * 4
-    summary = lambda grp: domain_specificity_summary(
-        grp, lm or load_model(p), preset_texts(p, 'medical', 'test', n), preset_texts(p, 'general', 'test', n), p.layer,
-        max_len=p.eval_max_len, bos=p.bos)
+    n, kw = p.eval_texts * 4, dict(max_len=p.eval_max_len, bos=p.bos)
+    def compute():                           # each corpus traced once for every group (held on the CPU)
+        lm_ = lm or load_model(p)
+        med, gen = (trace_texts(lm_, preset_texts(p, c, 'test', n), p.layer, **kw) for c in ('medical', 'general'))
+        return per_group(saes, p.eval_group, lambda grp: domain_specificity_summary(grp, lm_, med, gen, p.layer, **kw))
     settings = dict(stage='specificity', data=[_data_fp(p, 'medical'), _data_fp(p, 'general')], **_lm_settings(p))
-    compute = lambda: per_group(saes, p.eval_group, summary)
     return _per_sae_csv(Path(out)/'specificity.csv', saes, compute, settings, on_stale, verify)
 
 # %% ../nbs/95_pipeline.ipynb #16b3ae07
 def stage_specificity_sources(p:Preset, out:str|Path, saes:Mapping, lm=None, on_stale:str='error', verify:bool=True
                              )->pd.DataFrame:
     "Domain-specificity summary of every SAE with each medical source's held-out texts as the domain corpus"
-    kw = dict(SPEC_STATS, max_len=p.eval_max_len, bos=p.bos)
-    def one(texts, grp):
-        general = preset_texts(p, 'general', 'test', p.eval_texts * 4)
-        gen = latent_stats(grp, lm or load_model(p), general, p.layer, **kw)
-        def per(t):
-            dom = latent_stats(grp, lm or load_model(p), t, p.layer, **kw)
+    tk = dict(max_len=p.eval_max_len, bos=p.bos)
+    kw = dict(SPEC_STATS, **tk)
+    def one(lm_, general, traced, grp):
+        gen = latent_stats(grp, lm_, general, p.layer, **kw)
+        def per(tt):
+            dom = latent_stats(grp, lm_, tt, p.layer, **kw)
             df = domain_specificity_summary(grp, None, None, None, p.layer, stats=(dom, gen))
             return df.assign(tokens=[dom[k].n_tokens for k in df.name])
-        return each_source(texts, per)
-    compute = lambda texts: per_group(saes, p.eval_group, functools.partial(one, texts))
+        return each_source(traced, per)
+    def compute(texts):                      # the general texts and each source traced once for every group
+        lm_ = lm or load_model(p)
+        general = trace_texts(lm_, preset_texts(p, 'general', 'test', p.eval_texts * 4), p.layer, **tk)
+        traced = {s: trace_texts(lm_, t, p.layer, **tk) for s, t in texts.items()}
+        return per_group(saes, p.eval_group, functools.partial(one, lm_, general, traced))
     settings = dict(stage='specificity', general=_data_fp(p, 'general'))
     return by_source(p, out, 'specificity', saes, compute, settings, on_stale, verify)
 
@@ -821,7 +829,7 @@ def run(preset:str|Preset='demo', # preset name or object
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     _ACTIONS.clear()
-    res = _run_stages(p, out, progress, parallel, dict(on_stale=on_stale, verify=verify))
+    with verify_once(): res = _run_stages(p, out, progress, parallel, dict(on_stale=on_stale, verify=verify))
     if res is None: return None
     caches, tab, by_src = res
     comp, cl = _write_results(p, out, tab, t0)

@@ -14,10 +14,12 @@ from torch import Tensor
 from .core import check_choice, check_range
 from fastcore.basics import patch_to
 from .trace import ActivationStream, tokenize_batch
+from .models import torch_model
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'generic_token_mask', 'token_table', 'corpus_generic_ids', 'LatentStats', 'saes_and_flag', 'latent_stats',
-           'check_latent', 'decode_ids', 'quantile_samples', 'top_activations', 'plot_density']
+__all__ = ['STOPWORDS', 'generic_token_mask', 'token_table', 'corpus_generic_ids', 'LatentStats', 'saes_and_flag', 'TracedTexts',
+           'trace_texts', 'latent_stats', 'check_latent', 'decode_ids', 'quantile_samples', 'top_activations',
+           'plot_density']
 
 # %% ../nbs/12_stats.ipynb #95125764
 STOPWORDS = frozenset('''a an the and or but if then else of to in on at by for with from as into onto over under about
@@ -269,6 +271,35 @@ def _traced_batches(stream:ActivationStream, texts:list[str], table:Tensor, batc
         yield x, rows, r0
         r0 += n
 
+# %% ../nbs/12_stats.ipynb #3ffc105e
+@dataclass
+class TracedTexts:
+    "Texts traced once at a layer: each batch's activations (on the CPU) and the token table, for many SAE groups"
+    texts:list # the texts
+    key:tuple # what traced them: (model id, layer, batch_size, max_len, bos)
+    batches:list # each batch's activations [n_b, d]
+    table:Tensor # the token table
+
+def trace_texts(lm, # an nnsight model
+                texts:Iterable[str], # the corpus, one example per context
+                layer:int, # block whose output (resid_post) is traced
+                batch_size:int=8, max_len:int=256, bos:str='drop', # tracing options, as `latent_stats`'s
+               )->TracedTexts:
+    "Trace `texts` once for `latent_stats` (pass the result as its `texts`) to score many groups of SAEs"
+    texts = list(texts)
+    _check_texts(texts)
+    stream = ActivationStream(lm, texts, layer, batch_size=batch_size, max_len=max_len, bos=bos, progress=False)
+    table = token_table(lm.tokenizer, texts, batch_size, max_len, bos)
+    xs = [x.cpu() for x, _, _ in _traced_batches(stream, texts, table, batch_size, 'cpu')]
+    return TracedTexts(texts, (id(torch_model(lm)), layer, batch_size, max_len, bos), xs, table)
+
+def _stored_batches(tt:TracedTexts, dev):
+    "`_traced_batches` of texts already traced"
+    r0 = 0
+    for x in tt.batches:
+        yield x.to(dev), tt.table[r0:r0 + len(x)], r0
+        r0 += len(x)
+
 # %% ../nbs/12_stats.ipynb #cc601190
 def _first_device(saes:dict)->torch.device:
     "Device of the first SAE's decoder (CPU for SAEs without `W_dec`)"
@@ -286,11 +317,21 @@ def _encode_all(saes:dict, acc:dict, x:Tensor, rows:Tensor, r0:int, gen:Tensor, 
         f = s.encode(x.to(getattr(s, 'dtype', x.dtype))).float()
         acc[name].update(f, seg, is_gen, nk, g, r0)
 
+# %% ../nbs/12_stats.ipynb #67b6632d
+def _as_traced(lm, texts, layer:int, batch_size:int, max_len:int, bos:str)->TracedTexts|None:
+    "`texts` if it is a `TracedTexts` of this model, layer and tracing options (else None: plain texts)"
+    if not isinstance(texts, TracedTexts): return None
+    want = (id(torch_model(lm)), layer, batch_size, max_len, bos)
+    if texts.key != want:
+        raise ValueError(f'texts is a TracedTexts of (model id, layer, batch_size, max_len, bos)={texts.key}; '
+                         f'this call asks {want}: pass the texts, or trace them with these options')
+    return texts
+
 # %% ../nbs/12_stats.ipynb #6a606804
 @torch.no_grad()
 def latent_stats(saes, # an SAE (`encode`, `d_sae`) or a dict name -> SAE, all reading `layer`
                  lm, # an nnsight model
-                 texts:Iterable[str], # the corpus, one example per context
+                 texts:Iterable[str]|TracedTexts, # the corpus, one example per context (or its `trace_texts`)
                  layer:int, # block whose output (resid_post) the SAEs read
                  *,
                  k:int=20, # top activations kept per latent
@@ -306,19 +347,22 @@ def latent_stats(saes, # an SAE (`encode`, `d_sae`) or a dict name -> SAE, all r
     "Trace `texts` once and collect every latent's statistics for one SAE or several"
     saes, many = saes_and_flag(saes)
     _check_stats_args(k, n_samples, n_negatives, left, right, n_frequent, n_bins)
-    texts = list(texts)
-    stream = ActivationStream(lm, texts, layer, batch_size=batch_size, max_len=max_len, bos=bos, progress=False)
+    tt = _as_traced(lm, texts, layer, batch_size, max_len, bos)
+    texts = list(texts) if tt is None else tt.texts
+    stream = None if tt else ActivationStream(lm, texts, layer, batch_size=batch_size, max_len=max_len, bos=bos,
+                                              progress=False)
     _check_texts(texts)
     t0 = time.perf_counter()
     tok = lm.tokenizer
-    table = token_table(tok, texts, batch_size, max_len, bos)
+    table = token_table(tok, texts, batch_size, max_len, bos) if tt is None else tt.table
     gen = corpus_generic_ids(tok, table, n_frequent)
     edges = torch.logspace(-4, 4, n_bins + 1, dtype=torch.float64)
     dev = _first_device(saes)
     g = torch.Generator(device=dev).manual_seed(seed)
     acc = {name: _Accumulator(s.d_sae, k, n_samples, n_negatives, left, right, edges, dev) for name, s in saes.items()}
     gen_d = gen.to(dev)
-    for x, rows, r0 in _traced_batches(stream, texts, table, batch_size, dev):
+    batches = _stored_batches(tt, dev) if tt else _traced_batches(stream, texts, table, batch_size, dev)
+    for x, rows, r0 in batches:
         _encode_all(saes, acc, x, rows, r0, gen_d, g)
     secs = time.perf_counter() - t0
     out = {name: a.result(name, texts, table, gen, tok, secs) for name, a in acc.items()}

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00a_store.ipynb #8da95e54
 from __future__ import annotations
-import dataclasses, hashlib, json, warnings
+import dataclasses, hashlib, json, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 import xxhash
@@ -12,8 +13,8 @@ from .core import atomic_write, check_choice
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'ON_STALE', 'CorruptArtefactError', 'StaleArtefactError', 'canonical_json', 'fingerprint',
-           'settings_diff', 'digest', 'file_record', 'file_digest', 'verify_file', 'read_verified', 'read_json',
-           'iter_jsonl', 'stamp_path', 'write_stamped', 'Status', 'check_stamped', 'resolve']
+           'settings_diff', 'digest', 'file_record', 'file_digest', 'verify_file', 'verify_once', 'read_verified',
+           'read_json', 'iter_jsonl', 'stamp_path', 'write_stamped', 'Status', 'check_stamped', 'resolve']
 
 # %% ../nbs/00a_store.ipynb #67bdf392
 FORMAT_VERSION = 2   # 1: salmon before provenance records (no fingerprints, no content hashes)
@@ -104,6 +105,24 @@ def verify_file(path:str|Path, # the file
     return path
 
 # %% ../nbs/00a_store.ipynb #c67ee897
+_ONCE = None   # inside `verify_once`: (path, size, mtime_ns, inode) -> the content hash verified for it
+
+@contextmanager
+def verify_once():
+    "Inside this block a file whose content hash was verified is not hashed again while its size, mtime and inode hold"
+    global _ONCE
+    outer = _ONCE
+    if outer is None: _ONCE = {}
+    try: yield
+    finally:
+        if outer is None: _ONCE = None
+
+def _stat_key(path:Path)->tuple:
+    "What `verify_once` trusts to say a file is unchanged; None while the file is younger than 2 s (coarse mtimes)"
+    st = path.stat()
+    if time.time_ns() - st.st_mtime_ns < 2_000_000_000: return None
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino
+
 def read_verified(path:str|Path, # the file
                   record:dict|None, # its `file_record` (None: read unchecked, e.g. written by an older salmon)
                   what:str='file', # what it is, for the message
@@ -114,10 +133,13 @@ def read_verified(path:str|Path, # the file
         if not path.is_file(): raise CorruptArtefactError(f'{what} {str(path)!r} is missing')
         return path.read_bytes()
     verify_file(path, record, what, full=False)
+    key = _stat_key(path) if _ONCE is not None else None
     data = path.read_bytes()
+    if key is not None and _ONCE.get(key) == record['digest']: return data
     if digest(data) != record['digest']:
         raise CorruptArtefactError(f'{what} {str(path)!r} is damaged: its content differs from what was written '
                                    '(content hash mismatch)')
+    if key is not None: _ONCE[key] = record['digest']
     return data
 
 # %% ../nbs/00a_store.ipynb #2b47f067
