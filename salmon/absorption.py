@@ -345,7 +345,8 @@ def saebench_words(tok, # a Hugging Face tokenizer
         if t.startswith('▁') and not w.startswith(' '): w = ' ' + w
         core = w[1:] if w.startswith(' ') else w
         if core and core.isascii() and core.isalpha(): rows.append((w, i, core[0].lower()))
-    df = pd.DataFrame(rows, columns=['word', 'token_id', 'letter']).drop_duplicates('word')
+    df = pd.DataFrame(rows, columns=['word', 'token_id', 'letter'])
+    df = df.sort_values('token_id').drop_duplicates('word')   # get_vocab's order changes per process; the ids do not
     if max_per_letter is not None:
         df = pd.concat([g.sample(min(len(g), max_per_letter), random_state=seed) for _, g in df.groupby('letter')])
     return df.sort_values(['letter', 'word']).reset_index(drop=True)
