@@ -116,9 +116,10 @@ compare: install-dev $(COMPARE_ENV)/.ready
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare prepare --out $(COMPARE_OUT) $(if $(SAE),--sae $(SAE))
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(COMPARE_ENV)/bin/python tools/external_evals.py $(COMPARE_OUT)
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare report --out $(COMPARE_OUT)
-# SAEBench's absorption needs >= 20 letters with probe F1 > 0.6; Gemma 3 270M has a few, so both sides lower it alike
+# SAEBench's absorption needs >= 20 letters with probe F1 > 0.6; Gemma 3 270M has one or a few, so both sides lower both
+# alike. salmon reads the activations SAEBench's run saved (same inputs on both sides; `report --own-activations`: its own)
 COMPARE_ABS_OUT ?= results/compare-absorption
-ABSORPTION_ARGS ?= --max-per-letter 40 --min-letters 2 --seed 42
+ABSORPTION_ARGS ?= --max-per-letter 40 --min-letters 2 --min-probe-f1 0.45 --seed 42
 compare-absorption: install-dev $(COMPARE_ENV)/.ready
 	HF_HUB_OFFLINE=1 $(PY) -m salmon.compare prepare-absorption --out $(COMPARE_ABS_OUT) $(if $(SAE),--sae $(SAE)) $(ABSORPTION_ARGS)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(COMPARE_ENV)/bin/python tools/external_evals.py $(COMPARE_ABS_OUT)

@@ -28,7 +28,8 @@ setuptools.setup(
     install_requires=req('requirements'),
     extras_require={'demo': req('demo_requirements'), 'bench': req('bench_requirements'), 'lab': req('lab_requirements'),
                     'browser': req('lab_requirements') + req('browser_requirements'),
-                    'dev': req('dev_requirements') + req('demo_requirements')},
+                    'saebench': req('saebench_requirements'),
+                    'dev': req('dev_requirements') + req('demo_requirements') + req('saebench_requirements')},
     python_requires='>=' + min_py,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{c['lib_path']}={c['lib_path']}._modidx:d"]},
 )

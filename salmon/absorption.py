@@ -19,9 +19,9 @@ from fastcore.basics import patch_to
 __all__ = ['LETTERS', 'TOKEN_COLS', 'single_token_words', 'first_letter_prompts', 'span_batch', 'trace_spans', 'ProbeTask',
            'letter_labels', 'first_letter_task', 'medical_concepts', 'domain_task', 'fit_probe', 'f1_scores',
            'fit_probes', 'saebench_words', 'saebench_icl_prompt', 'saebench_train_probe', 'token_text',
-           'saebench_split', 'first_letter_task_saebench', 'l1_probe_grad', 'split_latents', 'k_sparse_probing',
-           'absorption_fraction', 'fragmentation_index', 'token_absorption', 'Absorption', 'absorption_eval',
-           'absorption_summary', 'plot_absorption_vs_l0']
+           'saebench_split', 'first_letter_task_saebench', 'l1_probe_grad', 'saebench_logreg', 'split_latents',
+           'k_sparse_probing', 'absorption_fraction', 'fragmentation_index', 'token_absorption', 'Absorption',
+           'absorption_eval', 'absorption_summary', 'plot_absorption_vs_l0']
 
 # %% ../nbs/11_absorption.ipynb #3f8b744a
 _MARKS = ('▁', 'Ġ')   # SentencePiece and byte-level-BPE leading-space markers
@@ -345,7 +345,8 @@ def saebench_words(tok, # a Hugging Face tokenizer
         if t.startswith('▁') and not w.startswith(' '): w = ' ' + w
         core = w[1:] if w.startswith(' ') else w
         if core and core.isascii() and core.isalpha(): rows.append((w, i, core[0].lower()))
-    df = pd.DataFrame(rows, columns=['word', 'token_id', 'letter']).drop_duplicates('word')
+    df = pd.DataFrame(rows, columns=['word', 'token_id', 'letter'])
+    df = df.sort_values('token_id').drop_duplicates('word')   # get_vocab's order changes per process; the ids do not
     if max_per_letter is not None:
         df = pd.concat([g.sample(min(len(g), max_per_letter), random_state=seed) for _, g in df.groupby('letter')])
     return df.sort_values(['letter', 'word']).reset_index(drop=True)
@@ -435,11 +436,12 @@ def saebench_split(vocab:list[str], # the vocabulary
     return [(w, True, sh[:cut]) for w in sh[:cut]] + [(w, False, sh[cut:]) for w in sh[cut:]]
 
 # %% ../nbs/11_absorption.ipynb #3aedf81b
-def _saebench_trace(lm, layer:int, parts:list, rng:random.Random, template:str, batch_size:int)->tuple:
+def _saebench_trace(lm, layer:int, parts:list, rng:random.Random, template:str, batch_size:int,
+                    trace=trace_spans)->tuple:
     "Trace each word's prompt; keep the words that are one token there: activations, train mask, items"
     tok = lm.tokenizer
     texts, spans = zip(*[saebench_icl_prompt(w, pool, rng, template) for w, _, pool in parts])
-    X, m = trace_spans(lm, list(texts), list(spans), layer, batch_size=batch_size, max_len=1024)
+    X, m = trace(lm, list(texts), list(spans), layer, batch_size=batch_size, max_len=1024)
     ok = np.array([n == 1 and token_text(tok, i) == w for n, i, (w, _, _) in zip(m.n_span_tokens, m.token_id, parts)])
     if not ok.any(): raise ValueError('no word tokenised to its own vocabulary token inside the prompt')
     items = pd.DataFrame(dict(item=[w for w, _, _ in parts], token_id=m.token_id.values,
@@ -449,7 +451,7 @@ def _saebench_trace(lm, layer:int, parts:list, rng:random.Random, template:str, 
 
 # %% ../nbs/11_absorption.ipynb #e52805ef
 def _saebench_fresh(lm, layer:int, X:Tensor, Y:Tensor, score:Tensor, te:np.ndarray, items:pd.DataFrame,
-                    vocab:list[str], seed:int, template:str, batch_size:int)->Tensor:
+                    vocab:list[str], seed:int, template:str, batch_size:int, trace=trace_spans)->Tensor:
     "`X` with each test true positive re-read in a fresh prompt (SAEBench's calculator, letter by letter); NaN if lost"
     tok = lm.tokenizer
     rng2, fresh = random.Random(seed + 1), []
@@ -457,7 +459,7 @@ def _saebench_fresh(lm, layer:int, X:Tensor, Y:Tensor, score:Tensor, te:np.ndarr
     X_eval = X.clone()
     if not fresh: return X_eval
     tx, sp = zip(*[saebench_icl_prompt(items.item[j], vocab, rng2, template) for j in fresh])
-    Xe, me = trace_spans(lm, list(tx), list(sp), layer, batch_size=batch_size, max_len=1024)
+    Xe, me = trace(lm, list(tx), list(sp), layer, batch_size=batch_size, max_len=1024)
     good = torch.tensor([n == 1 and token_text(tok, i) == items.item[j]
                          for n, i, j in zip(me.n_span_tokens, me.token_id, fresh)])
     X_eval[torch.tensor(fresh)] = torch.where(good[:, None], Xe, torch.full_like(Xe, float('nan')))   # NaN: not scored
@@ -472,21 +474,24 @@ def first_letter_task_saebench(lm, # an nnsight model
                                seed:int=42, # prompts: `random.Random(seed)`, probe: torch `seed`, fresh: `seed + 1`
                                batch_size:int=64, # prompts per forward pass (and the probe's minibatch, as SAEBench)
                                template:str='{word} has the first letter:', # SAEBench's prompt
+                               trace=None, # reads the prompts' activations like `trace_spans` (default: it)
                               )->ProbeTask:
     "SAEBench's first-letter task: its vocabulary, split, prompts, probe and fresh absorption prompts, draw by draw"
     check_range('train_frac', train_frac, 0.01, 0.99)
     t0 = time.perf_counter()
+    trace = trace or trace_spans
     vocab = _saebench_vocab(lm.tokenizer, words, max_per_letter, seed)
     rng = random.Random(seed)
     parts = saebench_split(vocab, rng, train_frac)
-    X, train, items = _saebench_trace(lm, layer, parts, rng, template, batch_size)
+    X, train, items = _saebench_trace(lm, layer, parts, rng, template, batch_size, trace)
     Y = letter_labels(items['class'])
     W, b = saebench_train_probe(X[train], Y[train], batch_size=batch_size, num_epochs=50, lr=1e-2, weight_decay=1e-4,
                                 seed=seed)
     te = np.flatnonzero(~train.numpy())
     score = X[te] @ W + b
     f1 = f1_scores(score, Y[te]).nan_to_num(0.0)   # as sklearn: 0 for a letter with no positive and no prediction
-    X_eval = _saebench_fresh(lm, layer, X, Y, score, te, items, vocab, seed, template, batch_size)
+    X_eval = _saebench_fresh(lm, layer, X, Y, score, te, items, vocab, seed, template, batch_size,
+                             trace)
     return ProbeTask('first_letter', LETTERS, X, Y, train, items, time.perf_counter() - t0,
                      probe=dict(W=W, b=b, f1=f1, l2=1e-4), X_eval=X_eval, protocol='saebench', seed=seed)
 
@@ -572,6 +577,46 @@ def _ksparse_f1(Ftr:Tensor, Fte:Tensor, Y_train:Tensor, Y_test:Tensor, top:Tenso
         f1[:, k - 1] = f1_scores(z.t(), Y_test)
     return f1
 
+# %% ../nbs/11_absorption.ipynb #03648ce3
+def _sklearn_logistic():
+    "scikit-learn's `LogisticRegression`, or an error saying how to install it"
+    try: from sklearn.linear_model import LogisticRegression
+    except ImportError as e:
+        raise ImportError("protocol='saebench' fits SAEBench's k-sparse probes with scikit-learn's "
+                          "LogisticRegression, which is not installed: pip install 'salmon[saebench]' "
+                          "(or: pip install scikit-learn)") from e
+    return LogisticRegression
+
+# %% ../nbs/11_absorption.ipynb #2f0eb292
+def saebench_logreg(X:Tensor, # inputs [n, k] (SAE latents; fitted in float32, as SAEBench passes them)
+                    y:Tensor, # labels [n] bool, both classes present
+                    max_iter:int=500, # L-BFGS iterations allowed (SAEBench: 500)
+                   )->tuple[Tensor, Tensor, int]: # w [k] and b (float32, as SAEBench keeps them), L-BFGS iterations run
+    "SAEBench's k-sparse probe: scikit-learn's `LogisticRegression(max_iter=500, class_weight='balanced')`"
+    LogisticRegression = _sklearn_logistic()
+    from sklearn.exceptions import ConvergenceWarning
+    yy = y.bool().numpy().astype(np.int64)
+    if yy.min() == yy.max():
+        raise ValueError(f'y has only {"positives" if yy[0] else "negatives"}; expected both classes')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ConvergenceWarning)      # SAEBench keeps the fit either way
+        m = LogisticRegression(max_iter=max_iter, class_weight='balanced').fit(X.float().numpy(), yy)
+    return torch.tensor(m.coef_[0]).float(), torch.tensor(m.intercept_[0]).float(), int(m.n_iter_[0])
+
+# %% ../nbs/11_absorption.ipynb #edcf4170
+def _ksparse_f1_saebench(Ftr:Tensor, Fte:Tensor, Y_train:Tensor, Y_test:Tensor, top:Tensor)->Tensor:
+    "Test F1 [C, K] as SAEBench: `saebench_logreg` per class and k, float32 scores, F1 0 where undefined (sklearn)"
+    C, k_max = top.shape
+    Ftr, Fte = Ftr.float(), Fte.float()
+    f1 = torch.full((C, k_max), float('nan'), dtype=torch.float64)
+    for c in range(C):
+        y = Y_train[:, c].bool()
+        if y.all() or not y.any(): continue                     # SAEBench has no probe for a class it cannot train
+        for k in range(1, k_max + 1):
+            w, b, _ = saebench_logreg(Ftr[:, top[c, :k]], y)
+            f1[c, k - 1] = f1_scores((Fte[:, top[c, :k]] @ w + b)[:, None], Y_test[:, c:c + 1])[0].nan_to_num(0.0)
+    return f1
+
 # %% ../nbs/11_absorption.ipynb #96edf51f
 def split_latents(f1:Tensor, # [C, K] F1 on the top k latents (`k_sparse_probing`)
                   top:Tensor, # [C, K] the candidate latents, best first
@@ -595,7 +640,7 @@ def k_sparse_probing(F_train:Tensor, # latents of the train split [n, F]
                      k_max:int=10, # largest k (SAEBench 10, Chanin et al. 15)
                      tau:float=0.03, # F1 jump that admits one more split latent
                      l1:float=0.01, # L1 decay of the all-latent probe
-                     protocol:str='salmon', # 'salmon' (rescaled latents, full-batch Adam) or 'saebench' (raw)
+                     protocol:str='salmon', # 'salmon' (rescaled latents, exact Newton) or 'saebench' (raw, sklearn)
                      seed:int=42, # torch seed of the SAEBench L1 probe
                     )->tuple[pd.DataFrame, list[list[int]]]: # F1 per class and k (columns 1..K); split latents
     "k-sparse probing on SAE latents and SAEBench's split-feature walk"
@@ -606,7 +651,7 @@ def k_sparse_probing(F_train:Tensor, # latents of the train split [n, F]
         raise ValueError(f'train latents have width {F_train.shape[1]}, test {F_test.shape[1]}')
     k_max = min(k_max, F_train.shape[1])
     Ftr, Fte, top = _top_latents(F_train, Y_train, F_test, k_max, l1, protocol, seed)
-    f1 = _ksparse_f1(Ftr, Fte, Y_train, Y_test, top)
+    f1 = (_ksparse_f1_saebench if protocol == 'saebench' else _ksparse_f1)(Ftr, Fte, Y_train, Y_test, top)
     return pd.DataFrame(f1.numpy(), columns=range(1, k_max + 1)), split_latents(f1, top, tau)
 
 # %% ../nbs/11_absorption.ipynb #fcb9ac38

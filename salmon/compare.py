@@ -16,7 +16,7 @@ from .trace import tokenize_batch
 
 # %% auto #0
 __all__ = ['MATCH', 'compare_table', 'default_sae', 'long_texts', 'compare_prepare', 'salmon_numbers', 'prepare_absorption',
-           'salmon_absorption', 'absorption_table', 'report', 'main']
+           'recorded_trace', 'salmon_absorption', 'absorption_table', 'report', 'main']
 
 # %% ../nbs/96_compare.ipynb #e003345c
 _CORE = [('ce_loss_score', 'loss_recovered_zero'), ('kl_div_score', 'kl_score'), ('ce_loss_with_sae', 'ce_sae'),
@@ -169,9 +169,49 @@ def prepare_absorption(out:str|Path, # work folder
     with atomic_write(out/'inputs.json', 'w') as f: f.write(json.dumps(inp, indent=1))
     return inp
 
+# %% ../nbs/96_compare.ipynb #91f85797
+def recorded_trace(out:str|Path, # work folder with `saebench_activations.*` (written by tools/absorption_external.py)
+                   missing_ok:bool=False, # a prompt SAEBench never read gives a NaN row (False: an error)
+                  ): # called like `salmon.absorption.trace_spans`, returns SAEBench's activations instead of tracing
+    "A tracer that reads the activations SAEBench's own run read, by prompt text, and checks position and hook"
+    from salmon.absorption import span_batch
+    out = Path(out)
+    f, j = out/'saebench_activations.safetensors', out/'saebench_activations.json'
+    if not (f.exists() and j.exists()):
+        raise FileNotFoundError(f'{f.name} or {j.name} missing in {out}: run tools/external_evals.py {out} first '
+                                '(it saves the activations SAEBench read)')
+    meta = json.loads(j.read_text())
+    acts = load_file(str(f))['acts']
+    if len(acts) != len(meta['prompts']):
+        raise ValueError(f'{f} has {len(acts)} rows for {len(meta["prompts"])} prompts')
+    row = {}
+    for i, p in enumerate(meta['prompts']): row.setdefault(p, i)
+    def trace(lm, texts, spans, layer, batch_size=32, max_len=256):
+        "`trace_spans` answered from SAEBench's recorded activations"
+        miss = [t for t in texts if t not in row]
+        if miss and not missing_ok:
+            raise ValueError(f'{len(miss)} of {len(texts)} prompts are not among the {len(row)} SAEBench read: '
+                             f'{miss[0]!r}')
+        if meta['hook'] != f'blocks.{layer}.hook_resid_post':
+            raise ValueError(f"SAEBench read {meta['hook']}; salmon reads block {layer}'s output")
+        ids, _, pos = span_batch(lm.tokenizer, list(texts), list(spans), 0, max_len)
+        ends = [len(lm.tokenizer(t)['input_ids']) for t in texts]
+        off = {p - e for (p, n), e, t in zip(pos, ends, texts) if n == 1 and t in row}
+        if off - {meta['prompt_token_pos']}:
+            raise ValueError(f"salmon reads the word {sorted(off)} tokens from the prompt's end; "
+                             f"SAEBench read {meta['prompt_token_pos']}")
+        m = pd.DataFrame([(int(ids[k, p]), p, n) for k, (p, n) in enumerate(pos)],
+                         columns=['token_id', 'pos', 'n_span_tokens'])
+        X = torch.full((len(texts), acts.shape[1]), float('nan'))
+        got = [k for k, t in enumerate(texts) if t in row]
+        X[got] = acts[[row[texts[k]] for k in got]].float()
+        return X, m
+    return trace
+
 # %% ../nbs/96_compare.ipynb #6cee9d12
 def salmon_absorption(out:str|Path, # the work folder of `prepare_absorption`
-                     )->dict: # summary, per-letter table and the task's size
+                      same_activations:bool=True, # read SAEBench's recorded activations (`recorded_trace`); else trace
+                     )->dict: # summary, per-letter table, the task's size and where its activations came from
     "salmon's SAEBench-protocol absorption of the prepared SAE, vocabulary and seed"
     from salmon.absorption import absorption_eval, first_letter_task_saebench
     from salmon.models import load_lm
@@ -181,10 +221,16 @@ def salmon_absorption(out:str|Path, # the work folder of `prepare_absorption`
     a = inp['absorption']
     lm = load_lm(inp['model'], device='cpu')
     sae = load_sae(inp['sae'])
-    task = first_letter_task_saebench(lm, inp['layer'], words=a['words'], seed=a['seed'])
+    refused = json.loads((out/'external.json').read_text())['absorption'].get('refused', False)
+    trace = recorded_trace(out, missing_ok=refused) if same_activations else None   # refused: no fresh prompts read
+    task = first_letter_task_saebench(lm, inp['layer'], words=a['words'], seed=a['seed'], trace=trace)
     ab = absorption_eval(sae, task, min_probe_f1=a['min_probe_f1'])
     return dict(summary=ab.summary(a['min_letters']), classes=ab.classes, tokens=ab.tokens, n_words=len(task.items),
-                n_dropped=len(a['words']) - len(task.items))
+                n_dropped=len(a['words']) - len(task.items),
+                activations=("SAEBench's (TransformerLens), the same on both sides"
+                             + ('; SAEBench refused before its fresh prompts, so they are NaN here' if refused else ''))
+                            if same_activations
+                            else "salmon's own (Hugging Face via nnsight); SAEBench's from TransformerLens")
 
 # %% ../nbs/96_compare.ipynb #46ba18a3
 def _absorption_rows(s:dict, k:pd.DataFrame, ext:dict)->list[tuple]:
@@ -242,9 +288,9 @@ def _report_core(out:Path, ext:dict, progress:bool, fmt)->pd.DataFrame:
     print(sal.set_index('convention')[cols].to_string(float_format=lambda v: f'{v:.4f}'))
     return tab
 
-def _report_absorption(out:Path, ext:dict, fmt)->pd.DataFrame:
+def _report_absorption(out:Path, ext:dict, fmt, same_activations:bool=True)->pd.DataFrame:
     "Run salmon's absorption, save its per-letter table, print and return the comparison with SAEBench"
-    sa = salmon_absorption(out)
+    sa = salmon_absorption(out, same_activations)
     with atomic_write(out/'absorption_salmon.csv', 'w') as f: sa['classes'].to_csv(f, index=False)
     tab = absorption_table(sa, ext['absorption'])
     a = ext['absorption']
@@ -252,11 +298,15 @@ def _report_absorption(out:Path, ext:dict, fmt)->pd.DataFrame:
           f"seed {a['seed']}, "
           f"letters needed {a['min_letters']} (SAEBench: 20), probe F1 > {a['min_probe_f1']}"
           + (f"; SAEBench refused: {a['note']}" if a.get('refused') else ''))
+    print(f"activations: {sa['activations']}")
     print(tab.to_string(index=False, float_format=fmt))
     return tab
 
 # %% ../nbs/96_compare.ipynb #952f01dd
-def report(out:str|Path, progress:bool=True)->pd.DataFrame:
+def report(out:str|Path, # the work folder (`external.json` written by tools/external_evals.py)
+           progress:bool=True,
+           same_activations:bool=True, # absorption: salmon reads SAEBench's activations (False: traces its own)
+          )->pd.DataFrame: # every compared quantity
     "salmon's numbers against `external.json`: print and save the table; raise if a pair misses its tolerance"
     out = Path(out)
     ext = json.loads((out/'external.json').read_text())
@@ -265,7 +315,7 @@ def report(out:str|Path, progress:bool=True)->pd.DataFrame:
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_rows', 500):
         print(f"versions: {ext.get('versions')}")
         if 'saelens' in ext or 'saebench' in ext: tabs.append(_report_core(out, ext, progress, fmt))
-        if 'absorption' in ext: tabs.append(_report_absorption(out, ext, fmt))
+        if 'absorption' in ext: tabs.append(_report_absorption(out, ext, fmt, same_activations))
     if not tabs:
         raise ValueError(f'{out/"external.json"} has neither core nor absorption results; '
                          'expected tools/external_evals.py output')
@@ -293,6 +343,8 @@ def _parser()->argparse.ArgumentParser:
     p.add_argument('--min-letters', type=int, default=2,
                    help="absorption: letters needed, both sides (SAEBench's own: 20)")
     p.add_argument('--min-probe-f1', type=float, default=0.6, help='absorption: probe F1 a letter needs, both sides')
+    p.add_argument('--own-activations', action='store_true',
+                   help="absorption: salmon traces its own model instead of reading SAEBench's activations")
     return p
 
 # %% ../nbs/96_compare.ipynb #d6717b62
@@ -310,7 +362,7 @@ def main(argv:list[str]|None=None):
         ab = inp['absorption']
         print(f"wrote {out}: SAE {inp['sae']}, {len(ab['words'])} words "
               f"({ab['dropped_multi_token']} not one token in a prompt), layer {inp['layer']}, seed {ab['seed']}")
-    else: report(out)
+    else: report(out, same_activations=not a.own_activations)
 
 # %% ../nbs/96_compare.ipynb #6e685065
 #| eval: false

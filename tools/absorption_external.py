@@ -9,6 +9,11 @@ fixes it:
 - the model: the TransformerLens model already loaded offline (SAEBench would download it);
 - the output: SAEBench's probe cache and results go to the work folder (it caches probes inside its installed package);
 - the thresholds `min_feats_for_eval` and `min_GT_probe_f1` as inputs.json says (the same on salmon's side).
+
+It also writes the activations SAEBench read (TransformerLens, `blocks.L.hook_resid_post` at `prompt_token_pos`), one row per
+prompt, to `saebench_activations.safetensors` + `saebench_activations.json` (the prompts, in row order): the probe-training
+prompts (SAEBench's own `data.npz`) and the fresh absorption prompts (recorded as `run_with_cache` returns them). salmon's side
+of `python -m salmon.compare report` reads these, so both sides start from the same activations.
 """
 import functools, json, os, random, shutil
 from pathlib import Path
@@ -23,6 +28,35 @@ def _seeded(fn, seed_fn):
         seed_fn()
         return fn(*a, **kw)
     return run
+
+
+class _Recorder:
+    "Wraps `tl.run_with_cache`: keeps each prompt's activation at `pos` of the hooked point"
+    def __init__(self, tl, pos):
+        self.pos, self.run, self.acts = pos, tl.run_with_cache, {}
+    def __call__(self, prompts, names_filter, **kw):
+        logits, cache = self.run(prompts, names_filter=names_filter, **kw)
+        h = cache[names_filter[0]][:, self.pos, :].float().cpu()
+        for p, x in zip(prompts, h): self.acts.setdefault(p, x.clone())
+        return logits, cache
+
+
+def _save_activations(work, art, tl, layer, fresh, pos):
+    "The probe prompts' activations (SAEBench's data.npz, its train/test csv) and the fresh prompts', one row per prompt"
+    import numpy as np, pandas as pd
+    from safetensors.torch import save_file
+    d = art/'probes'/tl.cfg.model_name/f'layer_{layer}'
+    npz = np.load(d/'data.npz')
+    prompts, rows = [], []
+    for split in ('train', 'test'):
+        df = pd.read_csv(d/f'{split}_df.csv', keep_default_na=False, na_values=[''])
+        prompts += df.prompt.tolist(); rows.append(torch.from_numpy(npz[f'X_{split}']).float())
+    prompts += list(fresh); rows.append(torch.stack(list(fresh.values())) if fresh else torch.zeros(0, rows[0].shape[1]))
+    save_file({'acts': torch.cat(rows).contiguous()}, str(Path(work)/'saebench_activations.safetensors'))
+    (Path(work)/'saebench_activations.json').write_text(json.dumps(dict(
+        prompts=prompts, n_probe=len(prompts) - len(fresh), n_fresh=len(fresh), prompt_token_pos=pos,
+        hook=f'blocks.{layer}.hook_resid_post', source='TransformerLens, as SAEBench read them')))
+    return len(prompts)
 
 
 def saebench_absorption(tl, sae, work, inp):
@@ -41,10 +75,13 @@ def saebench_absorption(tl, sae, work, inp):
     ksp.train_sparse_multi_probe = _seeded(ksp.train_sparse_multi_probe, lambda: torch.manual_seed(seed))
     run_ksp, run_fa = ab.run_k_sparse_probing_experiment, ab.run_feature_absortion_experiment
     ab.run_k_sparse_probing_experiment = lambda **kw: run_ksp(**kw, experiment_dir=art/'k_sparse_probing', probes_dir=art/'probes')
+    rec = _Recorder(tl, None)
     def run_fa_seeded(**kw):
         random.seed(seed + 1)
-        return run_fa(**kw, experiment_dir=art/'feature_absorption', sparse_probing_experiment_dir=art/'k_sparse_probing',
-                      probes_dir=art/'probes')
+        rec.pos = kw['prompt_token_pos']; tl.run_with_cache = rec   # the calculator reads the model through run_with_cache
+        try: return run_fa(**kw, experiment_dir=art/'feature_absorption', sparse_probing_experiment_dir=art/'k_sparse_probing',
+                           probes_dir=art/'probes')
+        finally: del tl.run_with_cache
     ab.run_feature_absortion_experiment = run_fa_seeded
     class _TL:   # SAEBench loads the model by name from the hub; hand it the one loaded offline
         @staticmethod
@@ -58,6 +95,8 @@ def saebench_absorption(tl, sae, work, inp):
     ksp_df = next((art/'k_sparse_probing').rglob('*_metrics.parquet'), None)
     import pandas as pd
     out = dict(words=len(vocab), seed=seed, min_letters=a['min_letters'], min_probe_f1=a['min_probe_f1'])
+    if (art/'probes').exists(): out['activations_saved'] = _save_activations(work, art, tl, inp['layer'], rec.acts,
+                                                                          cfg.prompt_token_pos)
     if ksp_df is not None:
         m = pd.read_parquet(ksp_df)
         out['probe_f1'] = dict(zip(m.letter, m.f1_probe.astype(float)))
