@@ -45,7 +45,7 @@ def gemmascope_rows(p:Preset, # the preset (its base model, layer and `gemmascop
                    )->pd.DataFrame: # rows of `LADDER`
     "The GemmaScope SAEs the preset uses at `width`: the ladder of its model and layer, or the folders it names"
     rows = LADDER[(LADDER.model == base_model(p.model)) & (LADDER.layer == p.layer) & (LADDER.d_sae == width)]
-    want = (p.gemmascope_l0s or {}).get(width)
+    want = dict(p.gemmascope_l0s or ()).get(width)
     if want is None: return rows
     if miss := sorted(set(want) - set(rows.average_l0)):
         raise ValueError(f'gemmascope_l0s[{width}]={tuple(want)!r}: {miss} are not average_l0 folders of the '

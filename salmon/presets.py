@@ -32,7 +32,7 @@ class Preset:
     widths:tuple=(16_384,)    # SAE widths; every family is trained (or loaded) at each
     families:tuple=('domain', 'broad') # 'domain' (medical), 'broad' (general, same recipe), 'gemmascope' (hub ladder)
     gemmascope_dir:str|None=None # a local copy of the GemmaScope repo layout (None: the hub)
-    gemmascope_l0s:dict|None=None # width -> the GemmaScope average_l0 folders used (None: the width's whole ladder)
+    gemmascope_l0s:tuple|None=None # ((width, (average_l0, ...)), ...) GemmaScope folders used (None: whole ladders)
     target_l0s:tuple=(20, 40, 80, 160, 320, 640) # the sweep: one SAE per target L0 and family
     recipe:str='paper'        # `salmon.train` recipe
     train_tokens:int=49_000_000 # tokens per SAE (several epochs over a small cache)
@@ -53,7 +53,11 @@ class Preset:
     absorption_words:int=40   # words per letter of the first-letter absorption task
     absorption_parents:int|None=None # parents of the medical concept hierarchy used (None: all)
 
-    def __post_init__(self): check_preset(self)
+    def __post_init__(self):
+        if isinstance(self.gemmascope_l0s, dict):     # given as width -> folders: kept as sorted pairs (hashable)
+            pairs = tuple(sorted((int(w), tuple(sorted(v))) for w, v in self.gemmascope_l0s.items()))
+            object.__setattr__(self, 'gemmascope_l0s', pairs)
+        check_preset(self)
 
 # %% ../nbs/91_presets.ipynb #4291dbb6
 def check_preset(p:Preset):
@@ -102,9 +106,9 @@ def _check_switches(p:Preset):
     for k in ('eval_group', 'absorption_parents'):
         if getattr(p, k) is not None: check_int(k, getattr(p, k), 1)
     check_int('absorption_words', p.absorption_words, 1)
-    if p.gemmascope_l0s is not None and not isinstance(p.gemmascope_l0s, dict):
-        raise TypeError(f'gemmascope_l0s={p.gemmascope_l0s!r} is {type(p.gemmascope_l0s).__name__}; expected None or '
-                        'a dict width -> average_l0 folders')
+    g = p.gemmascope_l0s
+    if g is not None and not (isinstance(g, tuple) and all(isinstance(x, tuple) and len(x) == 2 for x in g)):
+        raise TypeError(f'gemmascope_l0s={p.gemmascope_l0s!r}: expected None or a dict width -> average_l0 folders')
 
 # %% ../nbs/91_presets.ipynb #5567e6cb
 _PAPER_DATA = dict(source='hub', mix_seed=0, stream=True, batch_size=4, cache_dtype='bfloat16', buffer_dtype='bfloat16',
