@@ -53,11 +53,15 @@ class Preset:
     absorption_words:int=40   # words per letter of the first-letter absorption task
     absorption_parents:int|None=None # parents of the medical concept hierarchy used (None: all)
 
-    def __post_init__(self):
-        if isinstance(self.gemmascope_l0s, dict):     # given as width -> folders: kept as sorted pairs (hashable)
-            pairs = tuple(sorted((int(w), tuple(sorted(v))) for w, v in self.gemmascope_l0s.items()))
-            object.__setattr__(self, 'gemmascope_l0s', pairs)
-        check_preset(self)
+    def __post_init__(self): _settle(self)
+
+# %% ../nbs/91_presets.ipynb #82265a87
+def _settle(p:Preset):
+    "Keep `gemmascope_l0s` given as a dict as sorted (width, folders) pairs (a preset is hashed); check every field"
+    if isinstance(p.gemmascope_l0s, dict):
+        pairs = tuple(sorted((int(w), tuple(sorted(v))) for w, v in p.gemmascope_l0s.items()))
+        object.__setattr__(p, 'gemmascope_l0s', pairs)
+    check_preset(p)
 
 # %% ../nbs/91_presets.ipynb #4291dbb6
 def check_preset(p:Preset):
