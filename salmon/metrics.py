@@ -376,11 +376,11 @@ def _spliced_fins(lm, saes:dict, b:_Batch, layer:int, m:dict, mean_act:torch.Ten
             for k, (v, w) in variants.items()}
 
 # %% ../nbs/07_metrics.ipynb #be28a044
-def _ablation_memo(batches:list, convention:str, splice_bos:bool, mean_act:torch.Tensor)->list:
+def _ablation_memo(batches:list, convention:str, splice_bos:bool, mean_act:torch.Tensor, chunk_tokens:int)->list:
     "Each batch's zero- and mean-ablation losses known so far (None: not yet), kept on a `CleanSweep` for later groups"
     memo = [None] * len(batches)
     if not isinstance(batches, CleanSweep): return memo
-    key = (convention, splice_bos, digest(mean_act.detach().cpu().numpy().tobytes()))
+    key = (convention, splice_bos, chunk_tokens, digest(mean_act.detach().double().cpu().numpy().tobytes()))
     return batches.ablations.setdefault(key, memo)
 
 def _sweep_sums(lm, saes:dict, batches:list[_Batch], layer:int, splice_bos:bool, mean_act:torch.Tensor,
@@ -388,7 +388,7 @@ def _sweep_sums(lm, saes:dict, batches:list[_Batch], layer:int, splice_bos:bool,
     "CE and KL sums of the clean pass and every variant over a sweep (ablations once per sweep), with a tokens/s bar"
     model, tok, dev = torch_model(lm), lm.tokenizer, model_device(lm)
     sums = _LossSums([*[f'sae:{k}' for k in saes], 'zero', 'mean'])
-    memo = _ablation_memo(batches, convention, splice_bos, mean_act)
+    memo = _ablation_memo(batches, convention, splice_bos, mean_act, chunk_tokens)
     total = sum(int(b.mask.sum()) for b in batches)
     bar = tqdm(total=total, desc='spliced passes', unit='tok', unit_scale=True, disable=not progress)
     for i, b in enumerate(batches):
